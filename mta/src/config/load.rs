@@ -1,0 +1,452 @@
+//! Loading and validating the config file, reporting every problem with line:column and key path.
+//!
+//! Syntax and type errors stop the parse (toml reports the first one with its span); unknown
+//! keys are collected all at once (serde_ignored) and semantic problems (paths that cannot work,
+//! an open relay in disguise, a missing list file) are collected after a successful parse.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+use super::{Config, ListenerRole, RecipientCheckKind};
+
+/// One segment of a key path: `listener[1].address` is `[Key(listener), Index(1), Key(address)]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+/// A problem found in the file, located for the administrator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub line: usize,
+    pub column: usize,
+    pub key_path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key_path.is_empty() {
+            write!(f, "{}:{}: {}", self.line, self.column, self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}: {}: {}",
+                self.line, self.column, self.key_path, self.message
+            )
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} problem(s) in {origin}:\n{}", problems.len(), render(origin, problems))]
+    Invalid {
+        origin: String,
+        problems: Vec<Problem>,
+    },
+}
+
+fn render(origin: &str, problems: &[Problem]) -> String {
+    problems
+        .iter()
+        .map(|p| format!("  {origin}:{p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl ConfigError {
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            ConfigError::Invalid { problems, .. } => problems,
+            ConfigError::Read { .. } => &[],
+        }
+    }
+}
+
+/// Reads and validates the file at `path`.
+pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    load_str(&text, &path.display().to_string(), base)
+}
+
+/// Parses and validates `text`; `base` resolves relative file names in it.
+pub fn load_str(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigError> {
+    let invalid = |problems| ConfigError::Invalid {
+        origin: origin.to_string(),
+        problems,
+    };
+    let spans = match DeTable::parse(text) {
+        Ok(table) => table,
+        Err(error) => return Err(invalid(vec![from_toml_error(text, &error)])),
+    };
+    let mut unknown = Vec::new();
+    let deserializer = toml::de::Deserializer::from(spans.clone());
+    let parsed: Result<Config, _> = serde_ignored::deserialize(deserializer, |path| {
+        unknown.push(segments_of(&path));
+    });
+    let mut config = match parsed {
+        Ok(config) => config,
+        Err(error) => return Err(invalid(vec![from_toml_error(text, &error)])),
+    };
+    let mut problems: Vec<Problem> = unknown
+        .into_iter()
+        .map(|path| locate(text, &spans, &path, "unknown key".to_string()))
+        .collect();
+    for (path, message) in validate(&mut config, base) {
+        problems.push(locate(text, &spans, &path, message));
+    }
+    if problems.is_empty() {
+        Ok(config)
+    } else {
+        problems.sort_by_key(|p| (p.line, p.column));
+        Err(invalid(problems))
+    }
+}
+
+fn from_toml_error(text: &str, error: &toml::de::Error) -> Problem {
+    let offset = error.span().map(|s| s.start).unwrap_or(0);
+    let (line, column) = line_column(text, offset);
+    Problem {
+        line,
+        column,
+        key_path: String::new(),
+        message: error.message().trim().to_string(),
+    }
+}
+
+fn segments_of(path: &serde_ignored::Path<'_>) -> Vec<Segment> {
+    use serde_ignored::Path as P;
+    match path {
+        P::Root => Vec::new(),
+        P::Seq { parent, index } => {
+            let mut v = segments_of(parent);
+            v.push(Segment::Index(*index));
+            v
+        }
+        P::Map { parent, key } => {
+            let mut v = segments_of(parent);
+            v.push(Segment::Key(key.clone()));
+            v
+        }
+        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
+            segments_of(parent)
+        }
+    }
+}
+
+fn key_path_string(path: &[Segment]) -> String {
+    let mut out = String::new();
+    for segment in path {
+        match segment {
+            Segment::Key(key) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
+}
+
+/// Finds where `path` is written (its key, or the nearest enclosing one that exists).
+fn locate(text: &str, root: &Spanned<DeTable<'_>>, path: &[Segment], message: String) -> Problem {
+    let offset = span_of(root, path).unwrap_or(0);
+    let (line, column) = line_column(text, offset);
+    Problem {
+        line,
+        column,
+        key_path: key_path_string(path),
+        message,
+    }
+}
+
+fn span_of(root: &Spanned<DeTable<'_>>, path: &[Segment]) -> Option<usize> {
+    let mut best = None;
+    let mut table: Option<&DeTable<'_>> = Some(root.get_ref());
+    let mut array: Option<&[Spanned<DeValue<'_>>]> = None;
+    for segment in path {
+        let value = match (segment, table, array) {
+            (Segment::Key(key), Some(t), _) => {
+                let (k, v) = t.get_key_value(key.as_str())?;
+                best = Some(k.span().start);
+                v
+            }
+            (Segment::Index(i), _, Some(a)) => {
+                let v = a.get(*i)?;
+                best = Some(v.span().start);
+                v
+            }
+            _ => return best,
+        };
+        table = None;
+        array = None;
+        match value.get_ref() {
+            DeValue::Table(t) => table = Some(t),
+            DeValue::Array(a) => array = Some(a),
+            _ => {}
+        }
+    }
+    best
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+type Found = Vec<(Vec<Segment>, String)>;
+
+fn key(path: &[&str]) -> Vec<Segment> {
+    path.iter().map(|k| Segment::Key(k.to_string())).collect()
+}
+
+fn indexed(table: &str, index: usize, field: &str) -> Vec<Segment> {
+    vec![
+        Segment::Key(table.to_string()),
+        Segment::Index(index),
+        Segment::Key(field.to_string()),
+    ]
+}
+
+/// Semantic checks; also resolves relative paths against `base` and normalises domain names.
+fn validate(config: &mut Config, base: &Path) -> Found {
+    let mut found = Found::new();
+    validate_server(config, &mut found);
+    validate_listeners(config, &mut found);
+    validate_relay(config, &mut found);
+    validate_recipient_checks(config, base, &mut found);
+    resolve_paths(config, base);
+    if config.limits.max_message_size == 0 {
+        found.push((
+            key(&["limits", "max_message_size"]),
+            "must be greater than 0".into(),
+        ));
+    }
+    if config.limits.max_recipients == 0 {
+        found.push((
+            key(&["limits", "max_recipients"]),
+            "must be greater than 0".into(),
+        ));
+    }
+    found
+}
+
+fn validate_server(config: &Config, found: &mut Found) {
+    let host = &config.server.hostname;
+    let valid = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .split('.')
+            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    if !valid {
+        found.push((
+            key(&["server", "hostname"]),
+            format!("{host:?} is not a valid host name"),
+        ));
+    }
+}
+
+fn validate_listeners(config: &Config, found: &mut Found) {
+    if config.listeners.is_empty() {
+        found.push((
+            key(&["listener"]),
+            "at least one [[listener]] is needed".into(),
+        ));
+    }
+    for (i, listener) in config.listeners.iter().enumerate() {
+        let needs_tls = matches!(
+            listener.role,
+            ListenerRole::Submission | ListenerRole::Submissions
+        );
+        if needs_tls && config.tls.is_none() {
+            found.push((
+                indexed("listener", i, "role"),
+                "submission and submissions listeners need a [tls] section".into(),
+            ));
+        }
+        if needs_tls && config.auth.is_none() {
+            found.push((
+                indexed("listener", i, "role"),
+                "submission and submissions listeners need an [auth] section".into(),
+            ));
+        }
+        let duplicate = config.listeners[..i]
+            .iter()
+            .any(|other| other.address == listener.address);
+        if duplicate {
+            found.push((
+                indexed("listener", i, "address"),
+                format!("{} is already used by another listener", listener.address),
+            ));
+        }
+    }
+}
+
+fn validate_relay(config: &mut Config, found: &mut Found) {
+    for (i, domain) in config.relay.domains.iter_mut().enumerate() {
+        if domain.contains('*') || domain.is_empty() {
+            found.push((
+                vec![
+                    Segment::Key("relay".into()),
+                    Segment::Key("domains".into()),
+                    Segment::Index(i),
+                ],
+                format!("{domain:?} is not a domain (wildcards would make an open relay)"),
+            ));
+        }
+        *domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    }
+    for (i, net) in config.relay.trusted_networks.iter().enumerate() {
+        if net.prefix_len() == 0 {
+            found.push((
+                vec![
+                    Segment::Key("relay".into()),
+                    Segment::Key("trusted_networks".into()),
+                    Segment::Index(i),
+                ],
+                format!("{net} trusts the whole Internet: that is an open relay"),
+            ));
+        }
+    }
+}
+
+fn validate_recipient_checks(config: &Config, base: &Path, found: &mut Found) {
+    for (i, check) in config.recipient_checks.iter().enumerate() {
+        match check.check {
+            RecipientCheckKind::List => match &check.file {
+                None => found.push((
+                    indexed("recipients", i, "check"),
+                    "check = \"list\" needs file = \"...\"".into(),
+                )),
+                Some(file) if !base.join(file).is_file() => found.push((
+                    indexed("recipients", i, "file"),
+                    format!("{} does not exist or is not a file", base.join(file).display()),
+                )),
+                Some(_) => {}
+            },
+            RecipientCheckKind::Callout if check.next_hops.is_empty() => found.push((
+                indexed("recipients", i, "check"),
+                "check = \"callout\" needs next_hops = [\"host:port\", ...]".into(),
+            )),
+            _ => {}
+        }
+        for domain in &check.domains {
+            if !config.is_local_domain(&domain.to_ascii_lowercase()) {
+                found.push((
+                    indexed("recipients", i, "domains"),
+                    format!("{domain:?} is not in relay.domains, so it is never checked"),
+                ));
+            }
+        }
+    }
+}
+
+fn resolve_paths(config: &mut Config, base: &Path) {
+    let resolve = |p: &mut PathBuf| {
+        if p.is_relative() {
+            *p = base.join(&*p);
+        }
+    };
+    resolve(&mut config.server.spool_dir);
+    resolve(&mut config.server.control_socket);
+    if let Some(tls) = &mut config.tls {
+        resolve(&mut tls.certificate);
+        resolve(&mut tls.private_key);
+    }
+    if let Some(auth) = &mut config.auth {
+        resolve(&mut auth.users_file);
+    }
+    for check in &mut config.recipient_checks {
+        if let Some(file) = &mut check.file {
+            resolve(file);
+        }
+        for domain in &mut check.domains {
+            *domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[server]
+hostname = "mx1.example.com"
+spool_dir = "/tmp/spool"
+control_socket = "/tmp/ctl.sock"
+
+[[listener]]
+address = "127.0.0.1:2525"
+role = "mx"
+
+[relay]
+domains = ["Example.com."]
+trusted_networks = ["10.1.0.0/24"]
+"#;
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        load_str(text, "test.toml", Path::new("/"))
+    }
+
+    #[test]
+    fn minimal_config_loads_and_normalises_domains() {
+        let config = load(MINIMAL).expect("valid");
+        assert_eq!(config.relay.domains, vec!["example.com"]);
+        assert_eq!(config.limits.max_recipients, 1000);
+    }
+
+    #[test]
+    fn every_unknown_key_is_reported_with_position() {
+        let text = MINIMAL.replace("role = \"mx\"", "role = \"mx\"\nadress = \"x\"")
+            + "\n[limits]\nmax_mesage_size = 5\n";
+        let err = load(&text).expect_err("unknown keys");
+        let problems = err.problems();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(problems[0].key_path, "listener[0].adress");
+        assert_eq!((problems[0].line, problems[0].column), (10, 1));
+        assert_eq!(problems[1].key_path, "limits.max_mesage_size");
+    }
+
+    #[test]
+    fn type_errors_have_a_position() {
+        let text = MINIMAL.replace("\"127.0.0.1:2525\"", "\"not an address\"");
+        let err = load(&text).expect_err("bad address");
+        assert_eq!(err.problems()[0].line, 8);
+    }
+
+    #[test]
+    fn open_relay_configurations_are_refused() {
+        let text = MINIMAL.replace("\"10.1.0.0/24\"", "\"0.0.0.0/0\"");
+        let err = load(&text).expect_err("open relay");
+        assert_eq!(err.problems()[0].key_path, "relay.trusted_networks[0]");
+        let text = MINIMAL.replace("\"Example.com.\"", "\"*\"");
+        assert!(load(&text).is_err());
+    }
+
+    #[test]
+    fn durations_accept_seconds_and_text() {
+        let text = MINIMAL.to_string() + "\n[limits]\ncommand_timeout = \"2m\"\ndata_timeout = 7\n";
+        let config = load(&text).expect("valid");
+        assert_eq!(config.limits.command_timeout.as_secs(), 120);
+        assert_eq!(config.limits.data_timeout.as_secs(), 7);
+    }
+}

@@ -1,0 +1,6 @@
+//! Bulwark: a secure mail gateway. The daemon's modules, named for what they do:
+//! `config` (the typed configuration), `smtp` (receiving), `policy` (the filter seam and
+//! its first stages: relay control and recipient validation), `queue` (the durable spool),
+//! `admin` (the control socket behind `bulwarkctl`).
+
+pub mod config;
