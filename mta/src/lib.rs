@@ -3,4 +3,10 @@
 //! its first stages: relay control and recipient validation), `queue` (the durable spool),
 //! `admin` (the control socket behind `bulwarkctl`).
 
+pub mod admin;
 pub mod config;
+pub mod daemon;
+pub mod gateway;
+pub mod policy;
+pub mod queue;
+pub mod smtp;

@@ -1,1 +1,240 @@
-fn main() {}
+//! `bulwarkctl`: manage a running bulwarkd over its control socket.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use bulwark::admin::client::call;
+use bulwark::admin::protocol::Request;
+use bulwark::daemon::ConfigSource;
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+#[derive(Parser)]
+#[command(
+    name = "bulwarkctl",
+    version,
+    about = "Manage the Bulwark mail gateway"
+)]
+struct Args {
+    /// The daemon's control socket (default: from the configuration).
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// The daemon's configuration file, to find its control socket.
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Daemon status: listeners, sessions, counters, queue size.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The mail queue.
+    Queue {
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
+    /// Reload the configuration, TLS certificates and lists (as SIGHUP does).
+    Reload,
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// List queued messages.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one message's envelope and header (or whole content with --body).
+    Show {
+        id: String,
+        #[arg(long)]
+        body: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Keep messages from being delivered until released.
+    Hold { ids: Vec<String> },
+    /// Release held messages.
+    Release { ids: Vec<String> },
+    /// Delete messages from the queue for good.
+    Delete { ids: Vec<String> },
+    /// Retry every queued message now.
+    Flush,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let socket = match socket_path(&args) {
+        Ok(path) => path,
+        Err(message) => {
+            eprintln!("bulwarkctl: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (request, printer): (Request, fn(&Value)) = match args.command {
+        Command::Status { json } => (
+            Request::Status,
+            if json { print_json } else { print_status },
+        ),
+        Command::Reload => (Request::Reload, print_done),
+        Command::Queue { command } => match command {
+            QueueCommand::List { json } => (
+                Request::QueueList,
+                if json { print_json } else { print_queue },
+            ),
+            QueueCommand::Show { id, body, json } => (
+                Request::QueueShow { id, body },
+                if json { print_json } else { print_show },
+            ),
+            QueueCommand::Hold { ids } => (Request::QueueHold { ids }, print_done),
+            QueueCommand::Release { ids } => (Request::QueueRelease { ids }, print_done),
+            QueueCommand::Delete { ids } => (Request::QueueDelete { ids }, print_done),
+            QueueCommand::Flush => (Request::QueueFlush, print_done),
+        },
+    };
+    if request_needs_ids(&request) {
+        eprintln!("bulwarkctl: name at least one queue id");
+        return ExitCode::FAILURE;
+    }
+    match call(&socket, &request) {
+        Ok(response) if response.ok => {
+            printer(&response.result);
+            ExitCode::SUCCESS
+        }
+        Ok(response) => {
+            eprintln!("bulwarkctl: {}", response.error.unwrap_or_default());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("bulwarkctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn request_needs_ids(request: &Request) -> bool {
+    matches!(request,
+        Request::QueueHold { ids } | Request::QueueRelease { ids } | Request::QueueDelete { ids }
+        if ids.is_empty())
+}
+
+fn socket_path(args: &Args) -> Result<PathBuf, String> {
+    if let Some(socket) = &args.socket {
+        return Ok(socket.clone());
+    }
+    let source = ConfigSource::choose(args.config.clone());
+    source
+        .load()
+        .map(|config| config.server.control_socket)
+        .map_err(|e| e.to_string())
+}
+
+fn print_json(value: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
+fn print_done(value: &Value) {
+    if let Some(map) = value.as_object() {
+        let parts: Vec<String> = map.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        println!("{}", parts.join(", "));
+    }
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn print_status(value: &Value) {
+    println!(
+        "bulwarkd {} on {}",
+        text(&value["version"]),
+        text(&value["hostname"])
+    );
+    println!("  pid {}, up {} s", value["pid"], value["uptime_seconds"]);
+    if let Some(listeners) = value["listeners"].as_array() {
+        for l in listeners {
+            println!(
+                "  listening on {} ({})",
+                text(&l["address"]),
+                text(&l["role"])
+            );
+        }
+    }
+    let s = &value["sessions"];
+    println!(
+        "  sessions: {} active, {} total, {} refused",
+        s["active"], s["total"], s["refused"]
+    );
+    let m = &value["messages"];
+    println!(
+        "  messages: {} accepted ({} bytes), {} rejected; {} recipients rejected",
+        m["accepted"], m["bytes_accepted"], m["rejected"], value["recipients_rejected"]
+    );
+    let q = &value["queue"];
+    println!(
+        "  queue: {} message(s), {} bytes",
+        q["messages"], q["bytes"]
+    );
+}
+
+fn print_queue(value: &Value) {
+    let Some(entries) = value.as_array() else {
+        return;
+    };
+    if entries.is_empty() {
+        println!("Mail queue is empty");
+        return;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    println!(
+        "{:<16} {:>7} {:>9} {:<6} {:<20} {}",
+        "ID", "AGE", "SIZE", "STATE", "NEXT ATTEMPT", "SENDER / RECIPIENTS"
+    );
+    for e in entries {
+        let age = now.saturating_sub(e["arrival"].as_u64().unwrap_or(now));
+        let sender = e["sender"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("<>");
+        println!(
+            "{:<16} {:>6}s {:>9} {:<6} {:<20} {}",
+            text(&e["id"]),
+            age,
+            e["size"],
+            text(&e["state"]),
+            text(&e["next_attempt"]),
+            sender
+        );
+        for r in e["recipients"].as_array().into_iter().flatten() {
+            println!("{:>70} {}", "", text(r));
+        }
+        if !e["last_error"].is_null() {
+            println!("{:>70} ({})", "", text(&e["last_error"]));
+        }
+    }
+    println!("-- {} message(s)", entries.len());
+}
+
+fn print_show(value: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&value["envelope"]).unwrap_or_default()
+    );
+    println!("state: {}", text(&value["entry"]["state"]));
+    println!();
+    print!("{}", text(&value["content"]).replace("\r\n", "\n"));
+}

@@ -338,7 +338,10 @@ fn validate_recipient_checks(config: &Config, base: &Path, found: &mut Found) {
                 )),
                 Some(file) if !base.join(file).is_file() => found.push((
                     indexed("recipients", i, "file"),
-                    format!("{} does not exist or is not a file", base.join(file).display()),
+                    format!(
+                        "{} does not exist or is not a file",
+                        base.join(file).display()
+                    ),
                 )),
                 Some(_) => {}
             },

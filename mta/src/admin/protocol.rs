@@ -1,0 +1,56 @@
+//! Requests and responses on the control socket.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "kebab-case")]
+pub enum Request {
+    Status,
+    QueueList,
+    QueueShow {
+        id: String,
+        #[serde(default)]
+        body: bool,
+    },
+    QueueHold {
+        ids: Vec<String>,
+    },
+    QueueRelease {
+        ids: Vec<String>,
+    },
+    QueueDelete {
+        ids: Vec<String>,
+    },
+    QueueFlush,
+    Reload,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub result: serde_json::Value,
+}
+
+impl Response {
+    pub fn ok(result: serde_json::Value) -> Self {
+        Self {
+            ok: true,
+            error: None,
+            result,
+        }
+    }
+
+    pub fn error(message: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            error: Some(message.into()),
+            result: serde_json::Value::Null,
+        }
+    }
+}
+
+/// Longest request line the daemon reads (ids lists included).
+pub const MAX_REQUEST: usize = 1024 * 1024;

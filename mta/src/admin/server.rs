@@ -1,0 +1,203 @@
+//! The daemon's side of the control socket.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use super::protocol::{Request, Response, MAX_REQUEST};
+use crate::gateway::Gateway;
+use crate::queue::{QueueId, QueueState, SpoolError, StateRecord};
+
+/// Reloads the configuration (the daemon's SIGHUP path); returns a message on failure.
+pub type ReloadFn = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
+#[error("control socket {path}: {source}")]
+pub struct ControlError {
+    pub path: PathBuf,
+    pub source: std::io::Error,
+}
+
+/// Binds the socket (replacing a stale one) with mode 0660.
+pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
+    let error = |source| ControlError {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(error)?;
+    }
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(error(e)),
+    }
+    let listener = UnixListener::bind(path).map_err(error)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o660)).map_err(error)?;
+    Ok(listener)
+}
+
+pub async fn serve(listener: UnixListener, gateway: Arc<Gateway>, reload: ReloadFn) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(handle(stream, gateway.clone(), reload.clone()));
+            }
+            Err(e) => {
+                log::warn!("control socket accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn handle(stream: UnixStream, gateway: Arc<Gateway>, reload: ReloadFn) {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
+    let mut line = String::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line)).await;
+    let response = match read {
+        Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
+            Ok(request) => execute(request, &gateway, &reload).await,
+            Err(e) => Response::error(format!("malformed request: {e}")),
+        },
+        _ => Response::error("no request received"),
+    };
+    let mut out = serde_json::to_vec(&response).unwrap_or_default();
+    out.push(b'\n');
+    let _ = write.write_all(&out).await;
+}
+
+async fn execute(request: Request, gateway: &Gateway, reload: &ReloadFn) -> Response {
+    match request {
+        Request::Status => Response::ok(status(gateway)),
+        Request::QueueList => Response::ok(json!(gateway.queue.list())),
+        Request::QueueShow { id, body } => show(gateway, &id, body).await,
+        Request::QueueHold { ids } => change_state(gateway, &ids, StateRecord::Hold).await,
+        Request::QueueRelease { ids } => change_state(gateway, &ids, StateRecord::Release).await,
+        Request::QueueDelete { ids } => delete(gateway, &ids).await,
+        Request::QueueFlush => {
+            let waiting = gateway
+                .queue
+                .list()
+                .iter()
+                .filter(|e| e.state == QueueState::Queued)
+                .count();
+            gateway.flush.notify_waiters();
+            Response::ok(json!({ "flushed": waiting }))
+        }
+        Request::Reload => match reload() {
+            Ok(()) => Response::ok(json!({ "reloaded": true })),
+            Err(e) => Response::error(e),
+        },
+    }
+}
+
+fn status(gateway: &Gateway) -> Value {
+    let runtime = gateway.runtime();
+    let config = &runtime.config;
+    let c = &gateway.counters;
+    let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+    json!({
+        "hostname": config.server.hostname,
+        "version": env!("CARGO_PKG_VERSION"),
+        "pid": std::process::id(),
+        "uptime_seconds": gateway.started.elapsed().as_secs(),
+        "listeners": config.listeners.iter().map(|l| json!({
+            "address": l.address.to_string(),
+            "role": format!("{:?}", l.role).to_lowercase(),
+        })).collect::<Vec<_>>(),
+        "sessions": { "active": load(&c.sessions_active), "total": load(&c.sessions_total), "refused": load(&c.sessions_refused) },
+        "messages": { "accepted": load(&c.messages_accepted), "rejected": load(&c.messages_rejected), "bytes_accepted": load(&c.bytes_accepted) },
+        "recipients_rejected": load(&c.recipients_rejected),
+        "queue": { "messages": gateway.queue.len(), "bytes": gateway.queue.total_size() },
+        "unknown_recipients_by_client": gateway.harvest.top(10).iter()
+            .map(|(ip, n)| json!({ "client": ip.to_string(), "count": n })).collect::<Vec<_>>(),
+    })
+}
+
+fn parse_ids(ids: &[String]) -> Result<Vec<QueueId>, Response> {
+    ids.iter()
+        .map(|id| {
+            id.to_ascii_uppercase()
+                .parse::<QueueId>()
+                .map_err(|_| Response::error(format!("{id:?} is not a queue id")))
+        })
+        .collect()
+}
+
+async fn show(gateway: &Gateway, id: &str, body: bool) -> Response {
+    let id = match parse_ids(&[id.to_string()]) {
+        Ok(ids) => ids[0],
+        Err(response) => return response,
+    };
+    let Some(entry) = gateway.queue.get(id) else {
+        return Response::error(format!("no message {id} in the queue"));
+    };
+    let content = match gateway.spool.read_content(id).await {
+        Ok(content) => content,
+        Err(e) => return Response::error(e.to_string()),
+    };
+    let header_end = memchr::memmem::find(&content, b"\r\n\r\n").map_or(content.len(), |p| p + 2);
+    let shown = if body {
+        &content[..]
+    } else {
+        &content[..header_end]
+    };
+    Response::ok(json!({
+        "entry": entry,
+        "envelope": entry.envelope,
+        "content": String::from_utf8_lossy(shown),
+    }))
+}
+
+async fn change_state(gateway: &Gateway, ids: &[String], record: StateRecord) -> Response {
+    let ids = match parse_ids(ids) {
+        Ok(ids) => ids,
+        Err(response) => return response,
+    };
+    let mut missing = Vec::new();
+    for id in &ids {
+        if !gateway.queue.contains(*id) {
+            missing.push(id.to_string());
+            continue;
+        }
+        if let Err(e) = gateway.spool.record(*id, record.clone()).await {
+            return Response::error(e.to_string());
+        }
+        gateway.queue.apply(*id, &record);
+    }
+    if !missing.is_empty() {
+        return Response::error(format!("not in the queue: {}", missing.join(" ")));
+    }
+    Response::ok(json!({ "changed": ids.len() }))
+}
+
+async fn delete(gateway: &Gateway, ids: &[String]) -> Response {
+    let ids = match parse_ids(ids) {
+        Ok(ids) => ids,
+        Err(response) => return response,
+    };
+    let mut missing = Vec::new();
+    for id in &ids {
+        match gateway.spool.remove(*id).await {
+            Ok(()) => {
+                gateway.queue.remove(*id);
+                log::info!("deleted by operator: id={id}");
+            }
+            Err(SpoolError::NotFound(_)) => missing.push(id.to_string()),
+            Err(e) => return Response::error(e.to_string()),
+        }
+    }
+    if !missing.is_empty() {
+        return Response::error(format!("not in the queue: {}", missing.join(" ")));
+    }
+    Response::ok(json!({ "deleted": ids.len() }))
+}

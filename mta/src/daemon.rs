@@ -1,0 +1,184 @@
+//! Starting and running `bulwarkd`: choose the configuration, recover the spool, bind (while
+//! privileged), then serve SMTP and the control socket until SIGTERM; SIGHUP reloads.
+//!
+//! Start order matters: the spool is recovered before any listener accepts, so a message
+//! acknowledged before a crash is in the queue before the first new session begins.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+use crate::admin;
+use crate::config::{self, Config, ConfigError};
+use crate::gateway::Gateway;
+use crate::queue::{QueueIndex, Spool, SyncMode};
+use crate::smtp::server;
+
+/// How long sessions may take to finish after SIGTERM.
+const DRAIN: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Spool(#[from] crate::queue::SpoolError),
+    #[error(transparent)]
+    Bind(#[from] server::BindError),
+    #[error(transparent)]
+    Control(#[from] admin::server::ControlError),
+    #[error(transparent)]
+    Runtime(#[from] crate::gateway::RuntimeError),
+    #[error("signal handling: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Where the configuration came from: reloads read the same place.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    File(PathBuf),
+    BuiltIn,
+}
+
+impl ConfigSource {
+    /// `--config PATH`, else the default path if it exists, else the built-in default.
+    pub fn choose(explicit: Option<PathBuf>) -> ConfigSource {
+        match explicit {
+            Some(path) => ConfigSource::File(path),
+            None if Path::new(config::DEFAULT_CONFIG_PATH).exists() => {
+                ConfigSource::File(PathBuf::from(config::DEFAULT_CONFIG_PATH))
+            }
+            None => ConfigSource::BuiltIn,
+        }
+    }
+
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        match self {
+            ConfigSource::File(path) => config::load_file(path),
+            ConfigSource::BuiltIn => Ok(config::builtin_default()),
+        }
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(source: ConfigSource) -> Result<(), StartError> {
+    let config = source.load()?;
+    announce(&source, &config);
+    let (spool, recovered) = Spool::open(&config.server.spool_dir, SyncMode::Syncfs)?;
+    log::info!(
+        "spool {}: recovered {} queued message(s)",
+        config.server.spool_dir.display(),
+        recovered.len()
+    );
+    let queue = QueueIndex::from_recovered(recovered);
+    let listeners = server::bind_all(&config.listeners).await?;
+    for bound in &listeners {
+        let address = bound
+            .listener
+            .local_addr()
+            .map_or(bound.config.address, |a| a);
+        log::info!("listening on {address} ({:?})", bound.config.role);
+    }
+    let control = admin::server::bind(&config.server.control_socket)?;
+    let gateway = Arc::new(Gateway::new(config, spool, queue)?);
+
+    let reload_gateway = gateway.clone();
+    let reload_source = source.clone();
+    let reload: admin::server::ReloadFn =
+        Arc::new(move || reload_now(&reload_gateway, &reload_source));
+    tokio::spawn(admin::server::serve(
+        control,
+        gateway.clone(),
+        reload.clone(),
+    ));
+
+    let (stop, stopped) = watch::channel(false);
+    spawn_signal_handlers(stop, reload)?;
+    log::info!("bulwarkd ready");
+    server::serve(gateway, listeners, stopped, DRAIN).await;
+    log::info!("bulwarkd stopped");
+    Ok(())
+}
+
+fn announce(source: &ConfigSource, config: &Config) {
+    match source {
+        ConfigSource::File(path) => log::info!("configuration {}", path.display()),
+        ConfigSource::BuiltIn => log::warn!(
+            "no configuration file at {}: running on the built-in default \
+             (SMTP on {}, accepting mail for {:?}, spool {}, control socket {})",
+            config::DEFAULT_CONFIG_PATH,
+            config
+                .listeners
+                .iter()
+                .map(|l| l.address.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            config.relay.domains,
+            config.server.spool_dir.display(),
+            config.server.control_socket.display(),
+        ),
+    }
+}
+
+fn reload_now(gateway: &Gateway, source: &ConfigSource) -> Result<(), String> {
+    let outcome = source
+        .load()
+        .map_err(|e| e.to_string())
+        .and_then(|config| gateway.reload(config).map_err(|e| e.to_string()));
+    match &outcome {
+        Ok(()) => log::info!("configuration reloaded"),
+        Err(e) => log::error!("reload refused, the old configuration stays in force: {e}"),
+    }
+    outcome
+}
+
+fn spawn_signal_handlers(
+    stop: watch::Sender<bool>,
+    reload: admin::server::ReloadFn,
+) -> Result<(), StartError> {
+    let mut hangup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            let reload = reload.clone();
+            let _ = tokio::task::spawn_blocking(move || reload()).await;
+        }
+    });
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = terminate.recv() => log::info!("SIGTERM: draining sessions"),
+            _ = interrupt.recv() => log::info!("SIGINT: draining sessions"),
+        }
+        let _ = stop.send(true);
+    });
+    Ok(())
+}
+
+/// `--check-config`: prints every problem; the process exit code.
+pub fn check_config(source: &ConfigSource) -> i32 {
+    match source.load() {
+        Ok(_) => {
+            match source {
+                ConfigSource::File(path) => println!("{}: configuration is valid", path.display()),
+                ConfigSource::BuiltIn => {
+                    println!("no configuration file: the built-in default is valid")
+                }
+            }
+            0
+        }
+        Err(ConfigError::Invalid { origin, problems }) => {
+            for problem in problems {
+                eprintln!("{origin}:{problem}");
+            }
+            1
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            1
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The running daemon's shared state: the spool and queue, the reloadable runtime (config,
+//! filter chain, TLS, users) and the counters the control socket reports.
+//!
+//! # Reload contract
+//! `reload` builds a complete new [`Runtime`] from the new config and swaps it in only if
+//! every part loaded; otherwise the old one keeps running and the error is returned. Sessions
+//! keep the runtime they started with, so a reload never disturbs a session in progress.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::policy::{CalloutCache, Chain, HarvestTracker, RecipientsError};
+use crate::queue::{QueueIndex, Spool};
+use crate::smtp::auth::{Users, UsersError};
+use crate::smtp::tls::{load_server_config, TlsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Users(#[from] UsersError),
+    #[error(transparent)]
+    Recipients(#[from] RecipientsError),
+}
+
+/// Everything a reload replaces.
+pub struct Runtime {
+    pub config: Arc<Config>,
+    pub chain: Chain,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub users: Option<Arc<Users>>,
+}
+
+#[derive(Default, Serialize)]
+pub struct Counters {
+    pub sessions_total: AtomicU64,
+    pub sessions_active: AtomicU64,
+    pub sessions_refused: AtomicU64,
+    pub messages_accepted: AtomicU64,
+    pub messages_rejected: AtomicU64,
+    pub recipients_rejected: AtomicU64,
+    pub bytes_accepted: AtomicU64,
+}
+
+impl Counters {
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// How long a client that waited politely for the greeting is spared the greet delay.
+const GREET_PASS_TTL: Duration = Duration::from_secs(24 * 3600);
+const GREET_PASS_MAX: usize = 100_000;
+
+pub struct Gateway {
+    runtime: RwLock<Arc<Runtime>>,
+    pub spool: Spool,
+    pub queue: QueueIndex,
+    pub harvest: Arc<HarvestTracker>,
+    pub callouts: Arc<CalloutCache>,
+    pub counters: Counters,
+    pub clients: ClientLimiter,
+    greet_passed: Mutex<HashMap<IpAddr, Instant>>,
+    pub started: Instant,
+    /// Woken by `queue flush`: delivery retries everything now.
+    pub flush: tokio::sync::Notify,
+}
+
+impl Gateway {
+    pub fn new(config: Config, spool: Spool, queue: QueueIndex) -> Result<Self, RuntimeError> {
+        let harvest = Arc::new(HarvestTracker::new(Duration::from_secs(60)));
+        let callouts = Arc::new(CalloutCache::default());
+        let runtime = build_runtime(config, harvest.clone(), callouts.clone())?;
+        Ok(Self {
+            runtime: RwLock::new(Arc::new(runtime)),
+            spool,
+            queue,
+            harvest,
+            callouts,
+            counters: Counters::default(),
+            clients: ClientLimiter::default(),
+            greet_passed: Mutex::new(HashMap::new()),
+            started: Instant::now(),
+            flush: tokio::sync::Notify::new(),
+        })
+    }
+
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Swaps in a runtime built from `config`, or keeps the old one and says why not.
+    pub fn reload(&self, config: Config) -> Result<(), RuntimeError> {
+        let runtime = build_runtime(config, self.harvest.clone(), self.callouts.clone())?;
+        *self.runtime.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(runtime);
+        Ok(())
+    }
+
+    pub fn greet_passed_recently(&self, ip: IpAddr) -> bool {
+        let passed = self.greet_passed.lock().unwrap_or_else(|p| p.into_inner());
+        passed
+            .get(&ip)
+            .is_some_and(|at| at.elapsed() < GREET_PASS_TTL)
+    }
+
+    pub fn remember_greet_pass(&self, ip: IpAddr) {
+        let mut passed = self.greet_passed.lock().unwrap_or_else(|p| p.into_inner());
+        if passed.len() >= GREET_PASS_MAX {
+            passed.retain(|_, at| at.elapsed() < GREET_PASS_TTL);
+            if passed.len() >= GREET_PASS_MAX {
+                passed.clear();
+            }
+        }
+        passed.insert(ip, Instant::now());
+    }
+}
+
+fn build_runtime(
+    config: Config,
+    harvest: Arc<HarvestTracker>,
+    callouts: Arc<CalloutCache>,
+) -> Result<Runtime, RuntimeError> {
+    let tls = config.tls.as_ref().map(load_server_config).transpose()?;
+    let users = config
+        .auth
+        .as_ref()
+        .map(|auth| Users::load(&auth.users_file).map(Arc::new))
+        .transpose()?;
+    let chain = Chain::from_config(&config, harvest, callouts)?;
+    Ok(Runtime {
+        config: Arc::new(config),
+        chain,
+        tls,
+        users,
+    })
+}
+
+/// Concurrent sessions per client address, across all listeners.
+#[derive(Default)]
+pub struct ClientLimiter {
+    active: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// Releases the client's slot when the session ends, however it ends.
+pub struct ClientSlot {
+    active: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl ClientLimiter {
+    pub fn try_acquire(&self, ip: IpAddr, limit: usize) -> Option<ClientSlot> {
+        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        let count = active.entry(ip).or_insert(0);
+        if *count >= limit {
+            return None;
+        }
+        *count += 1;
+        Some(ClientSlot {
+            active: self.active.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = active.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                active.remove(&self.ip);
+            }
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! Recipient validation for our domains: accept-all, a list file, or a callout (an RCPT probe
+//! to the internal server, answers cached with separate positive and negative TTLs).
+//!
+//! Unknown recipients get 550 5.1.1 and are recorded per client address (the harvest signal).
+//! A callout that cannot reach any next hop answers 451 4.4.3 so the sender retries: the
+//! gateway never bounces mail for a valid user because the groupware server was down.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+use super::{HarvestTracker, SessionInfo, Stage, Verdict};
+use crate::config::{Config, RecipientCheckConfig, RecipientCheckKind};
+use crate::smtp::address::Mailbox;
+use crate::smtp::reply::Reply;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecipientsError {
+    #[error("cannot read recipient list {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+enum Check {
+    AcceptAll,
+    List(HashSet<String>),
+    Callout {
+        next_hops: Vec<String>,
+        positive_ttl: Duration,
+        negative_ttl: Duration,
+        timeout: Duration,
+    },
+}
+
+struct DomainCheck {
+    domains: Vec<String>,
+    check: Check,
+}
+
+/// Callout answers, shared across config reloads.
+#[derive(Default)]
+pub struct CalloutCache {
+    answers: Mutex<HashMap<String, (bool, Instant)>>,
+}
+
+impl CalloutCache {
+    fn get(&self, address: &str) -> Option<bool> {
+        let answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+        answers
+            .get(address)
+            .filter(|(_, expires)| *expires > Instant::now())
+            .map(|(known, _)| *known)
+    }
+
+    fn put(&self, address: String, known: bool, ttl: Duration) {
+        let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+        if answers.len() > 200_000 {
+            let now = Instant::now();
+            answers.retain(|_, (_, expires)| *expires > now);
+        }
+        answers.insert(address, (known, Instant::now() + ttl));
+    }
+}
+
+pub struct RecipientValidation {
+    checks: Vec<DomainCheck>,
+    harvest: Arc<HarvestTracker>,
+    callouts: Arc<CalloutCache>,
+    hostname: String,
+}
+
+impl RecipientValidation {
+    pub fn from_config(
+        config: &Config,
+        harvest: Arc<HarvestTracker>,
+        callouts: Arc<CalloutCache>,
+    ) -> Result<Self, RecipientsError> {
+        let checks = config
+            .recipient_checks
+            .iter()
+            .map(build_check)
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            checks,
+            harvest,
+            callouts,
+            hostname: config.server.hostname.clone(),
+        })
+    }
+
+    fn check_for(&self, domain: &str) -> Option<&Check> {
+        self.checks
+            .iter()
+            .find(|c| c.domains.iter().any(|d| d == domain))
+            .map(|c| &c.check)
+    }
+
+    fn unknown(&self, session: &SessionInfo, recipient: &Mailbox) -> Verdict {
+        let count = self.harvest.record(session.client.ip());
+        log::info!(
+            "recipient unknown: client={} recipient={} unknown_in_window={count}",
+            session.client.ip(),
+            recipient.canonical()
+        );
+        Verdict::Reject(Reply::owned(
+            550,
+            format!(
+                "5.1.1 <{}>: Recipient address rejected: User unknown",
+                recipient.canonical()
+            ),
+        ))
+    }
+
+    async fn callout(
+        &self,
+        address: &str,
+        next_hops: &[String],
+        positive_ttl: Duration,
+        negative_ttl: Duration,
+        timeout: Duration,
+    ) -> Option<bool> {
+        if let Some(known) = self.callouts.get(address) {
+            return Some(known);
+        }
+        for hop in next_hops {
+            let probe = tokio::time::timeout(timeout, probe(hop, &self.hostname, address)).await;
+            match probe {
+                Ok(Ok(Some(known))) => {
+                    let ttl = if known { positive_ttl } else { negative_ttl };
+                    self.callouts.put(address.to_string(), known, ttl);
+                    return Some(known);
+                }
+                Ok(Ok(None)) => log::warn!("callout to {hop} for {address}: temporary answer"),
+                Ok(Err(e)) => log::warn!("callout to {hop} for {address}: {e}"),
+                Err(_) => log::warn!("callout to {hop} for {address}: timed out"),
+            }
+        }
+        None
+    }
+}
+
+fn build_check(config: &RecipientCheckConfig) -> Result<DomainCheck, RecipientsError> {
+    let check = match config.check {
+        RecipientCheckKind::AcceptAll => Check::AcceptAll,
+        RecipientCheckKind::List => Check::List(match &config.file {
+            Some(path) => load_list(path)?,
+            None => HashSet::new(),
+        }),
+        RecipientCheckKind::Callout => Check::Callout {
+            next_hops: config.next_hops.clone(),
+            positive_ttl: config.positive_ttl,
+            negative_ttl: config.negative_ttl,
+            timeout: config.timeout,
+        },
+    };
+    Ok(DomainCheck {
+        domains: config.domains.clone(),
+        check,
+    })
+}
+
+/// One address per line (`#` comments); `@domain` accepts the whole domain. Case-insensitive.
+fn load_list(path: &Path) -> Result<HashSet<String>, RecipientsError> {
+    let text = std::fs::read_to_string(path).map_err(|source| RecipientsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(|l| l.trim_end_matches('.').to_lowercase())
+        .collect())
+}
+
+fn list_contains(list: &HashSet<String>, recipient: &Mailbox) -> bool {
+    let full = recipient.canonical().to_lowercase();
+    let whole_domain = format!("@{}", recipient.domain);
+    list.contains(&full) || list.contains(&whole_domain)
+}
+
+#[async_trait]
+impl Stage for RecipientValidation {
+    fn name(&self) -> &'static str {
+        "recipients"
+    }
+
+    async fn on_rcpt(&self, session: &SessionInfo, recipient: &Mailbox) -> Verdict {
+        let Some(domain) = recipient.domain_name() else {
+            return Verdict::Continue;
+        };
+        match self.check_for(domain) {
+            None | Some(Check::AcceptAll) => Verdict::Continue,
+            Some(Check::List(list)) if list_contains(list, recipient) => Verdict::Continue,
+            Some(Check::List(_)) => self.unknown(session, recipient),
+            Some(Check::Callout {
+                next_hops,
+                positive_ttl,
+                negative_ttl,
+                timeout,
+            }) => {
+                let address = recipient.canonical().to_lowercase();
+                let answer = self
+                    .callout(&address, next_hops, *positive_ttl, *negative_ttl, *timeout)
+                    .await;
+                match answer {
+                    Some(true) => Verdict::Continue,
+                    Some(false) => self.unknown(session, recipient),
+                    None => Verdict::Reject(Reply::new(
+                        451,
+                        "4.4.3 Recipient verification unavailable, try again later",
+                    )),
+                }
+            }
+        }
+    }
+}
+
+/// Asks `hop` whether it would accept `address`: `Some(true)` for 2xx, `Some(false)` for 5xx
+/// to RCPT, `None` for anything temporary.
+async fn probe(hop: &str, hostname: &str, address: &str) -> std::io::Result<Option<bool>> {
+    let stream = TcpStream::connect(hop).await?;
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let mut step = async |command: Option<String>| -> std::io::Result<u16> {
+        if let Some(command) = command {
+            write.write_all(command.as_bytes()).await?;
+        }
+        read_reply_code(&mut reader).await
+    };
+    if step(None).await? / 100 != 2 {
+        return Ok(None);
+    }
+    if step(Some(format!("EHLO {hostname}\r\n"))).await? / 100 != 2 {
+        return Ok(None);
+    }
+    if step(Some("MAIL FROM:<>\r\n".into())).await? / 100 != 2 {
+        return Ok(None);
+    }
+    let code = step(Some(format!("RCPT TO:<{address}>\r\n"))).await?;
+    let _ = step(Some("QUIT\r\n".into())).await;
+    Ok(match code / 100 {
+        2 => Some(true),
+        5 => Some(false),
+        _ => None,
+    })
+}
+
+async fn read_reply_code<R: AsyncBufReadExt + Unpin>(reader: &mut R) -> std::io::Result<u16> {
+    let mut line = String::new();
+    // A reply has at most a few dozen lines; more is a broken peer.
+    for _ in 0..100 {
+        line.clear();
+        if reader.read_line(&mut line).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let bytes = line.as_bytes();
+        if bytes.len() < 4 {
+            return Err(std::io::Error::other("malformed reply"));
+        }
+        if bytes[3] != b'-' {
+            return line[..3]
+                .parse()
+                .map_err(|_| std::io::Error::other("malformed reply code"));
+        }
+    }
+    Err(std::io::Error::other("reply too long"))
+}

@@ -1,0 +1,74 @@
+//! The envelope stored with each message: everything SMTP said that the content does not.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BodyType {
+    #[default]
+    #[serde(rename = "7bit")]
+    SevenBit,
+    #[serde(rename = "8bitmime")]
+    EightBitMime,
+}
+
+/// RFC 3461 RET.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DsnRet {
+    Full,
+    Hdrs,
+}
+
+/// What became of one recipient; `Pending` until delivery decides.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RecipientOutcome {
+    #[default]
+    Pending,
+    Delivered,
+    Bounced,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recipient {
+    pub address: String,
+    /// RFC 3461 NOTIFY as written by the client (`SUCCESS,FAILURE`, `NEVER`); None = default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify: Option<String>,
+    /// RFC 3461 ORCPT (`rfc822;user@example.com`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orcpt: Option<String>,
+    #[serde(default)]
+    pub outcome: RecipientOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Reverse path; empty for the null sender `<>`.
+    pub sender: String,
+    pub recipients: Vec<Recipient>,
+    /// Seconds since the epoch when the message was committed.
+    pub received_at: u64,
+    pub client_addr: IpAddr,
+    pub helo: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<String>,
+    #[serde(default)]
+    pub body: BodyType,
+    #[serde(default)]
+    pub smtputf8: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dsn_ret: Option<DsnRet>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dsn_envid: Option<String>,
+    /// From the content's header, for the operator's eyes (queue list, logs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+}

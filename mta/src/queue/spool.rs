@@ -1,0 +1,493 @@
+//! Spool files: drafts, commit, recovery, reading back, state logs. See the module doc of
+//! `queue` for the contract; this file holds the on-disk format:
+//!
+//! ```text
+//! "BWQ1" | content (CRLF lines, unstuffed) | envelope (JSON) | trailer (24 bytes)
+//! trailer = content_len u64 LE | envelope_len u32 LE | content_crc32 u32 LE
+//!         | envelope_crc32 u32 LE | "BWQE"
+//! ```
+//! A file is valid when its size equals 4 + content_len + envelope_len + 24, the magic numbers
+//! match and the envelope CRC matches; the content CRC is checked whenever content is read.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::commit::{Committer, SyncMode};
+use super::envelope::Envelope;
+use super::id::{IdGenerator, QueueId};
+use super::state::{self, StateRecord};
+
+const MAGIC: &[u8; 4] = b"BWQ1";
+const TRAILER_MAGIC: &[u8; 4] = b"BWQE";
+const TRAILER_LEN: u64 = 24;
+/// Content beyond this is streamed to the draft file instead of being held in memory.
+const DRAFT_BUFFER: usize = 128 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool I/O on {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("spool file {path} is corrupt: {reason}")]
+    Corrupt { path: PathBuf, reason: &'static str },
+    #[error("no message {0} in the queue")]
+    NotFound(QueueId),
+}
+
+impl SpoolError {
+    /// True when the disk is full: the SMTP side answers 452 4.3.1 instead of 451.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, SpoolError::Io { source, .. }
+            if source.raw_os_error() == Some(libc::ENOSPC) || source.raw_os_error() == Some(libc::EDQUOT))
+    }
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
+    move |source| SpoolError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A message found in the spool at start.
+#[derive(Debug)]
+pub struct Recovered {
+    pub id: QueueId,
+    pub envelope: Envelope,
+    pub content_len: u64,
+    pub records: Vec<StateRecord>,
+}
+
+struct Paths {
+    tmp: PathBuf,
+    queue: PathBuf,
+}
+
+pub struct Spool {
+    paths: Arc<Paths>,
+    ids: IdGenerator,
+    committer: Committer,
+    mode: SyncMode,
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool under `root`, discards drafts, and returns every
+    /// valid committed message. Invalid files (never acknowledged) go to `corrupt/`.
+    pub fn open(root: &Path, mode: SyncMode) -> Result<(Spool, Vec<Recovered>), SpoolError> {
+        let paths = Paths {
+            tmp: root.join("tmp"),
+            queue: root.join("queue"),
+        };
+        for dir in [&paths.tmp, &paths.queue] {
+            fs::create_dir_all(dir).map_err(io_at(dir))?;
+        }
+        clear_drafts(&paths.tmp)?;
+        let recovered = recover(root, &paths.queue)?;
+        let highest = recovered.iter().map(|m| m.id.0).max().unwrap_or(0);
+        let committer = Committer::start(&paths.queue, mode).map_err(io_at(&paths.queue))?;
+        let spool = Spool {
+            paths: Arc::new(paths),
+            ids: IdGenerator::starting_above(highest),
+            committer,
+            mode,
+        };
+        Ok((spool, recovered))
+    }
+
+    /// Starts receiving a new message.
+    pub fn begin(&self) -> Draft {
+        Draft {
+            id: self.ids.next(),
+            paths: self.paths.clone(),
+            buffer: Vec::with_capacity(8 * 1024),
+            file: None,
+            content_len: 0,
+            crc: crc32fast::Hasher::new(),
+            created: false,
+            committed: false,
+        }
+    }
+
+    /// Commits a draft: after `Ok`, the message survives any crash.
+    pub async fn commit(&self, draft: Draft, envelope: &Envelope) -> Result<QueueId, SpoolError> {
+        let id = draft.id;
+        let keep_file = self.mode == SyncMode::Fsync;
+        let envelope_json = serde_json::to_vec(envelope).unwrap_or_default();
+        let file = blocking(move || draft.finish(&envelope_json, keep_file)).await?;
+        self.committer
+            .sync(file)
+            .await
+            .map_err(io_at(&self.paths.queue))?;
+        Ok(id)
+    }
+
+    pub fn queue_path(&self, id: QueueId) -> PathBuf {
+        self.paths.queue.join(id.to_string())
+    }
+
+    fn state_path(&self, id: QueueId) -> PathBuf {
+        self.paths.queue.join(format!("{id}.st"))
+    }
+
+    /// Reads the whole content of a queued message, verifying its checksum.
+    pub async fn read_content(&self, id: QueueId) -> Result<Vec<u8>, SpoolError> {
+        let path = self.queue_path(id);
+        blocking(move || read_content_blocking(&path, id)).await
+    }
+
+    /// Appends a state change to the message's log.
+    pub async fn record(&self, id: QueueId, record: StateRecord) -> Result<(), SpoolError> {
+        let path = self.state_path(id);
+        blocking(move || {
+            let mut file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(io_at(&path))?;
+            file.write_all(&state::encode(&record))
+                .map_err(io_at(&path))
+        })
+        .await
+    }
+
+    /// Removes a message for good (delivered, bounced or deleted by the operator).
+    pub async fn remove(&self, id: QueueId) -> Result<(), SpoolError> {
+        let path = self.queue_path(id);
+        let state = self.state_path(id);
+        blocking(move || {
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(SpoolError::NotFound(id))
+                }
+                Err(e) => return Err(io_at(&path)(e)),
+            }
+            let _ = fs::remove_file(&state);
+            Ok(())
+        })
+        .await
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, SpoolError> + Send + 'static,
+) -> Result<T, SpoolError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|join| {
+            Err(SpoolError::Io {
+                path: PathBuf::new(),
+                source: io::Error::other(join.to_string()),
+            })
+        })
+}
+
+/// A message being received. Dropping a draft without committing removes its file.
+pub struct Draft {
+    id: QueueId,
+    paths: Arc<Paths>,
+    buffer: Vec<u8>,
+    file: Option<File>,
+    content_len: u64,
+    crc: crc32fast::Hasher,
+    /// A file exists under `tmp/` (and must be removed unless committed).
+    created: bool,
+    committed: bool,
+}
+
+impl Draft {
+    pub fn id(&self) -> QueueId {
+        self.id
+    }
+
+    pub fn content_len(&self) -> u64 {
+        self.content_len
+    }
+
+    /// Adds content; large messages are streamed to disk in `DRAFT_BUFFER` pieces.
+    pub async fn write(&mut self, content: &[u8]) -> Result<(), SpoolError> {
+        self.crc.update(content);
+        self.content_len += content.len() as u64;
+        self.buffer.extend_from_slice(content);
+        if self.buffer.len() >= DRAFT_BUFFER {
+            self.spill().await?;
+        }
+        Ok(())
+    }
+
+    async fn spill(&mut self) -> Result<(), SpoolError> {
+        let mut buffer = std::mem::take(&mut self.buffer);
+        let file = self.file.take();
+        let path = self.tmp_path();
+        let (file, mut buffer) = blocking(move || {
+            let mut file = match file {
+                Some(f) => f,
+                None => create_draft(&path)?,
+            };
+            file.write_all(&buffer).map_err(io_at(&path))?;
+            buffer.clear();
+            Ok((file, buffer))
+        })
+        .await?;
+        self.file = Some(file);
+        self.created = true;
+        buffer.reserve(DRAFT_BUFFER);
+        self.buffer = buffer;
+        Ok(())
+    }
+
+    fn tmp_path(&self) -> PathBuf {
+        self.paths.tmp.join(self.id.to_string())
+    }
+
+    /// Writes the rest, the envelope and the trailer, and renames into `queue/` (no sync).
+    fn finish(mut self, envelope: &[u8], keep_file: bool) -> Result<Option<File>, SpoolError> {
+        let path = self.tmp_path();
+        let mut file = match self.file.take() {
+            Some(f) => f,
+            None => create_draft(&path)?,
+        };
+        self.created = true;
+        let mut tail = std::mem::take(&mut self.buffer);
+        tail.extend_from_slice(envelope);
+        tail.extend_from_slice(&self.content_len.to_le_bytes());
+        tail.extend_from_slice(&(envelope.len() as u32).to_le_bytes());
+        tail.extend_from_slice(&self.crc.clone().finalize().to_le_bytes());
+        tail.extend_from_slice(&crc32fast::hash(envelope).to_le_bytes());
+        tail.extend_from_slice(TRAILER_MAGIC);
+        file.write_all(&tail).map_err(io_at(&path))?;
+        let target = self.paths.queue.join(self.id.to_string());
+        fs::rename(&path, &target).map_err(io_at(&target))?;
+        self.committed = true;
+        Ok(keep_file.then_some(file))
+    }
+}
+
+impl Drop for Draft {
+    fn drop(&mut self) {
+        if self.created && !self.committed {
+            let _ = fs::remove_file(self.tmp_path());
+        }
+    }
+}
+
+fn create_draft(path: &Path) -> Result<File, SpoolError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(io_at(path))?;
+    file.write_all(MAGIC).map_err(io_at(path))?;
+    Ok(file)
+}
+
+fn clear_drafts(tmp: &Path) -> Result<(), SpoolError> {
+    for entry in fs::read_dir(tmp).map_err(io_at(tmp))? {
+        let entry = entry.map_err(io_at(tmp))?;
+        let _ = fs::remove_file(entry.path());
+    }
+    Ok(())
+}
+
+struct Trailer {
+    content_len: u64,
+    envelope_len: u32,
+    content_crc: u32,
+    envelope_crc: u32,
+}
+
+fn read_trailer(file: &mut File, path: &Path) -> Result<Trailer, SpoolError> {
+    let corrupt = |reason| SpoolError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let size = file.metadata().map_err(io_at(path))?.len();
+    if size < 4 + TRAILER_LEN {
+        return Err(corrupt("shorter than header and trailer"));
+    }
+    let mut magic = [0u8; 4];
+    file.read_exact(&mut magic).map_err(io_at(path))?;
+    if &magic != MAGIC {
+        return Err(corrupt("bad magic"));
+    }
+    let mut raw = [0u8; TRAILER_LEN as usize];
+    file.seek(SeekFrom::Start(size - TRAILER_LEN))
+        .map_err(io_at(path))?;
+    file.read_exact(&mut raw).map_err(io_at(path))?;
+    let word = |at: usize| u32::from_le_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]]);
+    let trailer = Trailer {
+        content_len: u64::from_le_bytes(raw[0..8].try_into().unwrap_or([0; 8])),
+        envelope_len: word(8),
+        content_crc: word(12),
+        envelope_crc: word(16),
+    };
+    if &raw[20..24] != TRAILER_MAGIC {
+        return Err(corrupt("bad trailer magic"));
+    }
+    let expected = 4u64
+        .checked_add(trailer.content_len)
+        .and_then(|n| n.checked_add(trailer.envelope_len as u64 + TRAILER_LEN));
+    if expected != Some(size) {
+        return Err(corrupt("length does not match trailer"));
+    }
+    Ok(trailer)
+}
+
+fn read_envelope(path: &Path) -> Result<(Envelope, u64), SpoolError> {
+    let mut file = File::open(path).map_err(io_at(path))?;
+    let trailer = read_trailer(&mut file, path)?;
+    let mut raw = vec![0u8; trailer.envelope_len as usize];
+    file.seek(SeekFrom::Start(4 + trailer.content_len))
+        .map_err(io_at(path))?;
+    file.read_exact(&mut raw).map_err(io_at(path))?;
+    let corrupt = |reason| SpoolError::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if crc32fast::hash(&raw) != trailer.envelope_crc {
+        return Err(corrupt("envelope checksum mismatch"));
+    }
+    let envelope = serde_json::from_slice(&raw).map_err(|_| corrupt("envelope is not valid"))?;
+    Ok((envelope, trailer.content_len))
+}
+
+fn read_content_blocking(path: &Path, id: QueueId) -> Result<Vec<u8>, SpoolError> {
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(SpoolError::NotFound(id)),
+        Err(e) => return Err(io_at(path)(e)),
+    };
+    let trailer = read_trailer(&mut file, path)?;
+    file.seek(SeekFrom::Start(4)).map_err(io_at(path))?;
+    let mut content = vec![0u8; trailer.content_len as usize];
+    file.read_exact(&mut content).map_err(io_at(path))?;
+    if crc32fast::hash(&content) != trailer.content_crc {
+        return Err(SpoolError::Corrupt {
+            path: path.to_path_buf(),
+            reason: "content checksum mismatch",
+        });
+    }
+    Ok(content)
+}
+
+fn recover(root: &Path, queue: &Path) -> Result<Vec<Recovered>, SpoolError> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(queue).map_err(io_at(queue))? {
+        let entry = entry.map_err(io_at(queue))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Ok(id) = name.parse::<QueueId>() else {
+            continue;
+        };
+        let path = entry.path();
+        match read_envelope(&path) {
+            Ok((envelope, content_len)) => {
+                let log = fs::read(queue.join(format!("{name}.st"))).unwrap_or_default();
+                found.push(Recovered {
+                    id,
+                    envelope,
+                    content_len,
+                    records: state::replay(&log),
+                });
+            }
+            Err(SpoolError::Corrupt { reason, .. }) => {
+                log::warn!("spool: setting aside {name}: {reason} (it was never acknowledged)");
+                quarantine_corrupt(root, &path, name)?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    found.sort_by_key(|m| m.id);
+    Ok(found)
+}
+
+fn quarantine_corrupt(root: &Path, path: &Path, name: &str) -> Result<(), SpoolError> {
+    let corrupt = root.join("corrupt");
+    fs::create_dir_all(&corrupt).map_err(io_at(&corrupt))?;
+    fs::rename(path, corrupt.join(name)).map_err(io_at(path))?;
+    let _ = fs::remove_file(path.with_file_name(format!("{name}.st")));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::envelope::Recipient;
+
+    fn envelope() -> Envelope {
+        Envelope {
+            sender: "a@example.org".into(),
+            recipients: vec![Recipient {
+                address: "b@example.com".into(),
+                notify: None,
+                orcpt: None,
+                outcome: Default::default(),
+            }],
+            received_at: 1,
+            client_addr: "127.0.0.1".parse().expect("ip"),
+            helo: "client".into(),
+            auth_user: None,
+            tls: None,
+            body: Default::default(),
+            smtputf8: false,
+            dsn_ret: None,
+            dsn_envid: None,
+            message_id: None,
+            subject: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn commit_recover_read_and_remove() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (spool, found) = Spool::open(dir.path(), SyncMode::Syncfs).expect("open");
+        assert!(found.is_empty());
+        let mut draft = spool.begin();
+        let big = vec![b'x'; DRAFT_BUFFER * 3 + 17];
+        draft.write(b"Subject: hi\r\n\r\n").await.expect("write");
+        draft.write(&big).await.expect("write");
+        let id = spool.commit(draft, &envelope()).await.expect("commit");
+        spool.record(id, StateRecord::Hold).await.expect("record");
+        let abandoned = spool.begin();
+        let abandoned_id = abandoned.id();
+        drop(abandoned);
+        drop(spool);
+
+        let (spool, found) = Spool::open(dir.path(), SyncMode::Fsync).expect("reopen");
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].id, id);
+        assert_eq!(found[0].records, vec![StateRecord::Hold]);
+        assert_eq!(found[0].envelope, envelope());
+        let content = spool.read_content(id).await.expect("read");
+        assert_eq!(content.len(), 15 + big.len());
+        assert!(spool.begin().id() > id.max(abandoned_id));
+        spool.remove(id).await.expect("remove");
+        assert!(matches!(
+            spool.remove(id).await,
+            Err(SpoolError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn truncated_files_are_set_aside_not_recovered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (spool, _) = Spool::open(dir.path(), SyncMode::Syncfs).expect("open");
+        let mut draft = spool.begin();
+        draft
+            .write(b"Subject: hi\r\n\r\nbody\r\n")
+            .await
+            .expect("write");
+        let id = spool.commit(draft, &envelope()).await.expect("commit");
+        let path = spool.queue_path(id);
+        drop(spool);
+        let full = fs::read(&path).expect("read");
+        for cut in [0, 3, 10, full.len() - 1] {
+            fs::write(&path, &full[..cut]).expect("truncate");
+            let (_, found) = Spool::open(dir.path(), SyncMode::Syncfs).expect("open");
+            assert!(found.is_empty(), "cut at {cut} recovered");
+            assert!(dir.path().join("corrupt").join(id.to_string()).exists());
+            fs::rename(dir.path().join("corrupt").join(id.to_string()), &path).expect("back");
+        }
+    }
+}

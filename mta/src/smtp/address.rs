@@ -1,0 +1,171 @@
+//! Mailbox analysis for relay decisions.
+//!
+//! `smtp-proto` parses the path (it strips source routes, as RFC 5321 4.1.1.3 says to ignore
+//! them, and removes the quotes of a quoted local part). Here we split what it returns at the
+//! *last* `@` and classify the parts, so that `"user@other.net"@example.com` is seen as a local
+//! part holding `@` at our domain (a relay trick), never as mail for other.net.
+
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Domain {
+    /// Lower-cased, without a trailing dot.
+    Name(String),
+    /// An address literal such as `[192.0.2.1]` or `[IPv6:::1]`, as written.
+    Literal(String),
+}
+
+impl fmt::Display for Domain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Domain::Name(name) => f.write_str(name),
+            Domain::Literal(literal) => f.write_str(literal),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mailbox {
+    pub local: String,
+    pub domain: Domain,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    #[error("no domain")]
+    NoDomain,
+    #[error("empty local part")]
+    EmptyLocalPart,
+    #[error("malformed domain")]
+    BadDomain,
+    #[error("non-ASCII address without SMTPUTF8")]
+    NeedsSmtputf8,
+    #[error("address too long")]
+    TooLong,
+}
+
+impl Mailbox {
+    /// Parses `local@domain` as returned by the SMTP path parser.
+    pub fn parse(address: &str, smtputf8: bool) -> Result<Mailbox, AddressError> {
+        if address.len() > 254 {
+            return Err(AddressError::TooLong);
+        }
+        if !smtputf8 && !address.is_ascii() {
+            return Err(AddressError::NeedsSmtputf8);
+        }
+        let (local, domain) = address.rsplit_once('@').ok_or(AddressError::NoDomain)?;
+        if local.is_empty() {
+            return Err(AddressError::EmptyLocalPart);
+        }
+        if local.len() > 64 {
+            return Err(AddressError::TooLong);
+        }
+        Ok(Mailbox {
+            local: local.to_string(),
+            domain: parse_domain(domain)?,
+        })
+    }
+
+    /// A local part that carries its own routing (`user%host`, `host!user`, `user@host`):
+    /// the next hop might act on it, so only trusted clients may use it.
+    pub fn has_routing(&self) -> bool {
+        self.local.contains(['@', '%', '!'])
+    }
+
+    /// The domain name, if this is not an address literal.
+    pub fn domain_name(&self) -> Option<&str> {
+        match &self.domain {
+            Domain::Name(name) => Some(name),
+            Domain::Literal(_) => None,
+        }
+    }
+
+    /// `local@domain` with the domain normalised; used as the lookup key and stored address.
+    pub fn canonical(&self) -> String {
+        format!("{}@{}", self.local, self.domain)
+    }
+}
+
+fn parse_domain(domain: &str) -> Result<Domain, AddressError> {
+    if domain.starts_with('[') {
+        let valid = domain.ends_with(']') && is_literal(&domain[1..domain.len() - 1]);
+        return if valid {
+            Ok(Domain::Literal(domain.to_string()))
+        } else {
+            Err(AddressError::BadDomain)
+        };
+    }
+    let name = domain.strip_suffix('.').unwrap_or(domain);
+    let valid_label = |label: &str| {
+        !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .chars()
+                .all(|c| c.is_alphanumeric() || c == '-' || !c.is_ascii())
+    };
+    if name.is_empty() || name.len() > 253 || !name.split('.').all(valid_label) {
+        return Err(AddressError::BadDomain);
+    }
+    Ok(Domain::Name(name.to_lowercase()))
+}
+
+fn is_literal(inner: &str) -> bool {
+    if let Some(v6) = inner
+        .strip_prefix("IPv6:")
+        .or_else(|| inner.strip_prefix("ipv6:"))
+    {
+        return v6.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    inner.parse::<std::net::Ipv4Addr>().is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ordinary_and_trailing_dot() {
+        let m = Mailbox::parse("User@Example.COM.", false).expect("valid");
+        assert_eq!(m.domain_name(), Some("example.com"));
+        assert_eq!(m.local, "User");
+        assert!(!m.has_routing());
+    }
+
+    #[test]
+    fn routing_in_the_local_part() {
+        for address in [
+            "user%other.net@example.com",
+            "other.net!user@example.com",
+            "user@other.net@example.com",
+        ] {
+            let m = Mailbox::parse(address, false).expect("parses");
+            assert_eq!(m.domain_name(), Some("example.com"));
+            assert!(m.has_routing(), "{address}");
+        }
+    }
+
+    #[test]
+    fn malformed_domains_and_literals() {
+        assert_eq!(
+            Mailbox::parse("u@example.com..", false),
+            Err(AddressError::BadDomain)
+        );
+        assert_eq!(
+            Mailbox::parse("u@[1.2.3]", false),
+            Err(AddressError::BadDomain)
+        );
+        let m = Mailbox::parse("u@[IPv6:::1]", false).expect("literal");
+        assert_eq!(m.domain_name(), None);
+        assert_eq!(
+            Mailbox::parse("ü@example.com", false),
+            Err(AddressError::NeedsSmtputf8)
+        );
+        assert!(Mailbox::parse("ü@exämple.com", true).is_ok());
+        assert_eq!(
+            Mailbox::parse("nodomain", false),
+            Err(AddressError::NoDomain)
+        );
+    }
+}

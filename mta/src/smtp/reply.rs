@@ -1,0 +1,106 @@
+//! SMTP replies: a code and text that begins with the RFC 3463 enhanced status code.
+
+use std::borrow::Cow;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    /// One or more lines (separated by `\n`), each without CRLF.
+    pub text: Cow<'static, str>,
+}
+
+impl Reply {
+    pub const fn new(code: u16, text: &'static str) -> Self {
+        Self {
+            code,
+            text: Cow::Borrowed(text),
+        }
+    }
+
+    pub fn owned(code: u16, text: String) -> Self {
+        Self {
+            code,
+            text: Cow::Owned(text),
+        }
+    }
+
+    pub fn is_positive(&self) -> bool {
+        self.code < 400
+    }
+
+    /// 5xx replies caused by the client count towards the session's error limit.
+    pub fn is_permanent(&self) -> bool {
+        self.code >= 500
+    }
+
+    /// Appends the wire form (`250-...` continuation lines, `250 ...` last) to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        let mut lines = self.text.split('\n').peekable();
+        while let Some(line) = lines.next() {
+            let separator = if lines.peek().is_some() { '-' } else { ' ' };
+            out.extend_from_slice(format!("{}{}{}\r\n", self.code, separator, line).as_bytes());
+        }
+    }
+}
+
+pub const OK: Reply = Reply::new(250, "2.0.0 Ok");
+pub const BYE: Reply = Reply::new(221, "2.0.0 Bye");
+pub const LINE_TOO_LONG: Reply = Reply::new(500, "5.5.2 Line too long");
+pub const UNRECOGNIZED: Reply = Reply::new(500, "5.5.1 Command unrecognized");
+pub const NEED_HELO: Reply = Reply::new(503, "5.5.1 Send EHLO or HELO first");
+pub const NEED_MAIL: Reply = Reply::new(503, "5.5.1 Need MAIL command");
+pub const NEED_RCPT: Reply = Reply::new(503, "5.5.1 Need RCPT command");
+pub const NESTED_MAIL: Reply = Reply::new(503, "5.5.1 Nested MAIL command");
+pub const NO_VALID_RECIPIENTS: Reply = Reply::new(554, "5.5.1 No valid recipients");
+pub const VRFY: Reply = Reply::new(
+    252,
+    "2.5.2 Cannot VRFY user, but will accept message and attempt delivery",
+);
+pub const EXPN: Reply = Reply::new(502, "5.5.1 EXPN not available");
+pub const HELP: Reply = Reply::new(214, "2.0.0 See RFC 5321");
+pub const TOO_BIG: Reply = Reply::new(552, "5.3.4 Message size exceeds fixed maximum message size");
+pub const HEADER_TOO_BIG: Reply = Reply::new(552, "5.3.4 Message header size exceeds limit");
+pub const TOO_MANY_RECIPIENTS: Reply = Reply::new(452, "4.5.3 Too many recipients");
+pub const START_DATA: Reply = Reply::new(354, "End data with <CR><LF>.<CR><LF>");
+pub const LOOP: Reply = Reply::new(554, "5.4.6 Too many hops (mail loop?)");
+pub const BARE_NEWLINE: Reply = Reply::new(
+    554,
+    "5.5.2 Message contains bare CR or LF characters (only CRLF line ends are allowed)",
+);
+pub const NUL_BYTES: Reply = Reply::new(554, "5.6.0 Message contains NUL characters");
+pub const LONG_LINE: Reply = Reply::new(
+    554,
+    "5.6.0 Message contains a line longer than 1000 characters",
+);
+pub const NEEDS_SMTPUTF8: Reply = Reply::new(553, "5.6.7 Non-ASCII address requires SMTPUTF8");
+pub const BAD_SENDER: Reply = Reply::new(501, "5.1.7 Bad sender address syntax");
+pub const BAD_RECIPIENT: Reply = Reply::new(501, "5.1.3 Bad recipient address syntax");
+pub const TLS_READY: Reply = Reply::new(220, "2.0.0 Ready to start TLS");
+pub const TLS_UNAVAILABLE: Reply = Reply::new(502, "5.5.1 STARTTLS not available");
+pub const TLS_ACTIVE: Reply = Reply::new(503, "5.5.1 TLS already active");
+pub const AUTH_NEEDS_TLS: Reply = Reply::new(
+    538,
+    "5.7.11 Encryption required for requested authentication mechanism",
+);
+pub const AUTH_UNAVAILABLE: Reply = Reply::new(502, "5.5.1 AUTH not available");
+pub const AUTH_ALREADY: Reply = Reply::new(503, "5.5.1 Already authenticated");
+pub const AUTH_OK: Reply = Reply::new(235, "2.7.0 Authentication successful");
+pub const AUTH_FAILED: Reply = Reply::new(535, "5.7.8 Authentication credentials invalid");
+pub const AUTH_CANCELLED: Reply = Reply::new(501, "5.0.0 Authentication cancelled");
+pub const AUTH_BAD_MECHANISM: Reply = Reply::new(504, "5.5.4 Unrecognized authentication type");
+pub const AUTH_REQUIRED: Reply = Reply::new(530, "5.7.0 Authentication required");
+pub const LOCAL_ERROR: Reply = Reply::new(451, "4.3.0 Local error in processing, try again later");
+pub const DISK_FULL: Reply = Reply::new(452, "4.3.1 Insufficient system storage");
+pub const PREGREET: Reply = Reply::new(554, "5.5.1 Protocol error: talked before greeting");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multiline_wire_form() {
+        let mut out = Vec::new();
+        Reply::owned(250, "mx\nPIPELINING\nSIZE 10".into()).write_to(&mut out);
+        assert_eq!(out, b"250-mx\r\n250-PIPELINING\r\n250 SIZE 10\r\n");
+    }
+}

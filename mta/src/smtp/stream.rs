@@ -1,0 +1,273 @@
+//! The session's byte stream: buffered reads of command lines and message data, batched
+//! replies (PIPELINING: replies are flushed only before the session would block on a read),
+//! and the STARTTLS upgrade, which discards anything the client pipelined behind STARTTLS.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+use super::reply::Reply;
+
+/// Longest command line including CRLF (RFC 5321 4.5.3.1.4).
+pub const MAX_COMMAND_LINE: usize = 512;
+const READ_CHUNK: usize = 16 * 1024;
+
+pub enum Transport {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    /// Only while the handshake runs.
+    Upgrading,
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Transport::Upgrading => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Transport::Upgrading => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_flush(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Transport::Upgrading => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Transport::Upgrading => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("connection closed by client")]
+    Closed,
+    #[error("timed out")]
+    Timeout,
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// A command line, or the fact that the client sent one that was too long (already skipped).
+pub enum Line {
+    Command(Vec<u8>),
+    TooLong,
+}
+
+/// Negotiated TLS, for the Received: header and the logs.
+#[derive(Debug, Clone)]
+pub struct TlsInfo {
+    pub version: String,
+    pub cipher: String,
+}
+
+pub struct SmtpStream {
+    transport: Transport,
+    buffer: Vec<u8>,
+    start: usize,
+    end: usize,
+    outgoing: Vec<u8>,
+}
+
+impl SmtpStream {
+    pub fn new(transport: Transport) -> Self {
+        Self {
+            transport,
+            buffer: vec![0; READ_CHUNK],
+            start: 0,
+            end: 0,
+            outgoing: Vec::with_capacity(1024),
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self.transport, Transport::Tls(_))
+    }
+
+    /// Queues a reply; it is sent before the next blocking read or on `flush`.
+    pub fn reply(&mut self, reply: &Reply) {
+        reply.write_to(&mut self.outgoing);
+    }
+
+    pub async fn flush(&mut self) -> Result<(), StreamError> {
+        if !self.outgoing.is_empty() {
+            self.transport.write_all(&self.outgoing).await?;
+            self.outgoing.clear();
+        }
+        self.transport.flush().await?;
+        Ok(())
+    }
+
+    pub fn has_buffered_input(&self) -> bool {
+        self.start < self.end
+    }
+
+    /// Reads more input, flushing pending replies first (the PIPELINING rule).
+    async fn fill(&mut self, timeout: Duration) -> Result<(), StreamError> {
+        if !self.outgoing.is_empty() {
+            self.flush().await?;
+        }
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.end == self.buffer.len() {
+            self.buffer.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let read = tokio::time::timeout(timeout, self.transport.read(&mut self.buffer[self.end..]))
+            .await
+            .map_err(|_| StreamError::Timeout)??;
+        if read == 0 {
+            return Err(StreamError::Closed);
+        }
+        self.end += read;
+        Ok(())
+    }
+
+    /// Reads one command line (without CRLF). Over-long lines are consumed and reported.
+    pub async fn read_line(&mut self, timeout: Duration) -> Result<Line, StreamError> {
+        let mut too_long = false;
+        loop {
+            let pending = &self.buffer[self.start..self.end];
+            if let Some(pos) = memchr::memchr(b'\n', pending) {
+                let line_end = self.start + pos + 1;
+                let line = self.buffer[self.start..line_end].to_vec();
+                self.start = line_end;
+                if too_long || line.len() > MAX_COMMAND_LINE {
+                    return Ok(Line::TooLong);
+                }
+                return Ok(Line::Command(line));
+            }
+            if pending.len() >= MAX_COMMAND_LINE {
+                // Skip what we have of the over-long line, keep reading until its LF.
+                too_long = true;
+                self.start = self.end;
+            }
+            self.fill(timeout).await?;
+        }
+    }
+
+    /// Hands up to `limit` buffered (or freshly read) bytes to `consume`, which returns how
+    /// many it used; returns that count.
+    pub async fn consume<F>(
+        &mut self,
+        timeout: Duration,
+        limit: usize,
+        consume: F,
+    ) -> Result<usize, StreamError>
+    where
+        F: FnOnce(&[u8]) -> usize,
+    {
+        if self.start == self.end {
+            self.fill(timeout).await?;
+        }
+        let available = (self.end - self.start).min(limit);
+        let used = consume(&self.buffer[self.start..self.start + available]);
+        self.start += used;
+        Ok(used)
+    }
+
+    /// Reads and drops `count` bytes (a BDAT chunk that is refused).
+    pub async fn discard(
+        &mut self,
+        mut count: usize,
+        timeout: Duration,
+    ) -> Result<(), StreamError> {
+        while count > 0 {
+            count -= self.consume(timeout, count, |input| input.len()).await?;
+        }
+        Ok(())
+    }
+
+    /// Is the client talking before it was spoken to? Waits up to `wait` for input.
+    pub async fn talks_first(&mut self, wait: Duration) -> bool {
+        let Transport::Plain(tcp) = &self.transport else {
+            return false;
+        };
+        let mut probe = [0u8; 1];
+        if wait.is_zero() {
+            return matches!(tcp.try_read(&mut probe), Ok(n) if n > 0);
+        }
+        matches!(
+            tokio::time::timeout(wait, tcp.peek(&mut probe)).await,
+            Ok(Ok(n)) if n > 0
+        )
+    }
+
+    /// STARTTLS (or implicit TLS): drops pipelined plaintext, then handshakes.
+    pub async fn upgrade(
+        &mut self,
+        acceptor: TlsAcceptor,
+        timeout: Duration,
+    ) -> Result<TlsInfo, StreamError> {
+        self.flush().await?;
+        self.start = 0;
+        self.end = 0;
+        let Transport::Plain(tcp) = std::mem::replace(&mut self.transport, Transport::Upgrading)
+        else {
+            return Err(StreamError::Io(io::Error::other("TLS already active")));
+        };
+        let tls = tokio::time::timeout(timeout, acceptor.accept(tcp))
+            .await
+            .map_err(|_| StreamError::Timeout)??;
+        let (_, connection) = tls.get_ref();
+        let info = TlsInfo {
+            version: connection
+                .protocol_version()
+                .and_then(|v| v.as_str())
+                .unwrap_or("TLS")
+                .replace("TLSv1_", "TLSv1.")
+                .to_string(),
+            cipher: connection
+                .negotiated_cipher_suite()
+                .and_then(|s| s.suite().as_str())
+                .unwrap_or("unknown")
+                .to_string(),
+        };
+        self.transport = Transport::Tls(Box::new(tls));
+        Ok(info)
+    }
+
+    pub async fn shutdown(&mut self) {
+        let _ = self.flush().await;
+        let _ = self.transport.shutdown().await;
+    }
+}
+
+/// Builds an acceptor from a shared rustls config.
+pub fn acceptor(config: Arc<rustls::ServerConfig>) -> TlsAcceptor {
+    TlsAcceptor::from(config)
+}

@@ -1,0 +1,698 @@
+"""Shared fixtures for the Bulwark black-box tests.
+
+These tests drive the real binaries (`bulwarkd`, `bulwarkctl`) over TCP and the control
+socket; they never build anything. Set BULWARKD / BULWARKCTL to test other binaries, otherwise
+`<repo>/target/debug/{bulwarkd,bulwarkctl}` are used.
+
+Everything here is bounded: every socket has a timeout, every subprocess.run has a timeout,
+every wait loop has a deadline.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterable
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BULWARKD = os.environ.get("BULWARKD") or str(REPO / "target" / "debug" / "bulwarkd")
+BULWARKCTL = os.environ.get("BULWARKCTL") or str(REPO / "target" / "debug" / "bulwarkctl")
+
+HOSTNAME = "mx.test"
+CRLF = b"\r\n"
+QUEUED_RE = re.compile(r"queued as <?([0-9A-Fa-f]{16})>?")
+ENHANCED_RE = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
+
+# Untrusted by default: tests connect from 127.0.0.1, which is NOT in this (documentation) net.
+DEFAULT_TRUSTED = ["192.0.2.0/24"]
+
+
+# --------------------------------------------------------------------------------------------
+# Binaries
+# --------------------------------------------------------------------------------------------
+
+
+def require_binaries() -> None:
+    for path in (BULWARKD, BULWARKCTL):
+        if not os.access(path, os.X_OK):
+            pytest.fail(
+                f"{path} does not exist or is not executable: build the workspace first "
+                f"(the test runner does that) or set BULWARKD / BULWARKCTL",
+                pytrace=False,
+            )
+
+
+def run(args: list, timeout: float = 20, **kw) -> subprocess.CompletedProcess:
+    """subprocess.run with text output captured and a timeout, never raising on exit status."""
+    return subprocess.run(
+        [str(a) for a in args],
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        **kw,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# TOML writing (tomllib can only read)
+# --------------------------------------------------------------------------------------------
+
+
+def toml_string(s: str) -> str:
+    out = ['"']
+    for ch in s:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch == '"':
+            out.append('\\"')
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04X}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def toml_key(k: str) -> str:
+    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else toml_string(k)
+
+
+def toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, os.PathLike):
+        v = os.fspath(v)
+    if isinstance(v, str):
+        return toml_string(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{toml_key(k)} = {toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(f"cannot write {v!r} as TOML")
+
+
+def to_toml(doc: dict) -> str:
+    """Writes {section: dict} as [section], {section: [dict, ...]} as [[section]] tables,
+    and plain values as top-level keys. A section whose value is None is left out."""
+    lines: list[str] = []
+    for key, value in doc.items():
+        if value is not None and not isinstance(value, (dict, list)):
+            lines.append(f"{toml_key(key)} = {toml_value(value)}")
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            lines.append("")
+            lines.append(f"[{toml_key(key)}]")
+            for k, v in value.items():
+                if v is not None:
+                    lines.append(f"{toml_key(k)} = {toml_value(v)}")
+        elif isinstance(value, list) and all(isinstance(x, dict) for x in value):
+            for item in value:
+                lines.append("")
+                lines.append(f"[[{toml_key(key)}]]")
+                for k, v in item.items():
+                    if v is not None:
+                        lines.append(f"{toml_key(k)} = {toml_value(v)}")
+        elif isinstance(value, list):
+            lines.insert(0, f"{toml_key(key)} = {toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Certificates, users
+# --------------------------------------------------------------------------------------------
+
+
+def make_cert(directory: Path, cn: str = HOSTNAME, name: str = "cert") -> tuple[Path, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    cert = directory / f"{name}.pem"
+    key = directory / f"{name}.key"
+    cp = run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}",
+         "-days", "2", "-keyout", key, "-out", cert],
+        timeout=60,
+    )
+    assert cp.returncode == 0, f"openssl req failed: {cp.stderr}"
+    return cert, key
+
+
+def cert_der(cert_path: Path) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(Path(cert_path).read_text())
+
+
+def hash_password(password: str) -> str:
+    cp = run(["openssl", "passwd", "-6", password], timeout=20)
+    assert cp.returncode == 0, cp.stderr
+    return cp.stdout.strip()
+
+
+def write_users_file(path: Path, users: dict[str, str]) -> Path:
+    path.write_text("".join(f"{u}:{hash_password(p)}\n" for u, p in users.items()))
+    return path
+
+
+def client_tls_context() -> ssl.SSLContext:
+    """A client context that accepts the self-signed test certificate."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+@pytest.fixture(scope="session")
+def tls_cert(tmp_path_factory) -> tuple[Path, Path]:
+    """(certificate, private_key) of a self-signed cert for CN=mx.test."""
+    return make_cert(tmp_path_factory.mktemp("tls"))
+
+
+# --------------------------------------------------------------------------------------------
+# Raw SMTP client
+# --------------------------------------------------------------------------------------------
+
+
+class ConnectionClosed(ConnectionError):
+    pass
+
+
+class RawSession:
+    """A tiny SMTP client on a raw socket: you choose every byte that goes out.
+
+    read_reply() returns (code, text) where text is the lines after the code joined with
+    "\\n" (for `250-a` / `250 b` it is "a\\nb"). Every read has a deadline.
+    """
+
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0,
+                 tls: bool = False, server_hostname: str = HOSTNAME):
+        self.timeout = timeout
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.buf = b""
+        self.transcript: list[bytes] = []
+        if tls:
+            self.sock = client_tls_context().wrap_socket(self.sock, server_hostname=server_hostname)
+
+    # -- context manager
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    # -- writing
+    def send(self, data) -> None:
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        self.transcript.append(b"C: " + data)
+        self.sock.sendall(data)
+
+    def cmd(self, line, timeout: float | None = None) -> tuple[int, str]:
+        """Sends one command line (CRLF added) and reads its reply."""
+        if isinstance(line, str):
+            line = line.encode("utf-8")
+        self.send(line + CRLF)
+        return self.read_reply(timeout)
+
+    # -- reading
+    def _fill(self, deadline: float) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"no complete reply within the deadline; got so far {self.buf!r}")
+        self.sock.settimeout(remaining)
+        try:
+            chunk = self.sock.recv(65536)
+        except (ConnectionResetError, BrokenPipeError, ssl.SSLEOFError, ssl.SSLZeroReturnError) as e:
+            raise ConnectionClosed(f"connection closed ({e}); unread {self.buf!r}") from e
+        except socket.timeout as e:
+            raise TimeoutError(f"no complete reply within the deadline; got so far {self.buf!r}") from e
+        if not chunk:
+            raise ConnectionClosed(f"connection closed by server; unread {self.buf!r}")
+        self.buf += chunk
+
+    def read_line(self, timeout: float | None = None) -> bytes:
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while b"\n" not in self.buf:
+            self._fill(deadline)
+        line, self.buf = self.buf.split(b"\n", 1)
+        self.transcript.append(b"S: " + line + b"\n")
+        return line.rstrip(b"\r")
+
+    def read_reply(self, timeout: float | None = None) -> tuple[int, str]:
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        texts = []
+        while True:
+            line = self.read_line(max(0.001, deadline - time.monotonic())).decode("utf-8", "replace")
+            if len(line) < 3 or not line[:3].isdigit():
+                raise AssertionError(f"malformed reply line {line!r}")
+            code = int(line[:3])
+            sep = line[3:4]
+            texts.append(line[4:])
+            if sep != "-":
+                return code, "\n".join(texts)
+
+    def read_replies(self, n: int, timeout: float | None = None) -> list[tuple[int, str]]:
+        return [self.read_reply(timeout) for _ in range(n)]
+
+    def read_until_close(self, timeout: float = 10.0) -> list[tuple[int, str]]:
+        """All replies until the server closes the connection (or the deadline passes)."""
+        deadline = time.monotonic() + timeout
+        replies = []
+        while time.monotonic() < deadline:
+            try:
+                replies.append(self.read_reply(max(0.001, deadline - time.monotonic())))
+            except (ConnectionClosed, TimeoutError, OSError):
+                break
+        return replies
+
+    def is_closed(self, timeout: float = 5.0) -> bool:
+        """True if the server closes the connection within `timeout` (unread data is discarded)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self.sock.settimeout(max(0.001, deadline - time.monotonic()))
+                chunk = self.sock.recv(65536)
+            except socket.timeout:
+                return False
+            except (ConnectionResetError, BrokenPipeError, ssl.SSLError, OSError):
+                return True
+            if not chunk:
+                return True
+            self.buf += chunk
+        return False
+
+    # -- conveniences
+    def greeting(self) -> tuple[int, str]:
+        return self.read_reply()
+
+    def ehlo(self, name: str = "client.test") -> tuple[int, str]:
+        return self.cmd(f"EHLO {name}")
+
+    def starttls(self, server_hostname: str = HOSTNAME) -> tuple[int, str]:
+        code, text = self.cmd("STARTTLS")
+        if code == 220:
+            assert self.buf == b"", f"server sent data after 220 to STARTTLS: {self.buf!r}"
+            self.sock.settimeout(self.timeout)
+            self.sock = client_tls_context().wrap_socket(self.sock, server_hostname=server_hostname)
+        return code, text
+
+    def auth_plain(self, user: str, password: str) -> tuple[int, str]:
+        token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+        return self.cmd(f"AUTH PLAIN {token}")
+
+    def auth_login(self, user: str, password: str) -> tuple[int, str]:
+        code, text = self.cmd("AUTH LOGIN")
+        if code != 334:
+            return code, text
+        code, text = self.cmd(base64.b64encode(user.encode()).decode())
+        if code != 334:
+            return code, text
+        return self.cmd(base64.b64encode(password.encode()).decode())
+
+    def data(self, message: bytes) -> tuple[int, str]:
+        """DATA + dot-stuffed message + final dot; returns the reply to the final dot
+        (or the refusal of DATA itself)."""
+        code, text = self.cmd("DATA")
+        if code != 354:
+            return code, text
+        self.send(dot_stuff(message))
+        return self.read_reply()
+
+    def mail_transaction(self, sender: str, rcpts: Iterable[str], message: bytes,
+                         mail_params: str = "") -> tuple[int, str]:
+        code, text = self.cmd(f"MAIL FROM:<{sender}>{' ' + mail_params if mail_params else ''}")
+        if code != 250:
+            return code, text
+        accepted = 0
+        for r in rcpts:
+            c, t = self.cmd(f"RCPT TO:<{r}>")
+            if c in (250, 251):
+                accepted += 1
+        if not accepted:
+            return c, t
+        return self.data(message)
+
+
+def raw_session(port: int, **kw) -> RawSession:
+    return RawSession(port, **kw)
+
+
+def enhanced(text: str) -> str | None:
+    """The enhanced status code that starts a reply text, e.g. '5.7.1'."""
+    m = ENHANCED_RE.match(text)
+    return m.group(0) if m else None
+
+
+def expect(reply: tuple[int, str], code: int, enh: str | None = None, what: str = "") -> None:
+    got_code, text = reply
+    assert got_code == code, f"{what}: expected {code} {enh or ''}, got {got_code} {text!r}"
+    if enh is not None:
+        assert enhanced(text) == enh, f"{what}: expected enhanced code {enh}, got {got_code} {text!r}"
+
+
+def queue_id_of(reply: tuple[int, str]) -> str:
+    code, text = reply
+    assert code == 250, f"message not accepted: {code} {text!r}"
+    m = QUEUED_RE.search(text)
+    assert m, f"250 reply has no 'queued as <16 hex digits>': {text!r}"
+    return m.group(1)
+
+
+# --------------------------------------------------------------------------------------------
+# Messages
+# --------------------------------------------------------------------------------------------
+
+
+def make_message(subject: str = "hello", body: str = "hello world", message_id: str | None = None,
+                 sender: str = "sender@other.org", to: str = "alice@example.com",
+                 extra_headers: Iterable[str] = ()) -> bytes:
+    headers = [f"From: <{sender}>", f"To: <{to}>", f"Subject: {subject}",
+               "Date: Mon, 01 Jan 2024 00:00:00 +0000"]
+    if message_id:
+        headers.append(f"Message-ID: {message_id}")
+    headers = list(extra_headers) + headers
+    text = "\r\n".join(headers) + "\r\n\r\n" + body.replace("\r\n", "\n").replace("\n", "\r\n")
+    if not text.endswith("\r\n"):
+        text += "\r\n"
+    return text.encode("utf-8")
+
+
+def dot_stuff(message: bytes) -> bytes:
+    """Wire form of a message for DATA: leading dots doubled, CRLF at the end, then '.'CRLF."""
+    if not message.endswith(CRLF):
+        message += CRLF
+    lines = message.split(CRLF)
+    stuffed = CRLF.join((b"." + line) if line.startswith(b".") else line for line in lines)
+    return stuffed + b"." + CRLF
+
+
+def send_mail(port: int, sender: str = "sender@other.org", rcpts: Iterable[str] = ("alice@example.com",),
+              message: bytes | None = None, **kw) -> tuple[int, str]:
+    """One whole session: greeting, EHLO, one transaction, QUIT. Returns the final reply."""
+    with RawSession(port) as s:
+        expect(s.greeting(), 220, what="greeting")
+        expect(s.ehlo(), 250, what="EHLO")
+        reply = s.mail_transaction(sender, rcpts, message if message is not None else make_message(), **kw)
+        try:
+            s.cmd("QUIT", timeout=3)
+        except (ConnectionError, TimeoutError, OSError):
+            pass
+        return reply
+
+
+def ehlo_keywords(ehlo_text: str) -> dict[str, str]:
+    """EHLO reply text -> {KEYWORD: params} (the first line, the greeting name, is skipped)."""
+    out = {}
+    for line in ehlo_text.split("\n")[1:]:
+        parts = line.strip().split(None, 1)
+        if parts:
+            out[parts[0].upper()] = parts[1] if len(parts) > 1 else ""
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The daemon
+# --------------------------------------------------------------------------------------------
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def free_port() -> int:
+    return free_ports(1)[0]
+
+
+def tcp_accepts(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def unix_accepts(path: Path) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(0.5)
+    try:
+        s.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+class DaemonError(RuntimeError):
+    pass
+
+
+class Daemon:
+    """One bulwarkd with its own config, spool and control socket under `base/name`.
+
+    Section overrides are merged into the defaults; pass a section as None to leave it out.
+    `listeners` is a list of dicts (address filled with a free port when missing);
+    `tls=True` uses the session certificate; `users={"alice": "pw"}` writes a users file and
+    the [auth] section; `extra_toml` is appended verbatim.
+    """
+
+    _counter = 0
+
+    def __init__(self, base: Path, name: str | None = None, *, tls_cert=None, listeners=None,
+                 server=None, relay=None, limits=None, smtp=None, tls=None, auth=None,
+                 users=None, recipients=None, extra_toml: str = "", env=None):
+        Daemon._counter += 1
+        self.name = name or f"d{Daemon._counter}"
+        self.dir = Path(base) / self.name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.spool_dir = self.dir / "spool"
+        sock = self.dir / "ctl.sock"
+        if len(str(sock)) > 100:  # AF_UNIX path limit is 108 bytes
+            sock = Path(tempfile.mkdtemp(prefix="bw", dir="/tmp")) / "ctl.sock"
+        self.control_socket = sock
+        self.config_path = self.dir / "bulwark.toml"
+        self.stderr_path = self.dir / "bulwarkd.stderr"
+        self.stdout_path = self.dir / "bulwarkd.stdout"
+        self.proc: subprocess.Popen | None = None
+        self.env = dict(os.environ, **(env or {}))
+
+        listeners = [dict(l) for l in (listeners or [{"role": "mx"}])]
+        missing = [l for l in listeners if "address" not in l]
+        for l, p in zip(missing, free_ports(len(missing))):
+            l["address"] = f"127.0.0.1:{p}"
+        self.listeners = listeners
+        self.ports = [int(m.group(1)) if (m := re.search(r":(\d+)$", str(l["address"]))) else 0
+                      for l in listeners]
+        self.port = self.ports[0]
+
+        if tls is True:
+            assert tls_cert is not None, "tls=True needs the tls_cert fixture"
+            tls = {"certificate": str(tls_cert[0]), "private_key": str(tls_cert[1])}
+        if users is not None:
+            users_file = write_users_file(self.dir / "users", users)
+            auth = dict(auth or {}, users_file=str(users_file))
+
+        self.doc = {
+            "server": {"hostname": HOSTNAME, "spool_dir": str(self.spool_dir),
+                       "control_socket": str(self.control_socket), **(server or {})},
+            "listener": listeners,
+            "tls": tls,
+            "auth": auth,
+            "relay": {"domains": ["example.com"], "trusted_networks": DEFAULT_TRUSTED, **(relay or {})},
+            "recipients": recipients or None,
+            "limits": {"command_timeout": "30s", "data_timeout": "30s", **(limits or {})},
+            "smtp": {"greet_delay": "0s", **(smtp or {})},
+        }
+        self.extra_toml = extra_toml
+        self.write_config()
+
+    def port_of(self, role: str) -> int:
+        for l, p in zip(self.listeners, self.ports):
+            if l["role"] == role:
+                return p
+        raise KeyError(role)
+
+    def write_config(self) -> None:
+        text = to_toml(self.doc)
+        if self.extra_toml:
+            text += "\n" + self.extra_toml + "\n"
+        self.config_path.write_text(text)
+
+    # -- lifecycle
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout: float = 10.0) -> "Daemon":
+        require_binaries()
+        assert not self.running(), "already running"
+        with open(self.stderr_path, "ab") as err, open(self.stdout_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                [BULWARKD, "--config", str(self.config_path)],
+                stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=self.env, cwd="/",
+                start_new_session=True,
+            )
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise DaemonError(f"bulwarkd exited with status {self.proc.returncode} while starting;"
+                                  f" config:\n{self.config_path.read_text()}\nlog:\n{self.log()}")
+            if unix_accepts(self.control_socket) and all(tcp_accepts(p) for p in self.ports):
+                return
+            time.sleep(0.05)
+        raise DaemonError(f"bulwarkd not ready within {timeout}s (control socket {self.control_socket},"
+                          f" ports {self.ports}); log:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                self.proc.send_signal(signal.SIGTERM)
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def kill9(self) -> None:
+        assert self.running(), "bulwarkd is not running"
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(5)
+
+    def restart(self, timeout: float = 10.0) -> "Daemon":
+        self.stop()
+        return self.start(timeout)
+
+    def hup(self) -> None:
+        assert self.running(), "bulwarkd is not running"
+        os.kill(self.proc.pid, signal.SIGHUP)
+
+    def log(self) -> str:
+        try:
+            return self.stderr_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def output(self) -> str:
+        """stderr and stdout together."""
+        try:
+            out = self.stdout_path.read_text(errors="replace")
+        except FileNotFoundError:
+            out = ""
+        return self.log() + out
+
+    def vm_hwm_kb(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmHWM in /proc status")
+
+    # -- control
+    def ctl(self, *args, timeout: float = 20) -> subprocess.CompletedProcess:
+        return run([BULWARKCTL, "--socket", self.control_socket, *args], timeout=timeout)
+
+    def queue_list(self) -> list[dict]:
+        cp = self.ctl("queue", "list", "--json")
+        assert cp.returncode == 0, f"queue list --json failed ({cp.returncode}): {cp.stderr}{cp.stdout}"
+        try:
+            data = json.loads(cp.stdout)
+        except json.JSONDecodeError as e:
+            raise AssertionError(f"queue list --json printed no JSON ({e}): {cp.stdout!r}") from e
+        assert isinstance(data, list), f"queue list --json is not an array: {data!r}"
+        return data
+
+    def queue_ids(self) -> list[str]:
+        return [entry["id"] for entry in self.queue_list()]
+
+    def queue_entry(self, queue_id: str) -> dict | None:
+        for entry in self.queue_list():
+            if entry.get("id", "").lower() == queue_id.lower():
+                return entry
+        return None
+
+    def queue_show(self, queue_id: str, body: bool = False) -> str:
+        args = ["queue", "show", queue_id] + (["--body"] if body else [])
+        cp = self.ctl(*args)
+        assert cp.returncode == 0, f"queue show failed ({cp.returncode}): {cp.stderr}{cp.stdout}"
+        return cp.stdout
+
+    def session(self, port: int | None = None, **kw) -> RawSession:
+        return RawSession(port or self.port, **kw)
+
+
+@pytest.fixture
+def start_daemon(tls_cert):
+    """Factory: start_daemon(tmp_path, **overrides) -> running Daemon; all are stopped at teardown."""
+    started: list[Daemon] = []
+
+    def _start(base: Path, **overrides) -> Daemon:
+        overrides.setdefault("tls_cert", tls_cert)
+        d = Daemon(base, **overrides)
+        started.append(d)
+        d.start()
+        return d
+
+    yield _start
+    for d in started:
+        try:
+            d.stop()
+        finally:
+            tail = d.log()[-3000:]
+            if tail:
+                print(f"--- bulwarkd {d.name} stderr (tail) ---\n{tail}")
+
+
+@pytest.fixture
+def daemon(start_daemon, tmp_path) -> Daemon:
+    """A default mx daemon: relay domain example.com, 127.0.0.1 untrusted."""
+    return start_daemon(tmp_path)
+
+
+def module_daemon(tmp_path_factory, tls_cert, name: str, **overrides):
+    """Generator body for module-scoped daemon fixtures."""
+    d = Daemon(tmp_path_factory.mktemp(name), name, tls_cert=tls_cert, **overrides)
+    try:
+        d.start()
+        yield d
+    finally:
+        d.stop()

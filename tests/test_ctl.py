@@ -1,0 +1,105 @@
+"""bulwarkctl: status and queue management over the control socket."""
+
+import json
+
+import pytest
+
+from conftest import BULWARKCTL, HOSTNAME, make_message, queue_id_of, require_binaries, run, send_mail
+
+
+@pytest.fixture
+def queued(daemon):
+    """The daemon with two queued messages: returns (daemon, [id1, id2])."""
+    ids = [queue_id_of(send_mail(daemon.port, "sender@other.org", ["alice@example.com", "bob@example.com"],
+                                 make_message(subject=f"ctl {i}", body=f"secret body {i}")))
+           for i in range(2)]
+    return daemon, ids
+
+
+def test_status(daemon):
+    cp = daemon.ctl("status")
+    assert cp.returncode == 0, cp.stderr
+    assert HOSTNAME in cp.stdout, cp.stdout
+
+
+def test_queue_list_human(queued):
+    d, ids = queued
+    cp = d.ctl("queue", "list")
+    assert cp.returncode == 0, cp.stderr
+    for qid in ids:
+        assert qid.lower() in cp.stdout.lower(), cp.stdout
+    assert "sender@other.org" in cp.stdout
+
+
+def test_queue_list_empty(daemon):
+    assert daemon.queue_list() == []
+    assert daemon.ctl("queue", "list").returncode == 0
+
+
+def test_queue_list_json_fields(queued):
+    d, ids = queued
+    entries = d.queue_list()
+    assert sorted(e["id"].lower() for e in entries) == sorted(i.lower() for i in ids)
+    for e in entries:
+        assert isinstance(e["id"], str)
+        assert e["sender"] == "sender@other.org"
+        assert sorted(e["recipients"]) == ["alice@example.com", "bob@example.com"]
+        assert isinstance(e["size"], int) and not isinstance(e["size"], bool) and e["size"] > 50
+        assert isinstance(e["state"], str) and e["state"]
+
+
+def test_queue_show(queued):
+    d, ids = queued
+    shown = d.queue_show(ids[0])
+    assert "sender@other.org" in shown
+    assert "alice@example.com" in shown and "bob@example.com" in shown
+    assert "Subject: ctl 0" in shown
+    assert "secret body 0" not in shown, "queue show without --body printed the body"
+    full = d.queue_show(ids[0], body=True)
+    assert "Subject: ctl 0" in full and "secret body 0" in full
+
+
+def test_queue_hold_release_delete_several_ids(queued):
+    d, ids = queued
+    cp = d.ctl("queue", "hold", *ids)
+    assert cp.returncode == 0, cp.stderr
+    assert all(e["state"] == "hold" for e in d.queue_list())
+    cp = d.ctl("queue", "release", *ids)
+    assert cp.returncode == 0, cp.stderr
+    assert all(e["state"] != "hold" for e in d.queue_list())
+    cp = d.ctl("queue", "delete", *ids)
+    assert cp.returncode == 0, cp.stderr
+    assert d.queue_list() == []
+
+
+def test_queue_flush(queued):
+    d, _ = queued
+    cp = d.ctl("queue", "flush")
+    assert cp.returncode == 0, cp.stderr
+    assert d.running()
+
+
+def test_queue_list_json_is_valid_json_even_when_empty(daemon):
+    cp = daemon.ctl("queue", "list", "--json")
+    assert cp.returncode == 0
+    assert json.loads(cp.stdout) == []
+
+
+def test_daemon_not_running(tmp_path):
+    require_binaries()
+    sock = tmp_path / "no-such" / "ctl.sock"
+    for args in (["status"], ["queue", "list"], ["queue", "list", "--json"]):
+        cp = run([BULWARKCTL, "--socket", sock, *args], timeout=10)
+        out = cp.stdout + cp.stderr
+        assert cp.returncode != 0, f"{args}: exit 0 without a daemon"
+        assert str(sock) in out, f"{args}: socket path not named: {out!r}"
+        assert "bulwarkd" in out and "not running" in out.lower(), f"{args}: unclear message {out!r}"
+
+
+def test_stale_socket_after_kill9(daemon):
+    daemon.kill9()
+    cp = daemon.ctl("status", timeout=10)
+    out = cp.stdout + cp.stderr
+    assert cp.returncode != 0
+    assert str(daemon.control_socket) in out, out
+    assert "not running" in out.lower(), out
