@@ -455,9 +455,16 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
-def tcp_accepts(port: int, host: str = "127.0.0.1") -> bool:
+def tcp_accepts(port: int, host: str = "127.0.0.1", talk: bool = False) -> bool:
+    """True if a TCP connection succeeds. With talk=True the probe says QUIT at once: a probe
+    that hangs up silently could otherwise count as a client that passed the greet delay."""
     try:
-        with socket.create_connection((host, port), timeout=0.5):
+        with socket.create_connection((host, port), timeout=0.5) as s:
+            if talk:
+                try:
+                    s.sendall(b"QUIT\r\n")
+                except OSError:
+                    pass
             return True
     except OSError:
         return False
@@ -577,7 +584,7 @@ class Daemon:
             if self.proc.poll() is not None:
                 raise DaemonError(f"bulwarkd exited with status {self.proc.returncode} while starting;"
                                   f" config:\n{self.config_path.read_text()}\nlog:\n{self.log()}")
-            if unix_accepts(self.control_socket) and all(tcp_accepts(p) for p in self.ports):
+            if unix_accepts(self.control_socket) and all(tcp_accepts(p, talk=True) for p in self.ports):
                 return
             time.sleep(0.05)
         raise DaemonError(f"bulwarkd not ready within {timeout}s (control socket {self.control_socket},"

@@ -98,6 +98,7 @@ def test_relay_denied_with_smtplib(mx):
         assert code == 250
         code, text = smtp.rcpt("user@other.net")
         assert code == 554 and text.startswith(b"5.7.1"), (code, text)
+        smtp.rset()
         with pytest.raises(smtplib.SMTPRecipientsRefused):
             smtp.sendmail("sender@other.org", ["user@other.net"], make_message())
 

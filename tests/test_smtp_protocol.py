@@ -46,6 +46,20 @@ def test_talking_before_greeting_is_refused(start_daemon, tmp_path):
         assert s.is_closed(timeout=5), "connection left open after refusing an early talker"
 
 
+def test_hanging_up_during_greet_delay_is_no_pass(start_daemon, tmp_path):
+    """A client that connects and hangs up without waiting for the banner has not shown it is
+    patient: its next early talk must still be refused."""
+    d = start_daemon(tmp_path, smtp={"greet_delay": "1s"})
+    for _ in range(2):
+        d.session().close()
+    time.sleep(0.3)
+    with d.session() as s:
+        s.send(b"EHLO early.bird\r\n")
+        code, text = s.read_reply(timeout=5)
+        assert code == 554 and enhanced(text) == "5.5.1", \
+            f"early talker accepted after hanging up once: {code} {text!r}"
+
+
 def test_patient_client_gets_greeting_after_delay(start_daemon, tmp_path):
     d = start_daemon(tmp_path, smtp={"greet_delay": "1s"})
     with d.session() as s:
@@ -66,7 +80,8 @@ SCENARIOS = {
     "unknown command": [("FROBNICATE now", 500, "5.5.1")],
     "rcpt before mail": [("RCPT TO:<alice@example.com>", 503, "5.5.1")],
     "data before mail": [("DATA", 503, "5.5.1")],
-    "bdat before mail": [("BDAT 5 LAST", 503, "5.5.1")],
+    # the 7-byte chunk is "hello" + the CRLF that ends every scenario line
+    "bdat before mail": [("BDAT 7 LAST\r\nhello", 503, "5.5.1")],
     "data before rcpt": [("MAIL FROM:<a@other.org>", 250, None),
                          ("DATA", 503, "5.5.1")],
     "second mail in a transaction": [("MAIL FROM:<a@other.org>", 250, None),

@@ -201,8 +201,8 @@ fn print_queue(value: &Value) {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     println!(
-        "{:<16} {:>7} {:>9} {:<6} {:<20} {}",
-        "ID", "AGE", "SIZE", "STATE", "NEXT ATTEMPT", "SENDER / RECIPIENTS"
+        "{:<16} {:>7} {:>9} {:<6} {:<20} SENDER / RECIPIENTS",
+        "ID", "AGE", "SIZE", "STATE", "NEXT ATTEMPT"
     );
     for e in entries {
         let age = now.saturating_sub(e["arrival"].as_u64().unwrap_or(now));

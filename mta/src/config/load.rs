@@ -453,3 +453,16 @@ trusted_networks = ["10.1.0.0/24"]
         assert_eq!(config.limits.data_timeout.as_secs(), 7);
     }
 }
+
+#[cfg(test)]
+mod shipped_example {
+    use super::*;
+
+    #[test]
+    fn packaged_example_config_is_valid() {
+        let text = include_str!("../../../packaging/bulwark.toml");
+        let config = load_str(text, "packaging/bulwark.toml", Path::new("/etc/bulwark"))
+            .expect("the shipped example must load");
+        assert_eq!(config.server.spool_dir, PathBuf::from("/var/spool/bulwark"));
+    }
+}

@@ -52,7 +52,7 @@ impl HarvestTracker {
             })
             .filter(|(_, n)| *n > 0)
             .collect();
-        counts.sort_by(|a, b| b.1.cmp(&a.1));
+        counts.sort_by_key(|entry| std::cmp::Reverse(entry.1));
         counts.truncate(limit);
         counts
     }

@@ -208,7 +208,7 @@ mod tests {
         let (out, used, d) = decode_all(b"Subject: x\r\n\r\nhello\r\n.\r\nQUIT\r\n");
         assert!(d.is_done());
         assert_eq!(out, b"Subject: x\r\n\r\nhello\r\n");
-        assert_eq!(used, 27);
+        assert_eq!(used, 24);
     }
 
     #[test]

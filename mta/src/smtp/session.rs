@@ -25,7 +25,7 @@ use super::auth;
 use super::data::DataDecoder;
 use super::message::{received_header, HeaderScanner, TraceFacts};
 use super::reply::{self, Reply};
-use super::stream::{acceptor, Line, SmtpStream, StreamError, TlsInfo};
+use super::stream::{acceptor, Greeting, Line, SmtpStream, StreamError, TlsInfo};
 use crate::config::{LimitsConfig, ListenerRole};
 use crate::gateway::{Counters, Gateway, Runtime};
 use crate::policy::{MessageView, SessionInfo, Verdict};
@@ -46,6 +46,8 @@ struct Transaction {
     ret: Option<DsnRet>,
     envid: Option<String>,
     recipients: Vec<Recipient>,
+    /// A RCPT was tried (even if refused): DATA then gets 554, not 503.
+    rcpt_attempted: bool,
     /// Content received so far by BDAT.
     chunks: Option<Receiving>,
 }
@@ -195,11 +197,15 @@ impl Session {
         if self.info.trusted || delay.is_zero() || self.gateway.greet_passed_recently(ip) {
             return false;
         }
-        let talked = self.stream.talks_first(delay).await;
-        if !talked {
-            self.gateway.remember_greet_pass(ip);
+        match self.stream.talks_first(delay).await {
+            Greeting::Talked => true,
+            Greeting::Waited => {
+                self.gateway.remember_greet_pass(ip);
+                false
+            }
+            // Hanging up during the pause earns no pass.
+            Greeting::HungUp => false,
         }
-        talked
     }
 
     fn note_tls(&mut self) {
@@ -379,16 +385,19 @@ impl Session {
             },
             envid: from.env_id,
             recipients: Vec::new(),
+            rcpt_attempted: false,
             chunks: None,
         });
         self.stream.reply(&Reply::new(250, "2.1.0 Ok"));
     }
 
     async fn rcpt(&mut self, to: RcptTo<String>) {
-        let Some(transaction) = &self.transaction else {
+        let max_recipients = self.limits().max_recipients;
+        let Some(transaction) = &mut self.transaction else {
             return self.error(&reply::NEED_MAIL);
         };
-        if transaction.recipients.len() >= self.limits().max_recipients {
+        transaction.rcpt_attempted = true;
+        if transaction.recipients.len() >= max_recipients {
             self.stream.reply(&reply::TOO_MANY_RECIPIENTS);
             return;
         }
@@ -426,6 +435,7 @@ impl Session {
     fn content_allowed(&self) -> Result<(), Reply> {
         match &self.transaction {
             None => Err(reply::NEED_MAIL),
+            Some(t) if !t.rcpt_attempted => Err(reply::NEED_RCPT),
             Some(t) if t.recipients.is_empty() => Err(reply::NO_VALID_RECIPIENTS),
             Some(_) => Ok(()),
         }

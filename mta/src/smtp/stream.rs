@@ -86,6 +86,14 @@ pub enum Line {
     TooLong,
 }
 
+/// How a client behaved during the greet delay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Greeting {
+    Talked,
+    Waited,
+    HungUp,
+}
+
 /// Negotiated TLS, for the Received: header and the logs.
 #[derive(Debug, Clone)]
 pub struct TlsInfo {
@@ -212,19 +220,17 @@ impl SmtpStream {
         Ok(())
     }
 
-    /// Is the client talking before it was spoken to? Waits up to `wait` for input.
-    pub async fn talks_first(&mut self, wait: Duration) -> bool {
+    /// Did the client talk before it was spoken to? Waits up to `wait` for input.
+    pub async fn talks_first(&mut self, wait: Duration) -> Greeting {
         let Transport::Plain(tcp) = &self.transport else {
-            return false;
+            return Greeting::Waited;
         };
         let mut probe = [0u8; 1];
-        if wait.is_zero() {
-            return matches!(tcp.try_read(&mut probe), Ok(n) if n > 0);
+        match tokio::time::timeout(wait, tcp.peek(&mut probe)).await {
+            Err(_) => Greeting::Waited,
+            Ok(Ok(n)) if n > 0 => Greeting::Talked,
+            Ok(_) => Greeting::HungUp,
         }
-        matches!(
-            tokio::time::timeout(wait, tcp.peek(&mut probe)).await,
-            Ok(Ok(n)) if n > 0
-        )
     }
 
     /// STARTTLS (or implicit TLS): drops pipelined plaintext, then handshakes.

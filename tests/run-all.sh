@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The whole test suite: unit tests (cargo test), then black-box tests (pytest) that start
+# real bulwarkd processes and talk to them with real SMTP clients. README.md names this file.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --workspace --bins
+cargo test --workspace
+python3 -m pytest tests -q -p no:cacheprovider "$@"
