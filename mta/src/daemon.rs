@@ -13,8 +13,10 @@ use tokio::sync::watch;
 
 use crate::admin;
 use crate::config::{self, Config, ConfigError};
+use crate::deliver::{self, DeliveryHandle};
 use crate::gateway::Gateway;
-use crate::queue::{QueueIndex, Spool, SyncMode};
+use crate::queue::{QueueIndex, Spool};
+use crate::route::HickoryResolver;
 use crate::smtp::server;
 
 /// How long sessions may take to finish after SIGTERM.
@@ -32,6 +34,8 @@ pub enum StartError {
     Control(#[from] admin::server::ControlError),
     #[error(transparent)]
     Runtime(#[from] crate::gateway::RuntimeError),
+    #[error(transparent)]
+    Resolver(crate::route::ResolverSetupError),
     #[error("signal handling: {0}")]
     Signals(std::io::Error),
 }
@@ -67,7 +71,7 @@ impl ConfigSource {
 pub async fn run(source: ConfigSource) -> Result<(), StartError> {
     let config = source.load()?;
     announce(&source, &config);
-    let (spool, recovered) = Spool::open(&config.server.spool_dir, SyncMode::Syncfs)?;
+    let (spool, recovered) = Spool::open(&config.server.spool_dir, config.server.spool_sync)?;
     log::info!(
         "spool {}: recovered {} queued message(s)",
         config.server.spool_dir.display(),
@@ -83,7 +87,10 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
         log::info!("listening on {address} ({:?})", bound.config.role);
     }
     let control = admin::server::bind(&config.server.control_socket)?;
-    let gateway = Arc::new(Gateway::new(config, spool, queue)?);
+    let resolver = HickoryResolver::new(&config.dns).map_err(StartError::Resolver)?;
+    let (delivery, inbox) = DeliveryHandle::channel();
+    let gateway = Arc::new(Gateway::new(config, spool, queue, delivery)?);
+    deliver::start(gateway.clone(), inbox, Arc::new(resolver));
 
     let reload_gateway = gateway.clone();
     let reload_source = source.clone();
@@ -98,7 +105,9 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
     let (stop, stopped) = watch::channel(false);
     spawn_signal_handlers(stop, reload)?;
     log::info!("bulwarkd ready");
-    server::serve(gateway, listeners, stopped, DRAIN).await;
+    server::serve(gateway.clone(), listeners, stopped, DRAIN).await;
+    // In-flight deliveries finish (and are recorded) so a restart duplicates nothing.
+    let _ = tokio::time::timeout(DRAIN, gateway.delivery.shutdown()).await;
     log::info!("bulwarkd stopped");
     Ok(())
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::deliver::DeliveryHandle;
 use crate::policy::{CalloutCache, Chain, HarvestTracker, RecipientsError};
 use crate::queue::{QueueIndex, Spool};
 use crate::smtp::auth::{Users, UsersError};
@@ -69,12 +70,16 @@ pub struct Gateway {
     pub clients: ClientLimiter,
     greet_passed: Mutex<HashMap<IpAddr, Instant>>,
     pub started: Instant,
-    /// Woken by `queue flush`: delivery retries everything now.
-    pub flush: tokio::sync::Notify,
+    pub delivery: DeliveryHandle,
 }
 
 impl Gateway {
-    pub fn new(config: Config, spool: Spool, queue: QueueIndex) -> Result<Self, RuntimeError> {
+    pub fn new(
+        config: Config,
+        spool: Spool,
+        queue: QueueIndex,
+        delivery: DeliveryHandle,
+    ) -> Result<Self, RuntimeError> {
         let harvest = Arc::new(HarvestTracker::new(Duration::from_secs(60)));
         let callouts = Arc::new(CalloutCache::default());
         let runtime = build_runtime(config, harvest.clone(), callouts.clone())?;
@@ -88,7 +93,7 @@ impl Gateway {
             clients: ClientLimiter::default(),
             greet_passed: Mutex::new(HashMap::new()),
             started: Instant::now(),
-            flush: tokio::sync::Notify::new(),
+            delivery,
         })
     }
 

@@ -6,7 +6,9 @@
 pub mod admin;
 pub mod config;
 pub mod daemon;
+pub mod deliver;
 pub mod gateway;
 pub mod policy;
 pub mod queue;
+pub mod route;
 pub mod smtp;

@@ -22,6 +22,7 @@ pub enum Request {
         ids: Vec<String>,
     },
     QueueFlush,
+    QueueDestinations,
     Reload,
 }
 

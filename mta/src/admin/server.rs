@@ -90,9 +90,10 @@ async fn execute(request: Request, gateway: &Gateway, reload: &ReloadFn) -> Resp
                 .iter()
                 .filter(|e| e.state == QueueState::Queued)
                 .count();
-            gateway.flush.notify_waiters();
+            gateway.delivery.flush();
             Response::ok(json!({ "flushed": waiting }))
         }
+        Request::QueueDestinations => Response::ok(json!(gateway.delivery.destinations().await)),
         Request::Reload => match reload() {
             Ok(()) => Response::ok(json!({ "reloaded": true })),
             Err(e) => Response::error(e),
@@ -173,6 +174,9 @@ async fn change_state(gateway: &Gateway, ids: &[String], record: StateRecord) ->
             return Response::error(e.to_string());
         }
         gateway.queue.apply(*id, &record);
+        if record == StateRecord::Release {
+            gateway.delivery.submit(*id);
+        }
     }
     if !missing.is_empty() {
         return Response::error(format!("not in the queue: {}", missing.join(" ")));

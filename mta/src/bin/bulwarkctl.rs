@@ -63,8 +63,13 @@ enum QueueCommand {
     Release { ids: Vec<String> },
     /// Delete messages from the queue for good.
     Delete { ids: Vec<String> },
-    /// Retry every queued message now.
+    /// Retry every queued message now, dead destinations included.
     Flush,
+    /// Per-destination delivery state: up/down, queued, connections, last error.
+    Destinations {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -95,6 +100,10 @@ fn main() -> ExitCode {
             QueueCommand::Release { ids } => (Request::QueueRelease { ids }, print_done),
             QueueCommand::Delete { ids } => (Request::QueueDelete { ids }, print_done),
             QueueCommand::Flush => (Request::QueueFlush, print_done),
+            QueueCommand::Destinations { json } => (
+                Request::QueueDestinations,
+                if json { print_json } else { print_destinations },
+            ),
         },
     };
     if request_needs_ids(&request) {
@@ -237,4 +246,26 @@ fn print_show(value: &Value) {
     println!("state: {}", text(&value["entry"]["state"]));
     println!();
     print!("{}", text(&value["content"]).replace("\r\n", "\n"));
+}
+
+fn print_destinations(value: &Value) {
+    let Some(list) = value.as_array() else { return };
+    if list.is_empty() {
+        println!("No destinations with queued mail");
+        return;
+    }
+    println!(
+        "{:<40} {:<5} {:>7} {:>6} LAST ERROR",
+        "DESTINATION", "STATE", "QUEUED", "CONNS"
+    );
+    for d in list {
+        println!(
+            "{:<40} {:<5} {:>7} {:>6} {}",
+            text(&d["destination"]),
+            text(&d["state"]),
+            d["queued"],
+            d["active_connections"],
+            text(&d["last_error"])
+        );
+    }
 }

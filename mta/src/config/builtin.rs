@@ -22,6 +22,7 @@ pub fn builtin_default() -> Config {
             hostname: local_hostname(),
             spool_dir: state.join("spool"),
             control_socket: runtime.join("control.sock"),
+            spool_sync: Default::default(),
         },
         listeners: vec![ListenerConfig {
             address: "127.0.0.1:2525".parse().expect("literal address"),
@@ -40,6 +41,9 @@ pub fn builtin_default() -> Config {
         recipient_checks: Vec::new(),
         limits: LimitsConfig::default(),
         smtp: SmtpConfig::default(),
+        routes: Vec::new(),
+        delivery: Default::default(),
+        dns: Default::default(),
     }
 }
 

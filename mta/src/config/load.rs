@@ -233,6 +233,7 @@ fn validate(config: &mut Config, base: &Path) -> Found {
     validate_listeners(config, &mut found);
     validate_relay(config, &mut found);
     validate_recipient_checks(config, base, &mut found);
+    validate_routes(config, base, &mut found);
     resolve_paths(config, base);
     if config.limits.max_message_size == 0 {
         found.push((
@@ -362,6 +363,45 @@ fn validate_recipient_checks(config: &Config, base: &Path, found: &mut Found) {
     }
 }
 
+fn validate_routes(config: &Config, base: &Path, found: &mut Found) {
+    for (i, route) in config.routes.iter().enumerate() {
+        if route.domains.is_empty() {
+            found.push((
+                indexed("route", i, "domains"),
+                "name at least one domain, or \"*\"".into(),
+            ));
+        }
+        if route.smart_host.is_some() && !route.next_hops.is_empty() {
+            found.push((
+                indexed("route", i, "smart_host"),
+                "use smart_host or next_hops, not both".into(),
+            ));
+        }
+        let hops = route.smart_host.iter().chain(route.next_hops.iter());
+        for hop in hops {
+            if let Err(e) = crate::route::NextHop::parse(hop) {
+                let field = if route.smart_host.as_ref() == Some(hop) {
+                    "smart_host"
+                } else {
+                    "next_hops"
+                };
+                found.push((indexed("route", i, field), e.to_string()));
+            }
+        }
+        if let Some(ca_file) = &route.ca_file {
+            if !base.join(ca_file).is_file() {
+                found.push((
+                    indexed("route", i, "ca_file"),
+                    format!(
+                        "{} does not exist or is not a file",
+                        base.join(ca_file).display()
+                    ),
+                ));
+            }
+        }
+    }
+}
+
 fn resolve_paths(config: &mut Config, base: &Path) {
     let resolve = |p: &mut PathBuf| {
         if p.is_relative() {
@@ -376,6 +416,14 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     }
     if let Some(auth) = &mut config.auth {
         resolve(&mut auth.users_file);
+    }
+    for route in &mut config.routes {
+        if let Some(ca_file) = &mut route.ca_file {
+            resolve(ca_file);
+        }
+        for domain in &mut route.domains {
+            *domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        }
     }
     for check in &mut config.recipient_checks {
         if let Some(file) = &mut check.file {

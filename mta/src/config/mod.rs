@@ -38,6 +38,12 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub smtp: SmtpConfig,
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+    #[serde(default)]
+    pub dns: DnsConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -46,6 +52,9 @@ pub struct ServerConfig {
     pub hostname: String,
     pub spool_dir: PathBuf,
     pub control_socket: PathBuf,
+    /// How the spool makes a batch of messages durable before 250.
+    #[serde(default)]
+    pub spool_sync: crate::queue::SyncMode,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -278,5 +287,159 @@ mod tests {
         assert!(domain_listed(&list, "a.sub.org"));
         assert!(!domain_listed(&list, "sub.org"));
         assert!(!domain_listed(&list, "asub.org"));
+    }
+}
+
+/// TLS towards a next hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OutboundTls {
+    /// Never STARTTLS.
+    None,
+    /// STARTTLS when offered, without certificate checks; plaintext when not offered.
+    #[default]
+    Opportunistic,
+    /// STARTTLS must be offered and succeed (certificate not checked); else the hop fails.
+    Required,
+    /// As required, and the certificate must chain to `ca_file` (or the system roots) and
+    /// match the next hop's name.
+    Verify,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RouteConfig {
+    /// Recipient domains this route serves; `*` matches any, `.example.com` subdomains.
+    pub domains: Vec<String>,
+    /// Next hops tried in order (failover), `host:port` or `host` (port 25).
+    #[serde(default)]
+    pub next_hops: Vec<String>,
+    /// One next hop for everything this route serves (an ISP relay).
+    #[serde(default)]
+    pub smart_host: Option<String>,
+    #[serde(default)]
+    pub tls: OutboundTls,
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Concurrent connections to this route's destination.
+    #[serde(default = "default_route_connections")]
+    pub max_connections: usize,
+    #[serde(default = "default_messages_per_connection")]
+    pub max_messages_per_connection: usize,
+}
+
+fn default_route_connections() -> usize {
+    20
+}
+fn default_messages_per_connection() -> usize {
+    100
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DeliveryConfig {
+    /// First retry after a temporary failure; doubles per attempt up to `retry_max`.
+    #[serde(default = "default_retry_initial", with = "duration")]
+    pub retry_initial: Duration,
+    #[serde(default = "default_retry_max", with = "duration")]
+    pub retry_max: Duration,
+    /// Then the remaining recipients bounce (4.4.7).
+    #[serde(default = "default_queue_lifetime", with = "duration")]
+    pub max_queue_lifetime: Duration,
+    /// A delay notice after this long in the queue; 0 = never.
+    #[serde(default = "default_delay_warning", with = "duration")]
+    pub delay_warning: Duration,
+    /// Consecutive failures before a destination is marked down (then only a probe retries).
+    #[serde(default = "default_dead_failures")]
+    pub dead_destination_failures: u32,
+    /// Connections to all destinations together.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "default_connect_timeout", with = "duration")]
+    pub connect_timeout: Duration,
+    /// Waiting for a reply to a command (RFC 5321 4.5.3.2: 5 minutes).
+    #[serde(default = "default_client_command_timeout", with = "duration")]
+    pub command_timeout: Duration,
+    /// Waiting for the reply after the data (RFC 5321 4.5.3.2.6: 10 minutes).
+    #[serde(default = "default_client_data_timeout", with = "duration")]
+    pub data_timeout: Duration,
+    /// Port for hosts found by MX lookup.
+    #[serde(default = "default_mx_port")]
+    pub mx_port: u16,
+    /// Where bounces of null-sender mail go; empty drops them (logged).
+    #[serde(default)]
+    pub double_bounce: String,
+    /// Name in our EHLO; default `server.hostname`.
+    #[serde(default)]
+    pub helo_name: Option<String>,
+}
+
+fn default_retry_initial() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_retry_max() -> Duration {
+    Duration::from_secs(4000)
+}
+fn default_queue_lifetime() -> Duration {
+    Duration::from_secs(5 * 24 * 3600)
+}
+fn default_delay_warning() -> Duration {
+    Duration::from_secs(4 * 3600)
+}
+fn default_dead_failures() -> u32 {
+    5
+}
+fn default_max_connections() -> usize {
+    200
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_client_command_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_client_data_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_mx_port() -> u16 {
+    25
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            retry_initial: default_retry_initial(),
+            retry_max: default_retry_max(),
+            max_queue_lifetime: default_queue_lifetime(),
+            delay_warning: default_delay_warning(),
+            dead_destination_failures: default_dead_failures(),
+            max_connections: default_max_connections(),
+            connect_timeout: default_connect_timeout(),
+            command_timeout: default_client_command_timeout(),
+            data_timeout: default_client_data_timeout(),
+            mx_port: default_mx_port(),
+            double_bounce: String::new(),
+            helo_name: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DnsConfig {
+    /// Resolvers as `ip:port`; empty uses /etc/resolv.conf.
+    #[serde(default)]
+    pub servers: Vec<SocketAddr>,
+    #[serde(default = "default_dns_timeout", with = "duration")]
+    pub timeout: Duration,
+}
+
+fn default_dns_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            servers: Vec::new(),
+            timeout: default_dns_timeout(),
+        }
     }
 }

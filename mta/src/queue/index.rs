@@ -33,6 +33,7 @@ pub struct QueueEntry {
     pub next_attempt: Option<u64>,
     pub last_error: Option<String>,
     pub attempts: u32,
+    pub warned: bool,
     pub message_id: Option<String>,
     pub subject: Option<String>,
     #[serde(skip)]
@@ -55,6 +56,7 @@ impl QueueEntry {
             next_attempt: None,
             last_error: None,
             attempts: 0,
+            warned: false,
             message_id: envelope.message_id.clone(),
             subject: envelope.subject.clone(),
             envelope,
@@ -65,6 +67,7 @@ impl QueueEntry {
         match record {
             StateRecord::Hold => self.state = QueueState::Hold,
             StateRecord::Release => self.state = QueueState::Queued,
+            StateRecord::Warned => self.warned = true,
             StateRecord::Recipient { index, outcome } => {
                 if let Some(r) = self.envelope.recipients.get_mut(*index) {
                     r.outcome = outcome.clone();
@@ -123,6 +126,19 @@ impl QueueIndex {
             }
             None => false,
         }
+    }
+
+    /// Removes the entry if no recipient is pending; true when this call removed it, so
+    /// exactly one of several concurrent finishers deletes the spool file.
+    pub fn finish_if_done(&self, id: QueueId) -> bool {
+        let mut entries = self.lock();
+        let done = entries
+            .get(&id)
+            .is_some_and(|entry| entry.pending_recipients() == 0);
+        if done {
+            entries.remove(&id);
+        }
+        done
     }
 
     pub fn remove(&self, id: QueueId) -> Option<QueueEntry> {

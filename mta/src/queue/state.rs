@@ -11,6 +11,8 @@ use super::envelope::RecipientOutcome;
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum StateRecord {
     Hold,
+    /// A delay notice was sent (only one per message).
+    Warned,
     Release,
     Recipient {
         index: usize,

@@ -664,6 +664,7 @@ impl Session {
                 self.gateway
                     .queue
                     .insert(id, QueueEntry::new(id, envelope, size));
+                self.gateway.delivery.submit(id);
                 self.messages += 1;
                 self.stream
                     .reply(&Reply::owned(250, format!("2.0.0 Ok: queued as {id}")));

@@ -1,0 +1,276 @@
+//! One mail transaction on an established connection: MAIL, RCPT (pipelined when offered),
+//! then DATA (dot-stuffed) or BDAT (when CHUNKING is offered), and a per-recipient outcome.
+//!
+//! Before MAIL the message is checked against what the next hop offered: a SIZE limit it
+//! would refuse, 8-bit content without 8BITMIME (RFC 6152: bounced, 5.6.3), internationalised
+//! addresses or headers without SMTPUTF8 (RFC 6531: bounced, 5.6.7). A message declared
+//! 8BITMIME whose content is plain ASCII is sent as 7-bit.
+
+use super::client::{Client, ClientError, Response};
+use super::encode::ContentEncoder;
+use crate::queue::{BodyType, DsnRet, Envelope};
+
+/// What became of one recipient in this attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered { reply: String },
+    Bounced { status: String, diagnostic: String },
+    Deferred { diagnostic: String },
+}
+
+/// Sends the message to `recipients` (indices into the envelope). The flag is true when the
+/// connection can no longer be used.
+pub async fn send(
+    client: &mut Client,
+    envelope: &Envelope,
+    recipients: &[usize],
+    content: &[u8],
+) -> (Vec<(usize, Outcome)>, bool) {
+    if let Some(refusal) = refuse_before_mail(client, envelope, recipients, content) {
+        return (all(recipients, refusal), false);
+    }
+    match transaction(client, envelope, recipients, content).await {
+        Ok(results) => (results, false),
+        Err(error) => {
+            let diagnostic = format!("lost connection with next hop: {error}");
+            (all(recipients, Outcome::Deferred { diagnostic }), true)
+        }
+    }
+}
+
+fn all(recipients: &[usize], outcome: Outcome) -> Vec<(usize, Outcome)> {
+    recipients.iter().map(|&i| (i, outcome.clone())).collect()
+}
+
+fn bounced(status: &str, diagnostic: &str) -> Outcome {
+    Outcome::Bounced {
+        status: status.into(),
+        diagnostic: diagnostic.into(),
+    }
+}
+
+fn refuse_before_mail(
+    client: &Client,
+    envelope: &Envelope,
+    recipients: &[usize],
+    content: &[u8],
+) -> Option<Outcome> {
+    let caps = &client.capabilities;
+    if caps.size.is_some_and(|max| content.len() as u64 > max) {
+        return Some(bounced(
+            "5.3.4",
+            "552 5.3.4 Message is larger than the next hop accepts",
+        ));
+    }
+    if !caps.eight_bit && has_eight_bit(content) {
+        return Some(bounced(
+            "5.6.3",
+            "554 5.6.3 8-bit content and the next hop does not support 8BITMIME",
+        ));
+    }
+    if !caps.smtputf8 && needs_smtputf8(envelope, recipients, content) {
+        return Some(bounced(
+            "5.6.7",
+            "553 5.6.7 Internationalised addresses and the next hop does not support SMTPUTF8",
+        ));
+    }
+    None
+}
+
+fn has_eight_bit(content: &[u8]) -> bool {
+    content.iter().any(|&b| b >= 0x80)
+}
+
+fn needs_smtputf8(envelope: &Envelope, recipients: &[usize], content: &[u8]) -> bool {
+    if !envelope.smtputf8 {
+        return false;
+    }
+    let header_end = memchr::memmem::find(content, b"\r\n\r\n").unwrap_or(content.len());
+    !envelope.sender.is_ascii()
+        || recipients.iter().any(|&i| {
+            envelope
+                .recipients
+                .get(i)
+                .is_some_and(|r| !r.address.is_ascii())
+        })
+        || has_eight_bit(&content[..header_end])
+}
+
+fn mail_command(client: &Client, envelope: &Envelope, content: &[u8]) -> String {
+    let caps = &client.capabilities;
+    let mut command = format!("MAIL FROM:<{}>", envelope.sender);
+    if caps.size.is_some() {
+        command.push_str(&format!(" SIZE={}", content.len()));
+    }
+    if caps.eight_bit && envelope.body == BodyType::EightBitMime && has_eight_bit(content) {
+        command.push_str(" BODY=8BITMIME");
+    }
+    if caps.smtputf8 && envelope.smtputf8 {
+        command.push_str(" SMTPUTF8");
+    }
+    if caps.dsn {
+        match envelope.dsn_ret {
+            Some(DsnRet::Full) => command.push_str(" RET=FULL"),
+            Some(DsnRet::Hdrs) => command.push_str(" RET=HDRS"),
+            None => {}
+        }
+        if let Some(envid) = &envelope.dsn_envid {
+            command.push_str(&format!(" ENVID={envid}"));
+        }
+    }
+    command.push_str("\r\n");
+    command
+}
+
+fn rcpt_command(client: &Client, envelope: &Envelope, index: usize) -> String {
+    let recipient = &envelope.recipients[index];
+    let mut command = format!("RCPT TO:<{}>", recipient.address);
+    if client.capabilities.dsn {
+        if let Some(notify) = &recipient.notify {
+            command.push_str(&format!(" NOTIFY={notify}"));
+        }
+        if let Some(orcpt) = &recipient.orcpt {
+            command.push_str(&format!(" ORCPT={orcpt}"));
+        }
+    }
+    command.push_str("\r\n");
+    command
+}
+
+/// Classifies a reply for the recipients it applies to.
+fn from_reply(reply: &Response) -> Outcome {
+    if reply.is_positive() {
+        Outcome::Delivered {
+            reply: reply.to_string(),
+        }
+    } else if reply.is_permanent() {
+        Outcome::Bounced {
+            status: reply.status(),
+            diagnostic: reply.to_string(),
+        }
+    } else {
+        Outcome::Deferred {
+            diagnostic: reply.to_string(),
+        }
+    }
+}
+
+async fn transaction(
+    client: &mut Client,
+    envelope: &Envelope,
+    recipients: &[usize],
+    content: &[u8],
+) -> Result<Vec<(usize, Outcome)>, ClientError> {
+    let recipients: Vec<usize> = recipients
+        .iter()
+        .copied()
+        .filter(|&i| i < envelope.recipients.len())
+        .collect();
+    let pipelining = client.capabilities.pipelining;
+    let chunking = client.capabilities.chunking;
+    let mut batch = mail_command(client, envelope, content);
+    for &index in &recipients {
+        batch.push_str(&rcpt_command(client, envelope, index));
+    }
+    let data_pipelined = pipelining && !chunking;
+    if data_pipelined {
+        batch.push_str("DATA\r\n");
+    }
+    let (mail_reply, rcpt_replies) = if pipelining {
+        client.write(batch.as_bytes()).await?;
+        let mail = client.read_response(command_timeout(client)).await?;
+        let mut replies = Vec::with_capacity(recipients.len());
+        for _ in &recipients {
+            replies.push(client.read_response(command_timeout(client)).await?);
+        }
+        (mail, replies)
+    } else {
+        let mail = client
+            .command(mail_command(client, envelope, content).trim_end())
+            .await?;
+        let mut replies = Vec::new();
+        if mail.is_positive() {
+            for &index in &recipients {
+                let line = rcpt_command(client, envelope, index);
+                replies.push(client.command(line.trim_end()).await?);
+            }
+        }
+        (mail, replies)
+    };
+    if !mail_reply.is_positive() {
+        if data_pipelined {
+            let _ = client.read_response(command_timeout(client)).await?;
+        }
+        client.command("RSET").await?;
+        return Ok(recipients
+            .iter()
+            .map(|&i| (i, from_reply(&mail_reply)))
+            .collect());
+    }
+    let mut results: Vec<(usize, Outcome)> = Vec::new();
+    let mut accepted = Vec::new();
+    for (&index, reply) in recipients.iter().zip(&rcpt_replies) {
+        if reply.is_positive() {
+            accepted.push(index);
+        } else {
+            results.push((index, from_reply(reply)));
+        }
+    }
+    if accepted.is_empty() {
+        if data_pipelined {
+            let _ = client.read_response(command_timeout(client)).await?;
+        }
+        client.command("RSET").await?;
+        return Ok(results);
+    }
+    let final_reply = if chunking {
+        send_bdat(client, content).await?
+    } else {
+        let go_ahead = if data_pipelined {
+            client.read_response(command_timeout(client)).await?
+        } else {
+            client.command("DATA").await?
+        };
+        if go_ahead.code != 354 {
+            results.extend(accepted.iter().map(|&i| (i, from_reply(&go_ahead))));
+            return Ok(results);
+        }
+        send_data(client, content).await?
+    };
+    results.extend(accepted.iter().map(|&i| (i, from_reply(&final_reply))));
+    Ok(results)
+}
+
+fn command_timeout(client: &Client) -> std::time::Duration {
+    client.command_timeout()
+}
+
+/// Streams the dot-stuffed content in pieces and reads the final reply.
+async fn send_data(client: &mut Client, content: &[u8]) -> Result<Response, ClientError> {
+    let mut encoder = ContentEncoder::for_data();
+    let mut out = Vec::with_capacity(64 * 1024);
+    for piece in content.chunks(64 * 1024) {
+        out.clear();
+        encoder.encode(piece, &mut out);
+        client.write(&out).await?;
+    }
+    out.clear();
+    encoder.finish(&mut out);
+    client.write(&out).await?;
+    let timeout = client.data_timeout();
+    client.read_response(timeout).await
+}
+
+/// One `BDAT n LAST` chunk with CRLF-normalised content.
+async fn send_bdat(client: &mut Client, content: &[u8]) -> Result<Response, ClientError> {
+    let mut encoder = ContentEncoder::for_bdat();
+    let mut out = Vec::with_capacity(content.len() + 2);
+    encoder.encode(content, &mut out);
+    encoder.finish(&mut out);
+    client
+        .write(format!("BDAT {} LAST\r\n", out.len()).as_bytes())
+        .await?;
+    client.write(&out).await?;
+    let timeout = client.data_timeout();
+    client.read_response(timeout).await
+}

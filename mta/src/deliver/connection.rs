@@ -1,0 +1,337 @@
+//! One outbound connection: takes jobs for its destination from the engine one after
+//! another, connects on the first job (next hops in order, every address of each, TLS by
+//! the route's policy), reuses the connection for later jobs, and reports each job's result.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rustls::pki_types::ServerName;
+use tokio_rustls::TlsConnector;
+
+use super::attempt::{self, Outcome};
+use super::client::{Client, ClientError};
+use super::engine::{Job, JobReport};
+use super::outcome::{self, Applied};
+use super::Context;
+use crate::config::OutboundTls;
+use crate::queue::QueueState;
+use crate::route::{Destination, DnsError, MxAnswer, Target};
+
+/// An established session with a next hop.
+pub(crate) struct Connected {
+    pub client: Client,
+    /// `host[ip]:port` for logs and DSNs.
+    pub relay: String,
+}
+
+/// Why no next hop could be used.
+enum DestinationError {
+    /// Try again later (unreachable, 4xx greeting, TLS failure, DNS timeout).
+    Temporary(String),
+    /// The destination can never accept mail (null MX, no such domain): bounce.
+    Permanent { status: &'static str, text: String },
+}
+
+pub(crate) async fn run(context: Arc<Context>, name: String, destination: Destination) {
+    let mut connected: Option<Connected> = None;
+    let mut jobs_done = 0usize;
+    while let Some(job) = context.next_job(&name).await {
+        let report = run_job(&context, &destination, &mut connected, &job).await;
+        let keep_going = !report.destination_failed && connected.is_some();
+        context.finished(job, report);
+        jobs_done += 1;
+        if !keep_going || jobs_done >= destination.max_messages_per_connection {
+            break;
+        }
+    }
+    if let Some(connected) = connected {
+        connected.client.quit().await;
+    }
+    context.connection_ended(name);
+}
+
+async fn run_job(
+    context: &Context,
+    destination: &Destination,
+    connected: &mut Option<Connected>,
+    job: &Job,
+) -> JobReport {
+    let gateway = &context.gateway;
+    let skipped = || JobReport {
+        deferred: Vec::new(),
+        retry_at: Instant::now(),
+        error: None,
+        destination_failed: false,
+        skipped: true,
+    };
+    let Some(entry) = gateway.queue.get(job.id) else {
+        return skipped();
+    };
+    if entry.state == QueueState::Hold {
+        return skipped();
+    }
+    let content = match gateway.spool.read_content(job.id).await {
+        Ok(content) => content,
+        Err(e) => {
+            log::error!("delivery: id={}: cannot read the spool file: {e}", job.id);
+            return skipped();
+        }
+    };
+    if connected.is_none() {
+        match connect(context, destination).await {
+            Ok(session) => *connected = Some(session),
+            Err(DestinationError::Temporary(error)) => {
+                let results = job
+                    .recipients
+                    .iter()
+                    .map(|&i| {
+                        (
+                            i,
+                            Outcome::Deferred {
+                                diagnostic: error.clone(),
+                            },
+                        )
+                    })
+                    .collect();
+                let applied =
+                    outcome::apply(context, &entry, &content, job, results, None, false).await;
+                return report(applied, Some(error), true);
+            }
+            Err(DestinationError::Permanent { status, text }) => {
+                let results = job
+                    .recipients
+                    .iter()
+                    .map(|&i| {
+                        (
+                            i,
+                            Outcome::Bounced {
+                                status: status.to_string(),
+                                diagnostic: text.clone(),
+                            },
+                        )
+                    })
+                    .collect();
+                let applied =
+                    outcome::apply(context, &entry, &content, job, results, None, false).await;
+                return report(applied, Some(text), false);
+            }
+        }
+    }
+    let Some(session) = connected.as_mut() else {
+        return skipped();
+    };
+    let (results, broken) = attempt::send(
+        &mut session.client,
+        &entry.envelope,
+        &job.recipients,
+        &content,
+    )
+    .await;
+    let dsn_passed_on = session.client.capabilities.dsn;
+    let relay = Some(session.relay.clone());
+    if broken {
+        *connected = None;
+    }
+    let error = results.iter().find_map(|(_, o)| match o {
+        Outcome::Deferred { diagnostic } => Some(diagnostic.clone()),
+        _ => None,
+    });
+    let applied = outcome::apply(
+        context,
+        &entry,
+        &content,
+        job,
+        results,
+        relay,
+        dsn_passed_on,
+    )
+    .await;
+    report(applied, error, false)
+}
+
+fn report(applied: Applied, error: Option<String>, destination_failed: bool) -> JobReport {
+    JobReport {
+        deferred: applied.deferred,
+        retry_at: applied.retry_at,
+        error,
+        destination_failed,
+        skipped: false,
+    }
+}
+
+/// The addresses to try, in order: (host name for TLS and logs, socket address).
+async fn candidates(
+    context: &Context,
+    destination: &Destination,
+) -> Result<Vec<(String, SocketAddr)>, DestinationError> {
+    let resolver = &context.resolver;
+    let mx_port = context.gateway.runtime().config.delivery.mx_port;
+    let mut hosts: Vec<(String, u16)> = Vec::new();
+    let mut mx_domain: Option<&str> = None;
+    match &destination.target {
+        Target::Hops(hops) => hosts.extend(hops.iter().map(|h| (h.host.clone(), h.port))),
+        Target::Mx(domain) => {
+            mx_domain = Some(domain);
+            match resolver.mx(domain).await {
+                Ok(MxAnswer::Hosts(list)) => hosts.extend(list.into_iter().map(|h| (h, mx_port))),
+                Ok(MxAnswer::Implicit) => hosts.push((domain.clone(), mx_port)),
+                Ok(MxAnswer::NullMx) => {
+                    return Err(DestinationError::Permanent {
+                        status: "5.1.10",
+                        text: format!("556 5.1.10 {domain} does not accept mail (null MX)"),
+                    })
+                }
+                Err(e) if e.is_permanent() => {
+                    return Err(DestinationError::Permanent {
+                        status: "5.1.2",
+                        text: format!("550 5.1.2 {e}"),
+                    })
+                }
+                Err(e) => return Err(DestinationError::Temporary(e.to_string())),
+            }
+        }
+    }
+    let mut addresses = Vec::new();
+    let mut last_dns_error: Option<DnsError> = None;
+    for (host, port) in hosts {
+        match resolver.addresses(&host).await {
+            Ok(ips) => addresses.extend(
+                ips.into_iter()
+                    .map(|ip| (host.clone(), SocketAddr::new(ip, port))),
+            ),
+            Err(e) => last_dns_error = Some(e),
+        }
+    }
+    if addresses.is_empty() {
+        let error = last_dns_error.map_or("no next hop".to_string(), |e| e.to_string());
+        // An implicit MX whose domain has no address is as dead as a null MX.
+        if let (Some(domain), true) = (
+            mx_domain,
+            error.contains("no such domain") || error.contains("no address"),
+        ) {
+            return Err(DestinationError::Permanent {
+                status: "5.1.2",
+                text: format!("550 5.1.2 {domain}: no mail exchanger or address ({error})"),
+            });
+        }
+        return Err(DestinationError::Temporary(error));
+    }
+    Ok(addresses)
+}
+
+async fn connect(
+    context: &Context,
+    destination: &Destination,
+) -> Result<Connected, DestinationError> {
+    let addresses = candidates(context, destination).await?;
+    let mut last_error = String::from("no next hop");
+    for (host, address) in addresses {
+        match connect_one(context, destination, &host, address, destination.tls).await {
+            Ok(connected) => return Ok(connected),
+            Err(error) => {
+                log::warn!(
+                    "delivery: next hop {host}[{}]:{} failed: {error}",
+                    address.ip(),
+                    address.port()
+                );
+                last_error = format!("{host}[{}]:{}: {error}", address.ip(), address.port());
+            }
+        }
+    }
+    Err(DestinationError::Temporary(last_error))
+}
+
+async fn connect_one(
+    context: &Context,
+    destination: &Destination,
+    host: &str,
+    address: SocketAddr,
+    tls: OutboundTls,
+) -> Result<Connected, String> {
+    let delivery = context.gateway.runtime().config.delivery.clone();
+    let helo = delivery
+        .helo_name
+        .clone()
+        .unwrap_or_else(|| context.gateway.runtime().config.server.hostname.clone());
+    let (mut client, greeting) = Client::connect(
+        address,
+        delivery.connect_timeout,
+        delivery.command_timeout,
+        delivery.data_timeout,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    if greeting.code / 100 != 2 {
+        client.quit().await;
+        return Err(format!("greeting: {greeting}"));
+    }
+    let hello = client.hello(&helo).await.map_err(|e| e.to_string())?;
+    if !hello.is_positive() {
+        client.quit().await;
+        return Err(format!("EHLO: {hello}"));
+    }
+    let wants_tls = match tls {
+        OutboundTls::None => false,
+        OutboundTls::Opportunistic => client.capabilities.starttls,
+        OutboundTls::Required | OutboundTls::Verify => {
+            if !client.capabilities.starttls {
+                client.quit().await;
+                return Err("TLS is required but the next hop does not offer STARTTLS".into());
+            }
+            true
+        }
+    };
+    if wants_tls {
+        match start_tls(context, destination, &mut client, host, tls, &helo).await {
+            Ok(()) => {}
+            Err(e) if tls == OutboundTls::Opportunistic => {
+                // Opportunistic TLS that fails is retried once in plaintext (RFC 7435).
+                log::info!(
+                    "delivery: STARTTLS with {host}[{}] failed ({e}); retrying without TLS",
+                    address.ip()
+                );
+                return Box::pin(connect_one(
+                    context,
+                    destination,
+                    host,
+                    address,
+                    OutboundTls::None,
+                ))
+                .await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let relay = format!("{host}[{}]:{}", address.ip(), address.port());
+    Ok(Connected { client, relay })
+}
+
+async fn start_tls(
+    context: &Context,
+    destination: &Destination,
+    client: &mut Client,
+    host: &str,
+    tls: OutboundTls,
+    helo: &str,
+) -> Result<(), String> {
+    let config = if tls == OutboundTls::Verify {
+        context.verifying_tls(destination.ca_file.as_ref())?
+    } else {
+        context.unverified_tls.clone()
+    };
+    let name =
+        ServerName::try_from(host.to_string()).map_err(|e| format!("bad TLS name {host}: {e}"))?;
+    let response = client
+        .starttls(TlsConnector::from(config), name)
+        .await
+        .map_err(|e: ClientError| e.to_string())?;
+    if response.code != 220 {
+        return Err(format!("STARTTLS refused: {response}"));
+    }
+    let hello = client.hello(helo).await.map_err(|e| e.to_string())?;
+    if !hello.is_positive() {
+        return Err(format!("EHLO after STARTTLS: {hello}"));
+    }
+    Ok(())
+}

@@ -1,0 +1,481 @@
+//! The queue manager: one task that owns every destination's queue, schedules retries and
+//! decides how many connections each destination gets.
+//!
+//! # Scheduling rules
+//! - A message is split into one job per destination (its pending recipients for it).
+//! - A destination gets up to `limit` connections; `limit` starts small and grows by one per
+//!   successful job up to the route's `max_connections` (slow start).
+//! - A job deferred by its recipients' 4xx or a connection failure waits in the retry heap
+//!   (`retry_initial` doubling to `retry_max`) and then rejoins its destination's queue.
+//! - After `dead_destination_failures` consecutive destination-level failures the destination
+//!   is down: its queued jobs wait, nothing connects, and when the down interval ends exactly
+//!   one connection probes it. A successful probe brings it back with `limit` = 1 (the ramp),
+//!   so a groupware server that just restarted is not hit by the whole backlog at once.
+//! - `flush` moves every waiting job back to its queue and ends every down interval.
+//! - A message has at most one set of jobs in flight (`outstanding`), so a release or flush
+//!   never duplicates deliveries.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use super::connection;
+use super::Context;
+use crate::queue::{QueueId, QueueState};
+use crate::route::{Destination, Router};
+
+/// The slow-start concurrency of a destination that has not failed.
+const INITIAL_LIMIT: usize = 5;
+
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: QueueId,
+    pub destination: String,
+    /// Indices into the envelope's recipients.
+    pub recipients: Vec<usize>,
+    pub attempts: u32,
+}
+
+/// What a connection task reports for one job.
+#[derive(Debug)]
+pub struct JobReport {
+    /// Recipients to try again later (already logged and recorded).
+    pub deferred: Vec<usize>,
+    pub retry_at: Instant,
+    pub error: Option<String>,
+    /// The destination itself failed (no next hop reachable), not just some recipients.
+    pub destination_failed: bool,
+    /// The message was held or deleted before the job ran.
+    pub skipped: bool,
+}
+
+pub enum Event {
+    Submit(QueueId),
+    Flush,
+    Destinations(oneshot::Sender<Vec<DestinationStatus>>),
+    NextJob {
+        destination: String,
+        reply: oneshot::Sender<Option<Job>>,
+    },
+    Finished {
+        job: Job,
+        report: JobReport,
+    },
+    ConnectionEnded {
+        destination: String,
+    },
+    Shutdown(oneshot::Sender<()>),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DestinationStatus {
+    pub destination: String,
+    pub state: &'static str,
+    pub queued: usize,
+    pub active_connections: usize,
+    pub connection_limit: usize,
+    pub consecutive_failures: u32,
+    pub last_error: Option<String>,
+    pub down_for_seconds: Option<u64>,
+}
+
+struct DestinationState {
+    destination: Destination,
+    ready: VecDeque<Job>,
+    active: usize,
+    limit: usize,
+    failures: u32,
+    down_until: Option<Instant>,
+    down_rounds: u32,
+    last_error: Option<String>,
+}
+
+impl DestinationState {
+    fn new(destination: Destination) -> Self {
+        let limit = INITIAL_LIMIT.min(destination.max_connections);
+        Self {
+            destination,
+            ready: VecDeque::new(),
+            active: 0,
+            limit,
+            failures: 0,
+            down_until: None,
+            down_rounds: 0,
+            last_error: None,
+        }
+    }
+
+    fn is_down(&self, now: Instant) -> bool {
+        self.down_until.is_some_and(|until| until > now)
+    }
+}
+
+pub struct Engine {
+    context: Arc<Context>,
+    events: mpsc::UnboundedReceiver<Event>,
+    destinations: HashMap<String, DestinationState>,
+    retries: BinaryHeap<Reverse<(Instant, u64)>>,
+    waiting: HashMap<u64, Job>,
+    sequence: u64,
+    outstanding: HashMap<QueueId, usize>,
+    connections: usize,
+    stopping: Option<oneshot::Sender<()>>,
+    router: Option<(usize, Router)>,
+}
+
+impl Engine {
+    pub fn new(context: Arc<Context>, events: mpsc::UnboundedReceiver<Event>) -> Self {
+        Self {
+            context,
+            events,
+            destinations: HashMap::new(),
+            retries: BinaryHeap::new(),
+            waiting: HashMap::new(),
+            sequence: 0,
+            outstanding: HashMap::new(),
+            connections: 0,
+            stopping: None,
+            router: None,
+        }
+    }
+
+    pub async fn run(mut self) {
+        loop {
+            let wake = self.next_wake();
+            let event = tokio::select! {
+                event = self.events.recv() => event,
+                _ = sleep_until(wake) => {
+                    self.wake_due();
+                    continue;
+                }
+            };
+            let Some(event) = event else { return };
+            self.handle(event);
+            if self.stopping.is_some() && self.connections == 0 {
+                if let Some(done) = self.stopping.take() {
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::Submit(id) => self.submit(id),
+            Event::Flush => self.flush(),
+            Event::Destinations(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Event::NextJob { destination, reply } => {
+                let _ = reply.send(self.next_job(&destination));
+            }
+            Event::Finished { job, report } => self.finished(job, report),
+            Event::ConnectionEnded { destination } => {
+                self.connections = self.connections.saturating_sub(1);
+                if let Some(state) = self.destinations.get_mut(&destination) {
+                    state.active = state.active.saturating_sub(1);
+                }
+                self.pump(&destination);
+            }
+            Event::Shutdown(done) => {
+                self.stopping = Some(done);
+            }
+        }
+    }
+
+    fn router(&mut self) -> &Router {
+        let runtime = self.context.gateway.runtime();
+        let generation = Arc::as_ptr(&runtime.config) as usize;
+        if self.router.as_ref().map(|(g, _)| *g) != Some(generation) {
+            self.router = Some((generation, Router::new(&runtime.config)));
+        }
+        &self.router.as_ref().expect("set above").1
+    }
+
+    fn submit(&mut self, id: QueueId) {
+        if self.outstanding.contains_key(&id) {
+            return;
+        }
+        let Some(entry) = self.context.gateway.queue.get(id) else {
+            return;
+        };
+        if entry.state == QueueState::Hold {
+            return;
+        }
+        let mut groups: Vec<(Destination, Vec<usize>)> = Vec::new();
+        let router = self.router();
+        for (index, recipient) in entry.envelope.recipients.iter().enumerate() {
+            if recipient.outcome != Default::default() {
+                continue;
+            }
+            let domain = recipient
+                .address
+                .rsplit_once('@')
+                .map_or("", |(_, d)| d)
+                .to_ascii_lowercase();
+            let destination = router.destination(&domain);
+            match groups
+                .iter_mut()
+                .find(|(d, _)| d.name() == destination.name())
+            {
+                Some((_, indices)) => indices.push(index),
+                None => groups.push((destination, vec![index])),
+            }
+        }
+        if groups.is_empty() {
+            return;
+        }
+        self.outstanding.insert(id, groups.len());
+        for (destination, recipients) in groups {
+            let name = destination.name();
+            let state = self
+                .destinations
+                .entry(name.clone())
+                .or_insert_with(|| DestinationState::new(destination.clone()));
+            // A reload may have changed the route's settings.
+            state.destination = destination;
+            state.ready.push_back(Job {
+                id,
+                destination: name.clone(),
+                recipients,
+                attempts: entry.attempts,
+            });
+            self.pump(&name);
+        }
+    }
+
+    /// Starts connections for `name` while it has work and room.
+    fn pump(&mut self, name: &str) {
+        if self.stopping.is_some() {
+            return;
+        }
+        let max_total = self
+            .context
+            .gateway
+            .runtime()
+            .config
+            .delivery
+            .max_connections;
+        let now = Instant::now();
+        let Some(state) = self.destinations.get_mut(name) else {
+            return;
+        };
+        if state.is_down(now) {
+            return;
+        }
+        // Down interval over: one probe connection at a time until it succeeds.
+        let limit = if state.down_until.is_some() {
+            1
+        } else {
+            state.limit
+        };
+        let wanted = limit.min(state.active + state.ready.len());
+        while state.active < wanted && self.connections < max_total {
+            state.active += 1;
+            self.connections += 1;
+            let context = self.context.clone();
+            let destination = state.destination.clone();
+            let name = name.to_string();
+            tokio::spawn(connection::run(context, name, destination));
+        }
+    }
+
+    fn next_job(&mut self, name: &str) -> Option<Job> {
+        if self.stopping.is_some() {
+            return None;
+        }
+        let now = Instant::now();
+        let state = self.destinations.get_mut(name)?;
+        if state.is_down(now) {
+            return None;
+        }
+        state.ready.pop_front()
+    }
+
+    fn finished(&mut self, mut job: Job, report: JobReport) {
+        let name = job.destination.clone();
+        if let Some(state) = self.destinations.get_mut(&name) {
+            if report.destination_failed {
+                self.context.note_failure(state, report.error.clone());
+            } else if !report.skipped {
+                state.failures = 0;
+                state.down_until = None;
+                state.down_rounds = 0;
+                state.limit = (state.limit + 1).min(state.destination.max_connections);
+            }
+        }
+        if report.deferred.is_empty() {
+            self.release(job.id);
+        } else {
+            job.recipients = report.deferred;
+            job.attempts += 1;
+            self.sequence += 1;
+            self.retries.push(Reverse((report.retry_at, self.sequence)));
+            self.waiting.insert(self.sequence, job);
+        }
+        self.pump(&name);
+    }
+
+    fn release(&mut self, id: QueueId) {
+        if let Some(count) = self.outstanding.get_mut(&id) {
+            *count -= 1;
+            if *count == 0 {
+                self.outstanding.remove(&id);
+            }
+        }
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        let retry = self.retries.peek().map(|Reverse((at, _))| *at);
+        let probe = self
+            .destinations
+            .values()
+            .filter(|s| !s.ready.is_empty())
+            .filter_map(|s| s.down_until)
+            .min();
+        match (retry, probe) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn wake_due(&mut self) {
+        let now = Instant::now();
+        let mut touched = Vec::new();
+        while let Some(Reverse((at, sequence))) = self.retries.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.retries.pop();
+            if let Some(job) = self.waiting.remove(&sequence) {
+                touched.push(job.destination.clone());
+                self.requeue(job);
+            }
+        }
+        touched.extend(
+            self.destinations
+                .iter()
+                .filter(|(_, s)| s.down_until.is_some_and(|u| u <= now) && !s.ready.is_empty())
+                .map(|(name, _)| name.clone()),
+        );
+        for name in touched {
+            self.pump(&name);
+        }
+    }
+
+    fn requeue(&mut self, job: Job) {
+        match self.destinations.get_mut(&job.destination) {
+            Some(state) => state.ready.push_back(job),
+            None => self.release(job.id),
+        }
+    }
+
+    fn flush(&mut self) {
+        let waiting: Vec<Job> = self.waiting.drain().map(|(_, job)| job).collect();
+        self.retries.clear();
+        for job in waiting {
+            self.requeue(job);
+        }
+        for state in self.destinations.values_mut() {
+            if state.down_until.is_some() {
+                state.down_until = Some(Instant::now());
+            }
+        }
+        let names: Vec<String> = self.destinations.keys().cloned().collect();
+        for name in names {
+            self.pump(&name);
+        }
+        // Messages that are queued but have no jobs (released, recovered) get them now.
+        for entry in self.context.gateway.queue.list() {
+            if let Ok(id) = entry.id.parse() {
+                self.submit(id);
+            }
+        }
+    }
+
+    fn status(&self) -> Vec<DestinationStatus> {
+        let now = Instant::now();
+        let mut waiting_per: HashMap<&str, usize> = HashMap::new();
+        for job in self.waiting.values() {
+            *waiting_per.entry(job.destination.as_str()).or_default() += 1;
+        }
+        let mut list: Vec<DestinationStatus> = self
+            .destinations
+            .iter()
+            .map(|(name, s)| DestinationStatus {
+                destination: name.clone(),
+                state: if s.down_until.is_some() { "down" } else { "up" },
+                queued: s.ready.len() + waiting_per.get(name.as_str()).copied().unwrap_or(0),
+                active_connections: s.active,
+                connection_limit: s.limit,
+                consecutive_failures: s.failures,
+                last_error: s.last_error.clone(),
+                down_for_seconds: s
+                    .down_until
+                    .map(|until| until.saturating_duration_since(now).as_secs()),
+            })
+            .collect();
+        list.sort_by(|a, b| a.destination.cmp(&b.destination));
+        list
+    }
+}
+
+impl Context {
+    fn note_failure(&self, state: &mut DestinationState, error: Option<String>) {
+        let delivery = &self.gateway.runtime().config.delivery;
+        state.failures += 1;
+        state.last_error = error;
+        let dead = state.failures >= delivery.dead_destination_failures.max(1);
+        if dead || state.down_until.is_some() {
+            let wait = backoff(
+                delivery.retry_initial,
+                delivery.retry_max,
+                state.down_rounds,
+            );
+            state.down_rounds += 1;
+            state.down_until = Some(Instant::now() + wait);
+            state.limit = 1;
+            log::warn!(
+                "destination {} is down after {} failures; next probe in {}s",
+                state.destination.name(),
+                state.failures,
+                wait.as_secs()
+            );
+        } else {
+            state.limit = (state.limit / 2).max(1);
+        }
+    }
+}
+
+/// `initial * 2^rounds`, capped at `max`.
+pub fn backoff(initial: Duration, max: Duration, rounds: u32) -> Duration {
+    let factor = 1u32.checked_shl(rounds.min(30)).unwrap_or(u32::MAX);
+    initial.saturating_mul(factor).min(max)
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_the_cap() {
+        let five = Duration::from_secs(300);
+        let cap = Duration::from_secs(4000);
+        assert_eq!(backoff(five, cap, 0), five);
+        assert_eq!(backoff(five, cap, 1), Duration::from_secs(600));
+        assert_eq!(backoff(five, cap, 3), Duration::from_secs(2400));
+        assert_eq!(backoff(five, cap, 4), cap);
+        assert_eq!(backoff(five, cap, 100), cap);
+    }
+}

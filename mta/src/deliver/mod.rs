@@ -1,0 +1,141 @@
+//! Delivery: the sending half of the gateway.
+//!
+//! `engine` (the queue manager) owns the per-destination queues, retry timing, dead
+//! destinations and connection limits; `connection` runs one outbound connection (connect
+//! with failover, TLS by policy, jobs one after another on the same connection); `attempt`
+//! speaks one mail transaction; `outcome` applies the per-recipient results (state log,
+//! notices, removal of finished messages); `dsn` builds RFC 3464 notices; `encode` makes the
+//! DATA stream safe; `client` is the SMTP client.
+//!
+//! # Guarantees
+//! - A recipient is marked delivered only after the next hop's positive reply to the data,
+//!   and a message leaves the spool only when no recipient is pending.
+//! - Temporary failures never bounce before `max_queue_lifetime`; a destination that is down
+//!   holds its mail without per-message retries (see `engine`).
+
+mod attempt;
+mod client;
+mod connection;
+pub mod dsn;
+mod encode;
+mod engine;
+mod outcome;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot};
+
+pub use engine::{backoff, DestinationStatus};
+use engine::{Engine, Event, Job, JobReport};
+
+use crate::gateway::Gateway;
+use crate::queue::QueueId;
+use crate::route::Resolver;
+
+/// The daemon's way to talk to the delivery engine; cheap to clone.
+#[derive(Clone)]
+pub struct DeliveryHandle {
+    events: mpsc::UnboundedSender<Event>,
+}
+
+/// The receiving end, handed to [`start`].
+pub struct DeliveryInbox(mpsc::UnboundedReceiver<Event>);
+
+impl DeliveryHandle {
+    pub fn channel() -> (DeliveryHandle, DeliveryInbox) {
+        let (events, inbox) = mpsc::unbounded_channel();
+        (DeliveryHandle { events }, DeliveryInbox(inbox))
+    }
+
+    /// A message was queued (or released): deliver it.
+    pub fn submit(&self, id: QueueId) {
+        let _ = self.events.send(Event::Submit(id));
+    }
+
+    /// Retry everything now, down destinations included.
+    pub fn flush(&self) {
+        let _ = self.events.send(Event::Flush);
+    }
+
+    pub async fn destinations(&self) -> Vec<DestinationStatus> {
+        let (reply, answer) = oneshot::channel();
+        if self.events.send(Event::Destinations(reply)).is_err() {
+            return Vec::new();
+        }
+        answer.await.unwrap_or_default()
+    }
+
+    /// Stops handing out work and waits until running connections finished their jobs.
+    pub async fn shutdown(&self) {
+        let (done, finished) = oneshot::channel();
+        if self.events.send(Event::Shutdown(done)).is_ok() {
+            let _ = finished.await;
+        }
+    }
+}
+
+/// Shared by the connection tasks.
+pub(crate) struct Context {
+    pub gateway: Arc<Gateway>,
+    pub resolver: Arc<dyn Resolver>,
+    events: mpsc::UnboundedSender<Event>,
+    verifying_tls: Mutex<HashMap<Option<PathBuf>, Arc<rustls::ClientConfig>>>,
+    unverified_tls: Arc<rustls::ClientConfig>,
+}
+
+impl Context {
+    async fn next_job(&self, destination: &str) -> Option<Job> {
+        let (reply, answer) = oneshot::channel();
+        let request = Event::NextJob {
+            destination: destination.to_string(),
+            reply,
+        };
+        self.events.send(request).ok()?;
+        answer.await.ok().flatten()
+    }
+
+    fn finished(&self, job: Job, report: JobReport) {
+        let _ = self.events.send(Event::Finished { job, report });
+    }
+
+    fn connection_ended(&self, destination: String) {
+        let _ = self.events.send(Event::ConnectionEnded { destination });
+    }
+
+    fn submit(&self, id: QueueId) {
+        let _ = self.events.send(Event::Submit(id));
+    }
+
+    fn verifying_tls(
+        &self,
+        ca_file: Option<&PathBuf>,
+    ) -> Result<Arc<rustls::ClientConfig>, String> {
+        let mut cache = self.verifying_tls.lock().unwrap_or_else(|p| p.into_inner());
+        let key = ca_file.cloned();
+        if let Some(config) = cache.get(&key) {
+            return Ok(config.clone());
+        }
+        let config = client::verifying_tls(ca_file.map(|p| p.as_path()))?;
+        cache.insert(key, config.clone());
+        Ok(config)
+    }
+}
+
+/// Starts the engine; every message already in the queue (not held) is submitted.
+pub fn start(gateway: Arc<Gateway>, inbox: DeliveryInbox, resolver: Arc<dyn Resolver>) {
+    let context = Arc::new(Context {
+        events: gateway.delivery.events.clone(),
+        gateway: gateway.clone(),
+        resolver,
+        verifying_tls: Mutex::new(HashMap::new()),
+        unverified_tls: client::unverified_tls(),
+    });
+    tokio::spawn(Engine::new(context, inbox.0).run());
+    for entry in gateway.queue.list() {
+        if let Ok(id) = entry.id.parse() {
+            gateway.delivery.submit(id);
+        }
+    }
+}

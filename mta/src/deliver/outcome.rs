@@ -1,0 +1,305 @@
+//! Applying one attempt's per-recipient results: log each, record it in the state log,
+//! turn expired deferrals into bounces (4.4.7), send the notices that are owed (bounce, one
+//! delay warning, "relayed" when the next hop could not take our DSN request), and remove the
+//! message once no recipient is pending.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::attempt::Outcome;
+use super::dsn::{self, Action, Reported};
+use super::engine::{backoff, Job};
+use super::Context;
+use crate::queue::{Envelope, QueueEntry, QueueId, Recipient, RecipientOutcome, StateRecord};
+
+/// What is left to retry, and when.
+pub struct Applied {
+    pub deferred: Vec<usize>,
+    pub retry_at: Instant,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+pub async fn apply(
+    context: &Context,
+    entry: &QueueEntry,
+    content: &[u8],
+    job: &Job,
+    results: Vec<(usize, Outcome)>,
+    relay: Option<String>,
+    dsn_passed_on: bool,
+) -> Applied {
+    let gateway = &context.gateway;
+    let delivery = gateway.runtime().config.delivery.clone();
+    let now = unix_now();
+    let age = Duration::from_secs(now.saturating_sub(entry.arrival));
+    let expired = age >= delivery.max_queue_lifetime;
+    let mut records = Vec::new();
+    let mut notices: Vec<Reported> = Vec::new();
+    let mut deferred = Vec::new();
+    let mut last_error = None;
+    for (index, outcome) in results {
+        let Some(recipient) = entry.envelope.recipients.get(index) else {
+            continue;
+        };
+        log_outcome(job.id, recipient, &outcome, relay.as_deref(), age);
+        match outcome {
+            Outcome::Delivered { reply } => {
+                records.push(StateRecord::Recipient {
+                    index,
+                    outcome: RecipientOutcome::Delivered,
+                });
+                if !dsn_passed_on && dsn::wanted(recipient, Action::Relayed) {
+                    notices.push(report_line(
+                        recipient,
+                        Action::Relayed,
+                        "2.0.0".into(),
+                        Some(reply),
+                        &relay,
+                    ));
+                }
+            }
+            Outcome::Bounced { status, diagnostic } => {
+                records.push(StateRecord::Recipient {
+                    index,
+                    outcome: RecipientOutcome::Bounced,
+                });
+                if dsn::wanted(recipient, Action::Failed) {
+                    notices.push(report_line(
+                        recipient,
+                        Action::Failed,
+                        status,
+                        Some(diagnostic),
+                        &relay,
+                    ));
+                }
+            }
+            Outcome::Deferred { diagnostic } if expired => {
+                log::info!(
+                    "delivery: id={} to=<{}> status=bounced (queue lifetime expired)",
+                    job.id,
+                    recipient.address
+                );
+                records.push(StateRecord::Recipient {
+                    index,
+                    outcome: RecipientOutcome::Bounced,
+                });
+                if dsn::wanted(recipient, Action::Failed) {
+                    let text = format!("delivery time expired; last error: {diagnostic}");
+                    notices.push(report_line(
+                        recipient,
+                        Action::Failed,
+                        "4.4.7".into(),
+                        Some(text),
+                        &relay,
+                    ));
+                }
+            }
+            Outcome::Deferred { diagnostic } => {
+                last_error = Some(diagnostic);
+                deferred.push(index);
+            }
+        }
+    }
+    let retry_in = backoff(delivery.retry_initial, delivery.retry_max, job.attempts);
+    if !deferred.is_empty() {
+        let warn_due =
+            !delivery.delay_warning.is_zero() && age >= delivery.delay_warning && !entry.warned;
+        if warn_due {
+            records.push(StateRecord::Warned);
+            for &index in &deferred {
+                let recipient = &entry.envelope.recipients[index];
+                if dsn::wanted(recipient, Action::Delayed) {
+                    notices.push(report_line(
+                        recipient,
+                        Action::Delayed,
+                        "4.0.0".into(),
+                        last_error.clone(),
+                        &relay,
+                    ));
+                }
+            }
+        }
+        records.push(StateRecord::Attempt {
+            at: now,
+            next_at: Some(now + retry_in.as_secs()),
+            error: last_error,
+        });
+    }
+    persist(context, job.id, &records).await;
+    send_notices(context, job.id, entry, content, notices).await;
+    if gateway.queue.finish_if_done(job.id) {
+        if let Err(e) = gateway.spool.remove(job.id).await {
+            log::error!(
+                "delivery: id={}: cannot remove the finished message: {e}",
+                job.id
+            );
+        } else {
+            log::info!("removed: id={}", job.id);
+        }
+    }
+    Applied {
+        deferred,
+        retry_at: Instant::now() + retry_in,
+    }
+}
+
+fn report_line(
+    recipient: &Recipient,
+    action: Action,
+    status: String,
+    diagnostic: Option<String>,
+    relay: &Option<String>,
+) -> Reported {
+    Reported {
+        recipient: recipient.clone(),
+        action,
+        status,
+        diagnostic,
+        remote_mta: relay
+            .as_ref()
+            .map(|r| r.split('[').next().unwrap_or(r).to_string()),
+    }
+}
+
+fn log_outcome(
+    id: QueueId,
+    recipient: &Recipient,
+    outcome: &Outcome,
+    relay: Option<&str>,
+    age: Duration,
+) {
+    let (status, dsn, reply) = match outcome {
+        Outcome::Delivered { reply } => ("sent", "2.0.0".to_string(), reply.as_str()),
+        Outcome::Bounced { status, diagnostic } => ("bounced", status.clone(), diagnostic.as_str()),
+        Outcome::Deferred { diagnostic } => ("deferred", "4.0.0".to_string(), diagnostic.as_str()),
+    };
+    let dsn = match outcome {
+        Outcome::Delivered { reply } => reply
+            .split_whitespace()
+            .nth(1)
+            .filter(|w| w.starts_with('2') && w.contains('.'))
+            .map_or(dsn, str::to_string),
+        _ => dsn,
+    };
+    log::info!(
+        "delivery: id={id} to=<{}> relay={} delay={}s dsn={dsn} status={status} ({})",
+        recipient.address,
+        relay.unwrap_or("none"),
+        age.as_secs(),
+        reply
+            .chars()
+            .filter(|c| !c.is_control())
+            .collect::<String>()
+    );
+}
+
+async fn persist(context: &Context, id: QueueId, records: &[StateRecord]) {
+    for record in records {
+        if let Err(e) = context.gateway.spool.record(id, record.clone()).await {
+            log::error!("delivery: id={id}: cannot record state: {e}");
+        }
+        context.gateway.queue.apply(id, record);
+    }
+}
+
+/// Sends one notice per kind (failed, delayed, relayed) to the sender.
+async fn send_notices(
+    context: &Context,
+    id: QueueId,
+    entry: &QueueEntry,
+    content: &[u8],
+    notices: Vec<Reported>,
+) {
+    for action in [Action::Failed, Action::Delayed, Action::Relayed] {
+        let lines: Vec<Reported> = notices
+            .iter()
+            .filter(|n| n.action == action)
+            .cloned()
+            .collect();
+        if lines.is_empty() {
+            continue;
+        }
+        let to = if entry.envelope.sender.is_empty() {
+            let double_bounce = context
+                .gateway
+                .runtime()
+                .config
+                .delivery
+                .double_bounce
+                .clone();
+            if action != Action::Failed || double_bounce.is_empty() {
+                log::info!("delivery: id={id}: no {action:?} notice for the null sender (dropped)");
+                continue;
+            }
+            double_bounce
+        } else {
+            entry.envelope.sender.clone()
+        };
+        let hostname = context.gateway.runtime().config.server.hostname.clone();
+        let message = dsn::build(&dsn::Report {
+            reporting_mta: &hostname,
+            queue_id: &id.to_string(),
+            envelope: &entry.envelope,
+            recipients: &lines,
+            original: content,
+            now: unix_now() as i64,
+        });
+        match inject(context, &to, &hostname, &message).await {
+            Ok(notice) => {
+                log::info!("delivery: id={id}: {action:?} notice {notice} queued for <{to}>")
+            }
+            Err(e) => log::error!("delivery: id={id}: cannot queue the {action:?} notice: {e}"),
+        }
+    }
+}
+
+/// Queues a locally generated message from the null sender.
+async fn inject(
+    context: &Context,
+    to: &str,
+    hostname: &str,
+    message: &[u8],
+) -> Result<QueueId, crate::queue::SpoolError> {
+    let gateway = &context.gateway;
+    let mut draft = gateway.spool.begin();
+    draft.write(message).await?;
+    let size = draft.content_len();
+    let parsed = mail_parser::MessageParser::default().parse_headers(message);
+    let envelope = Envelope {
+        sender: String::new(),
+        recipients: vec![Recipient {
+            address: to.to_string(),
+            notify: None,
+            orcpt: None,
+            outcome: RecipientOutcome::Pending,
+        }],
+        received_at: unix_now(),
+        client_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        helo: hostname.to_string(),
+        auth_user: None,
+        tls: None,
+        body: Default::default(),
+        smtputf8: false,
+        dsn_ret: None,
+        dsn_envid: None,
+        message_id: parsed
+            .as_ref()
+            .and_then(|m| m.message_id())
+            .map(str::to_string),
+        subject: parsed
+            .as_ref()
+            .and_then(|m| m.subject())
+            .map(str::to_string),
+    };
+    let id = gateway.spool.commit(draft, &envelope).await?;
+    gateway
+        .queue
+        .insert(id, crate::queue::QueueEntry::new(id, envelope, size));
+    context.submit(id);
+    Ok(id)
+}
