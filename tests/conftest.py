@@ -543,7 +543,19 @@ class Daemon:
             "smtp": {"greet_delay": "0s", **(smtp or {})},
         }
         self.extra_toml = extra_toml
+        self._hold_mail_unless_routed(extra_toml or "")
         self.write_config()
+
+    def _hold_mail_unless_routed(self, extra: str) -> None:
+        """Receiving tests expect accepted mail to stay queued, and no test may ever ask the
+        real Internet's DNS: unless the test routes mail itself, route everything to a closed
+        loopback port, retry only after an hour, and point DNS at a dead loopback address."""
+        if "[[route]]" not in extra:
+            self.doc["route"] = [{"domains": ["*"], "next_hops": ["127.0.0.1:9"], "tls": "none"}]
+        if "[delivery]" not in extra:
+            self.doc["delivery"] = {"retry_initial": "1h", "retry_max": "2h"}
+        if "[dns]" not in extra:
+            self.doc["dns"] = {"servers": ["127.0.0.1:9"], "timeout": "1s"}
 
     def port_of(self, role: str) -> int:
         for l, p in zip(self.listeners, self.ports):
@@ -703,3 +715,558 @@ def module_daemon(tmp_path_factory, tls_cert, name: str, **overrides):
         yield d
     finally:
         d.stop()
+
+
+# ============================================================================================
+# Delivery-side helpers: test DNS server, smtp-sink next hops, a raw capturing SMTP server,
+# delivery configs, DSN parsing. (Added for tests/test_delivery.py and tests/test_dsn.py.)
+# ============================================================================================
+
+import email
+import email.policy
+import pwd
+import shutil
+import threading
+
+from dns_server import DNSServer  # noqa: E402  (tests/ is on sys.path: conftest lives there)
+
+SMTP_SINK = os.environ.get("SMTP_SINK") or shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+
+
+def require_smtp_sink() -> None:
+    if not os.access(SMTP_SINK, os.X_OK):
+        pytest.fail(f"{SMTP_SINK} not found: install postfix (smtp-sink) or set SMTP_SINK", pytrace=False)
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):
+    """Polls predicate() until it returns something truthy (returned) or the deadline passes
+    (AssertionError naming `what`; `what` may be a callable producing the text)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for "
+                                 f"{what() if callable(what) else what}")
+        time.sleep(interval)
+
+
+def port_listening(port: int, host: str = "127.0.0.1") -> bool:
+    """True if some socket LISTENs on host:port (read from /proc/net/tcp, so the check itself
+    opens no SMTP session). A wildcard listener (0.0.0.0) counts for every host."""
+    import ipaddress as _ip
+    want = {f"{int.from_bytes(_ip.IPv4Address(host).packed, 'little'):08X}:{port:04X}",
+            f"00000000:{port:04X}"}
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return tcp_accepts(port, host)
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 3 and fields[3] == "0A" and fields[1].upper() in want:
+            return True
+    return False
+
+
+# --------------------------------------------------------------------------------------------
+# smtp-sink
+# --------------------------------------------------------------------------------------------
+
+
+class SinkMessage:
+    """One transaction dumped by smtp-sink -d. smtp-sink writes LF line ends (it strips CR),
+    its own X-* envelope records and a 3-line Received header first, and an empty line last."""
+
+    def __init__(self, path: Path, raw: bytes):
+        self.path = path
+        self.raw = raw
+        lines = raw.split(b"\n")
+        self.client_addr = self.helo = self.mail_args = None
+        self.rcpt_args: list[str] = []
+        i = 0
+        while i < len(lines):
+            line = lines[i].decode("utf-8", "replace")
+            i += 1
+            if line.startswith("X-Client-Addr: "):
+                self.client_addr = line.split(": ", 1)[1]
+            elif line.startswith("X-Helo-Args: "):
+                self.helo = line.split(": ", 1)[1]
+            elif line.startswith("X-Mail-Args: "):
+                self.mail_args = line.split(": ", 1)[1]
+            elif line.startswith("X-Rcpt-Args: "):
+                self.rcpt_args.append(line.split(": ", 1)[1])
+            elif line.startswith("Received: "):
+                while i < len(lines) and lines[i].startswith(b"\t"):
+                    i += 1
+                break
+        body = b"\n".join(lines[i:])
+        if body.endswith(b"\n\n"):
+            body = body[:-1]  # the empty line smtp-sink appends
+        self.content = body  # the message as received, LF line ends
+        self.msg = email.message_from_bytes(body, policy=email.policy.compat32)
+
+    @staticmethod
+    def _addr(args: str | None) -> str | None:
+        if args is None:
+            return None
+        m = re.match(r"\s*<([^>]*)>", args)
+        return m.group(1) if m else args.split()[0] if args.split() else ""
+
+    @property
+    def mail_from(self) -> str | None:
+        """The envelope sender ('' for the null sender <>)."""
+        return self._addr(self.mail_args)
+
+    @property
+    def rcpts(self) -> list[str]:
+        return [self._addr(a) for a in self.rcpt_args]
+
+    @property
+    def message_id(self) -> str | None:
+        mid = self.msg.get("Message-ID")
+        return mid.strip() if mid else None
+
+    @property
+    def subject(self) -> str | None:
+        return self.msg.get("Subject")
+
+    def __repr__(self):
+        return (f"<SinkMessage {self.path.name} from=<{self.mail_from}> rcpts={self.rcpts} "
+                f"mid={self.message_id} subject={self.subject!r}>")
+
+
+class Sink:
+    """A Postfix smtp-sink on host:port dumping each transaction to a file in dump_dir.
+    stop()/start() keep the port and the dump dir, so a test can take the next hop away and
+    bring it back; start() may be given other options (e.g. drop `-r RCPT`)."""
+
+    def __init__(self, base: Path, name: str, host: str = "127.0.0.1", port: int | None = None,
+                 options: Iterable[str] = ()):
+        self.name = name
+        self.host = host
+        self.port = port or free_port()
+        self.options = [str(o) for o in options]
+        self.dir = Path(base) / f"sink-{name}"
+        self.dump_dir = self.dir / "dump"
+        self.dump_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.dir / "smtp-sink.log"
+        self.proc: subprocess.Popen | None = None
+        if os.geteuid() == 0:
+            os.chmod(self.dump_dir, 0o777)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, options: Iterable[str] | None = None, timeout: float = 10.0) -> "Sink":
+        """options=None keeps the options of the last start (or the constructor's)."""
+        require_smtp_sink()
+        assert not self.running(), f"sink {self.name} already running"
+        if options is not None:
+            self.options = [str(o) for o in options]
+        args = [SMTP_SINK]
+        if os.geteuid() == 0:
+            args += ["-u", pwd.getpwuid(os.geteuid()).pw_name]
+        args += ["-d", f"{self.dump_dir}/%Y%m%d%H%M%S.", *self.options, f"{self.host}:{self.port}", "256"]
+        deadline = time.monotonic() + timeout
+        while True:
+            with open(self.log_path, "ab") as log:
+                log.write(f"--- start {' '.join(args)}\n".encode())
+                log.flush()
+                self.proc = subprocess.Popen(args, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                                             start_new_session=True)
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                if port_listening(self.port, self.host):
+                    return self
+                time.sleep(0.05)
+            if self.proc.poll() is None or time.monotonic() >= deadline:
+                self.stop()
+                raise AssertionError(f"smtp-sink {self.name} not listening on {self.address} within "
+                                     f"{timeout}s; log:\n{self.log()}")
+            time.sleep(0.2)  # exited (port still busy from a previous run?): try again
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        deadline = time.monotonic() + 5
+        while port_listening(self.port, self.host) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def restart(self, options: Iterable[str] | None = None) -> "Sink":
+        self.stop()
+        return self.start(options)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-5000:]
+        except FileNotFoundError:
+            return ""
+
+    # -- what it received
+    def messages(self) -> list[SinkMessage]:
+        """Completed transactions, oldest first. (A transaction in progress has an empty or
+        partly written file; a complete one ends with the empty line smtp-sink appends.)"""
+        out = []
+        for path in self.dump_dir.iterdir():
+            try:
+                raw = path.read_bytes()
+            except OSError:
+                continue
+            if raw.endswith(b"\n\n") and b"\nReceived: " in raw:
+                out.append((path.stat().st_mtime_ns, path.name, SinkMessage(path, raw)))
+        return [m for _, _, m in sorted(out, key=lambda t: (t[0], t[1]))]
+
+    def count(self) -> int:
+        return len(self.messages())
+
+    def message_ids(self) -> list[str]:
+        return [m.message_id for m in self.messages()]
+
+    def wait_for(self, n: int, timeout: float = 30.0, settle: float = 0.3) -> list[SinkMessage]:
+        """Waits (bounded) until at least n messages arrived; returns all of them after a short
+        settle pause (so 'exactly n' assertions also see a late extra one)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.messages()
+            if len(got) >= n:
+                time.sleep(settle)
+                return self.messages()
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"sink {self.name} ({self.address}) got {len(got)} of {n} messages "
+                                     f"within {timeout}s: {got}; sink log:\n{self.log()}")
+            time.sleep(0.1)
+
+    def wait_for_ids(self, ids: Iterable[str], timeout: float = 30.0) -> list[SinkMessage]:
+        want = set(ids)
+        deadline = time.monotonic() + timeout
+        while True:
+            got = self.messages()
+            missing = want - {m.message_id for m in got}
+            if not missing:
+                return got
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"sink {self.name}: {len(missing)} of {len(want)} Message-IDs never "
+                                     f"arrived within {timeout}s, e.g. {sorted(missing)[:5]}")
+            time.sleep(0.2)
+
+
+@pytest.fixture
+def sink(tmp_path):
+    """Factory: sink(name="s", host="127.0.0.1", port=None, options=(), start=True) -> Sink.
+    All sinks are stopped at teardown."""
+    made: list[Sink] = []
+
+    def _make(name: str | None = None, host: str = "127.0.0.1", port: int | None = None,
+              options: Iterable[str] = (), start: bool = True) -> Sink:
+        s = Sink(tmp_path, name or f"s{len(made) + 1}", host=host, port=port, options=options)
+        made.append(s)
+        if start:
+            s.start()
+        return s
+
+    yield _make
+    for s in made:
+        s.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# A raw capturing SMTP server (smtp-sink normalises line ends; this one keeps every byte)
+# --------------------------------------------------------------------------------------------
+
+
+class CaptureServer:
+    """A minimal threaded SMTP server that records each transaction's DATA exactly as sent on
+    the wire (still dot-stuffed, up to and including the CRLF.CRLF terminator), in
+    `transactions`: dicts with mail, rcpts (the command lines) and data (bytes).
+    EHLO offers PIPELINING, 8BITMIME, SIZE, ENHANCEDSTATUSCODES; it accepts everything."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None):
+        self.host = host
+        self.port = port or free_port()
+        self.transactions: list[dict] = []
+        self.lock = threading.Lock()
+        self._stop = threading.Event()
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self) -> "CaptureServer":
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((self.host, self.port))
+        s.listen(16)
+        s.settimeout(0.2)
+        self._sock = s
+        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(3)
+        if self._sock:
+            self._sock.close()
+
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._session, args=(conn,), daemon=True).start()
+
+    def _session(self, conn: socket.socket) -> None:
+        conn.settimeout(30)
+        buf = b""
+
+        def line() -> bytes | None:
+            nonlocal buf
+            while b"\r\n" not in buf:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return None
+                buf += chunk
+            out, buf = buf.split(b"\r\n", 1)
+            return out
+
+        try:
+            conn.sendall(b"220 capture.test ESMTP\r\n")
+            mail, rcpts = None, []
+            while not self._stop.is_set():
+                cmd = line()
+                if cmd is None:
+                    return
+                verb = cmd[:4].upper()
+                if verb in (b"EHLO", b"HELO"):
+                    conn.sendall(b"250-capture.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n"
+                                 b"250-SIZE 100000000\r\n250 ENHANCEDSTATUSCODES\r\n")
+                elif verb == b"MAIL":
+                    mail, rcpts = cmd, []
+                    conn.sendall(b"250 2.1.0 Ok\r\n")
+                elif verb == b"RCPT":
+                    rcpts.append(cmd)
+                    conn.sendall(b"250 2.1.5 Ok\r\n")
+                elif verb == b"DATA":
+                    conn.sendall(b"354 go ahead\r\n")
+                    while True:
+                        if buf.startswith(b".\r\n"):
+                            end = 0
+                            break
+                        end = buf.find(b"\r\n.\r\n")
+                        if end >= 0:
+                            end += 2
+                            break
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            return
+                        buf += chunk
+                    data, buf = buf[:end + 3], buf[end + 3:]
+                    with self.lock:
+                        self.transactions.append({"mail": mail, "rcpts": rcpts, "data": data})
+                    conn.sendall(b"250 2.0.0 Ok captured\r\n")
+                elif verb == b"RSET":
+                    mail, rcpts = None, []
+                    conn.sendall(b"250 2.0.0 Ok\r\n")
+                elif verb == b"QUIT":
+                    conn.sendall(b"221 2.0.0 Bye\r\n")
+                    return
+                else:
+                    conn.sendall(b"250 2.0.0 Ok\r\n")
+        except OSError:
+            return
+        finally:
+            conn.close()
+
+    def wait_for(self, n: int, timeout: float = 30.0) -> list[dict]:
+        wait_until(lambda: len(self.transactions) >= n, timeout,
+                   what=lambda: f"{n} transactions at the capture server (got {len(self.transactions)})")
+        return list(self.transactions)
+
+
+@pytest.fixture
+def capture_server():
+    """Factory: capture_server(host="127.0.0.1", port=None) -> running CaptureServer."""
+    made: list[CaptureServer] = []
+
+    def _make(host: str = "127.0.0.1", port: int | None = None) -> CaptureServer:
+        c = CaptureServer(host, port).start()
+        made.append(c)
+        return c
+
+    yield _make
+    for c in made:
+        c.stop()
+
+
+# --------------------------------------------------------------------------------------------
+# Test DNS server, delivery daemons
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def dns():
+    """A running DNSServer with no records (set them with dns.set_records / dns.add)."""
+    server = DNSServer({}).start()
+    yield server
+    server.stop()
+
+
+DELIVERY_DEFAULTS = {
+    "retry_initial": "1s",
+    "retry_max": "2s",
+    "max_queue_lifetime": "5d",
+    "delay_warning": "0s",
+    "dead_destination_failures": 1000,
+    "connect_timeout": "3s",
+    "command_timeout": "10s",
+    "double_bounce": "",
+}
+
+
+def route(domains, hops=None, smart_host=None, tls: str = "none", **extra) -> dict:
+    """A [[route]] table. `hops` is a list of "host:port" (or Sink/CaptureServer objects)."""
+    def addr(h):
+        return h if isinstance(h, str) else h.address
+    r = {"domains": list(domains) if not isinstance(domains, str) else [domains]}
+    if hops is not None:
+        r["next_hops"] = [addr(h) for h in hops]
+    if smart_host is not None:
+        r["smart_host"] = addr(smart_host)
+    r["tls"] = tls
+    r.update(extra)
+    return r
+
+
+def delivery_toml(routes: list[dict], delivery: dict | None = None, dns_servers: Iterable[str] = (),
+                  dns_timeout: str = "2s") -> str:
+    return to_toml({"route": list(routes),
+                    "delivery": {**DELIVERY_DEFAULTS, **(delivery or {})},
+                    "dns": {"servers": list(dns_servers), "timeout": dns_timeout}})
+
+
+@pytest.fixture
+def start_mta(start_daemon, dns):
+    """Factory: start_mta(base, routes=[...], delivery={...}, relay_anywhere=False, **daemon_kw)
+    -> a running Daemon with [[route]], [delivery] (short retry timings, see DELIVERY_DEFAULTS)
+    and [dns] pointing at the test DNS server (always). relay_anywhere=True makes 127.0.0.1 a
+    trusted network so the test may relay to foreign domains."""
+
+    def _start(base: Path, routes: list[dict], delivery: dict | None = None, relay_anywhere: bool = False,
+               extra_toml: str = "", **kw) -> Daemon:
+        if relay_anywhere:
+            kw["relay"] = {"trusted_networks": ["127.0.0.1/32"], **(kw.get("relay") or {})}
+        text = delivery_toml(routes, delivery, [dns.address])
+        return start_daemon(base, extra_toml=text + ("\n" + extra_toml if extra_toml else ""), **kw)
+
+    return _start
+
+
+def wait_queue_empty(daemon: Daemon, timeout: float = 30.0) -> None:
+    last = []
+
+    def empty():
+        nonlocal last
+        last = daemon.queue_list()
+        return not last
+    wait_until(empty, timeout, interval=0.2, what=lambda: f"an empty queue; still queued: {last}")
+
+
+def wait_queue_len(daemon: Daemon, n: int, timeout: float = 30.0) -> list[dict]:
+    last = []
+
+    def check():
+        nonlocal last
+        last = daemon.queue_list()
+        return len(last) == n
+    wait_until(check, timeout, interval=0.2, what=lambda: f"{n} queue entries; have {len(last)}: {last}")
+    return last
+
+
+def assert_no_new_messages(sink_obj: Sink, seconds: float, already: int = 0, what: str = "") -> None:
+    """Watches the sink for `seconds`: fails as soon as it holds more than `already` messages."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        got = sink_obj.messages()
+        assert len(got) <= already, f"{what or 'unexpected message'} at sink {sink_obj.name}: {got[already:]}"
+        time.sleep(0.2)
+
+
+# --------------------------------------------------------------------------------------------
+# DSNs (RFC 3464)
+# --------------------------------------------------------------------------------------------
+
+
+class DSN:
+    """A parsed delivery status notification: .msg (the whole message), .report_type,
+    .text (the human part), .per_message (dict), .recipients (list of dicts of per-recipient
+    fields, keys lower-case), .returned (the third part: a Message for message/rfc822, the
+    header text for text/rfc822-headers, else None), .returned_type."""
+
+    def __init__(self, msg: email.message.Message):
+        self.msg = msg
+        assert msg.get_content_type() == "multipart/report", \
+            f"DSN is {msg.get_content_type()}, not multipart/report:\n{msg.as_string()[:3000]}"
+        self.report_type = (msg.get_param("report-type") or "").lower()
+        parts = msg.get_payload()
+        assert isinstance(parts, list) and len(parts) >= 2, f"DSN has {len(parts) if isinstance(parts, list) else 0} parts"
+        self.parts = parts
+        self.text = parts[0].get_payload(decode=True).decode("utf-8", "replace") \
+            if parts[0].get_content_maintype() == "text" else ""
+        status = [p for p in parts if p.get_content_type() == "message/delivery-status"]
+        assert status, f"no message/delivery-status part: {[p.get_content_type() for p in parts]}"
+        blocks = status[0].get_payload()
+        if isinstance(blocks, str):  # not parsed as blocks: do it by hand
+            blocks = [email.message_from_string(b.strip() + "\n") for b in re.split(r"\n\s*\n", blocks.strip())]
+        blocks = [b for b in blocks if len(b.keys())]
+        assert blocks, "empty message/delivery-status part"
+
+        def fields(block):
+            return {k.lower(): " ".join(str(v).split()) for k, v in block.items()}
+        self.per_message = fields(blocks[0])
+        self.recipients = [fields(b) for b in blocks[1:]]
+        self.returned = None
+        self.returned_type = None
+        for p in parts[2:]:
+            ct = p.get_content_type()
+            if ct == "message/rfc822":
+                self.returned_type = ct
+                payload = p.get_payload()
+                self.returned = payload[0] if isinstance(payload, list) else payload
+            elif ct == "text/rfc822-headers":
+                self.returned_type = ct
+                self.returned = p.get_payload(decode=True).decode("utf-8", "replace")
+
+    def recipient(self, addr: str) -> dict | None:
+        for r in self.recipients:
+            fr = r.get("final-recipient", "")
+            if fr.lower().split(";", 1)[-1].strip().strip("<>") == addr.lower():
+                return r
+        return None
+
+    def final_recipients(self) -> list[str]:
+        return [r.get("final-recipient", "").split(";", 1)[-1].strip().strip("<>").lower() for r in self.recipients]
+
+
+def parse_dsn(m) -> DSN:
+    """m: a SinkMessage, an email Message, or bytes."""
+    if isinstance(m, SinkMessage):
+        m = m.msg
+    elif isinstance(m, (bytes, bytearray)):
+        m = email.message_from_bytes(bytes(m), policy=email.policy.compat32)
+    return DSN(m)

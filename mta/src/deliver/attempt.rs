@@ -8,7 +8,10 @@
 
 use super::client::{Client, ClientError, Response};
 use super::encode::ContentEncoder;
-use crate::queue::{BodyType, DsnRet, Envelope};
+use crate::queue::{Content, DsnRet, Envelope};
+
+/// Content is sent in pieces of this size.
+const PIECE: usize = 64 * 1024;
 
 /// What became of one recipient in this attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,15 +23,18 @@ pub enum Outcome {
 
 /// Sends the message to `recipients` (indices into the envelope). The flag is true when the
 /// connection can no longer be used.
+/// `header` is the content's header section (or its start), for the SMTPUTF8 check.
 pub async fn send(
     client: &mut Client,
     envelope: &Envelope,
     recipients: &[usize],
-    content: &[u8],
+    content: &mut Content,
+    header: &[u8],
 ) -> (Vec<(usize, Outcome)>, bool) {
-    if let Some(refusal) = refuse_before_mail(client, envelope, recipients, content) {
+    if let Some(refusal) = refuse_before_mail(client, envelope, recipients, content.len(), header) {
         return (all(recipients, refusal), false);
     }
+    content.rewind();
     match transaction(client, envelope, recipients, content).await {
         Ok(results) => (results, false),
         Err(error) => {
@@ -53,22 +59,23 @@ fn refuse_before_mail(
     client: &Client,
     envelope: &Envelope,
     recipients: &[usize],
-    content: &[u8],
+    size: u64,
+    header: &[u8],
 ) -> Option<Outcome> {
     let caps = &client.capabilities;
-    if caps.size.is_some_and(|max| content.len() as u64 > max) {
+    if caps.size.is_some_and(|max| size > max) {
         return Some(bounced(
             "5.3.4",
             "552 5.3.4 Message is larger than the next hop accepts",
         ));
     }
-    if !caps.eight_bit && has_eight_bit(content) {
+    if !caps.eight_bit && envelope.eight_bit {
         return Some(bounced(
             "5.6.3",
             "554 5.6.3 8-bit content and the next hop does not support 8BITMIME",
         ));
     }
-    if !caps.smtputf8 && needs_smtputf8(envelope, recipients, content) {
+    if !caps.smtputf8 && needs_smtputf8(envelope, recipients, header) {
         return Some(bounced(
             "5.6.7",
             "553 5.6.7 Internationalised addresses and the next hop does not support SMTPUTF8",
@@ -77,15 +84,11 @@ fn refuse_before_mail(
     None
 }
 
-fn has_eight_bit(content: &[u8]) -> bool {
-    content.iter().any(|&b| b >= 0x80)
-}
-
-fn needs_smtputf8(envelope: &Envelope, recipients: &[usize], content: &[u8]) -> bool {
+fn needs_smtputf8(envelope: &Envelope, recipients: &[usize], header: &[u8]) -> bool {
     if !envelope.smtputf8 {
         return false;
     }
-    let header_end = memchr::memmem::find(content, b"\r\n\r\n").unwrap_or(content.len());
+    let header_end = memchr::memmem::find(header, b"\r\n\r\n").unwrap_or(header.len());
     !envelope.sender.is_ascii()
         || recipients.iter().any(|&i| {
             envelope
@@ -93,16 +96,17 @@ fn needs_smtputf8(envelope: &Envelope, recipients: &[usize], content: &[u8]) -> 
                 .get(i)
                 .is_some_and(|r| !r.address.is_ascii())
         })
-        || has_eight_bit(&content[..header_end])
+        || !header[..header_end].is_ascii()
 }
 
-fn mail_command(client: &Client, envelope: &Envelope, content: &[u8]) -> String {
+fn mail_command(client: &Client, envelope: &Envelope, size: u64) -> String {
     let caps = &client.capabilities;
     let mut command = format!("MAIL FROM:<{}>", envelope.sender);
     if caps.size.is_some() {
-        command.push_str(&format!(" SIZE={}", content.len()));
+        command.push_str(&format!(" SIZE={size}"));
     }
-    if caps.eight_bit && envelope.body == BodyType::EightBitMime && has_eight_bit(content) {
+    // Declared 8BITMIME but plain ASCII content goes as 7-bit (RFC 6152 needs no conversion).
+    if caps.eight_bit && envelope.eight_bit {
         command.push_str(" BODY=8BITMIME");
     }
     if caps.smtputf8 && envelope.smtputf8 {
@@ -115,7 +119,7 @@ fn mail_command(client: &Client, envelope: &Envelope, content: &[u8]) -> String 
             None => {}
         }
         if let Some(envid) = &envelope.dsn_envid {
-            command.push_str(&format!(" ENVID={envid}"));
+            command.push_str(&format!(" ENVID={}", xtext(envid)));
         }
     }
     command.push_str("\r\n");
@@ -130,11 +134,25 @@ fn rcpt_command(client: &Client, envelope: &Envelope, index: usize) -> String {
             command.push_str(&format!(" NOTIFY={notify}"));
         }
         if let Some(orcpt) = &recipient.orcpt {
-            command.push_str(&format!(" ORCPT={orcpt}"));
+            let (kind, address) = orcpt.split_once(';').unwrap_or(("rfc822", orcpt));
+            command.push_str(&format!(" ORCPT={kind};{}", xtext(address)));
         }
     }
     command.push_str("\r\n");
     command
+}
+
+/// RFC 3461 4: xtext, `+XX` for "+", "=" and anything outside printable ASCII.
+fn xtext(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if (33..=126).contains(&byte) && byte != b'+' && byte != b'=' {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("+{byte:02X}"));
+        }
+    }
+    out
 }
 
 /// Classifies a reply for the recipients it applies to.
@@ -159,7 +177,7 @@ async fn transaction(
     client: &mut Client,
     envelope: &Envelope,
     recipients: &[usize],
-    content: &[u8],
+    content: &mut Content,
 ) -> Result<Vec<(usize, Outcome)>, ClientError> {
     let recipients: Vec<usize> = recipients
         .iter()
@@ -168,7 +186,8 @@ async fn transaction(
         .collect();
     let pipelining = client.capabilities.pipelining;
     let chunking = client.capabilities.chunking;
-    let mut batch = mail_command(client, envelope, content);
+    let size = content.len();
+    let mut batch = mail_command(client, envelope, size);
     for &index in &recipients {
         batch.push_str(&rcpt_command(client, envelope, index));
     }
@@ -186,7 +205,7 @@ async fn transaction(
         (mail, replies)
     } else {
         let mail = client
-            .command(mail_command(client, envelope, content).trim_end())
+            .command(mail_command(client, envelope, size).trim_end())
             .await?;
         let mut replies = Vec::new();
         if mail.is_positive() {
@@ -245,13 +264,19 @@ fn command_timeout(client: &Client) -> std::time::Duration {
     client.command_timeout()
 }
 
-/// Streams the dot-stuffed content in pieces and reads the final reply.
-async fn send_data(client: &mut Client, content: &[u8]) -> Result<Response, ClientError> {
+fn spool_error(error: crate::queue::SpoolError) -> ClientError {
+    log::error!("delivery: {error}");
+    ClientError::Io(std::io::Error::other(error.to_string()))
+}
+
+/// Streams the dot-stuffed content in pieces and reads the final reply. A spool read error
+/// aborts before the terminating dot, so the next hop never accepts a damaged message.
+async fn send_data(client: &mut Client, content: &mut Content) -> Result<Response, ClientError> {
     let mut encoder = ContentEncoder::for_data();
-    let mut out = Vec::with_capacity(64 * 1024);
-    for piece in content.chunks(64 * 1024) {
+    let mut out = Vec::with_capacity(PIECE + PIECE / 16);
+    while let Some(piece) = content.next(PIECE).await.map_err(spool_error)? {
         out.clear();
-        encoder.encode(piece, &mut out);
+        encoder.encode(&piece, &mut out);
         client.write(&out).await?;
     }
     out.clear();
@@ -261,11 +286,36 @@ async fn send_data(client: &mut Client, content: &[u8]) -> Result<Response, Clie
     client.read_response(timeout).await
 }
 
-/// One `BDAT n LAST` chunk with CRLF-normalised content.
-async fn send_bdat(client: &mut Client, content: &[u8]) -> Result<Response, ClientError> {
+/// BDAT chunks of CRLF-normalised content, the last one marked LAST.
+async fn send_bdat(client: &mut Client, content: &mut Content) -> Result<Response, ClientError> {
     let mut encoder = ContentEncoder::for_bdat();
-    let mut out = Vec::with_capacity(content.len() + 2);
-    encoder.encode(content, &mut out);
+    let mut out = Vec::with_capacity(PIECE + PIECE / 16);
+    let mut pending: Option<Vec<u8>> = None;
+    loop {
+        let next = content.next(PIECE).await.map_err(spool_error)?;
+        if let Some(chunk) = pending.take() {
+            if next.is_some() {
+                client
+                    .write(format!("BDAT {}\r\n", chunk.len()).as_bytes())
+                    .await?;
+                client.write(&chunk).await?;
+                let reply = client.read_response(client.command_timeout()).await?;
+                if !reply.is_positive() {
+                    return Ok(reply);
+                }
+            } else {
+                out = chunk;
+            }
+        }
+        match next {
+            Some(piece) => {
+                let mut encoded = Vec::with_capacity(piece.len() + 16);
+                encoder.encode(&piece, &mut encoded);
+                pending = Some(encoded);
+            }
+            None => break,
+        }
+    }
     encoder.finish(&mut out);
     client
         .write(format!("BDAT {} LAST\r\n", out.len()).as_bytes())
@@ -273,4 +323,15 @@ async fn send_bdat(client: &mut Client, content: &[u8]) -> Result<Response, Clie
     client.write(&out).await?;
     let timeout = client.data_timeout();
     client.read_response(timeout).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::xtext;
+
+    #[test]
+    fn xtext_encodes_plus_equals_and_space() {
+        assert_eq!(xtext("a+b=c d@x"), "a+2Bb+3Dc+20d@x");
+        assert_eq!(xtext("plain@example.com"), "plain@example.com");
+    }
 }

@@ -18,6 +18,12 @@ use crate::config::OutboundTls;
 use crate::queue::QueueState;
 use crate::route::{Destination, DnsError, MxAnswer, Target};
 
+/// Messages up to this size are read into memory for delivery; larger ones are streamed.
+const IN_MEMORY_LIMIT: u64 = 1024 * 1024;
+/// How much of the original a notice returns (RET=FULL included), like Postfix's
+/// bounce_size_limit: enough to identify the message, not a second copy of a huge one.
+const RETURNED_CONTENT_LIMIT: usize = 100 * 1024;
+
 /// An established session with a next hop.
 pub(crate) struct Connected {
     pub client: Client,
@@ -71,8 +77,15 @@ async fn run_job(
     if entry.state == QueueState::Hold {
         return skipped();
     }
-    let content = match gateway.spool.read_content(job.id).await {
-        Ok(content) => content,
+    let opened = match gateway.spool.open_content(job.id, IN_MEMORY_LIMIT).await {
+        Ok(content) => content
+            .prefix(RETURNED_CONTENT_LIMIT)
+            .await
+            .map(|prefix| (content, prefix)),
+        Err(e) => Err(e),
+    };
+    let (mut message, content) = match opened {
+        Ok(opened) => opened,
         Err(e) => {
             log::error!("delivery: id={}: cannot read the spool file: {e}", job.id);
             return skipped();
@@ -125,6 +138,7 @@ async fn run_job(
         &mut session.client,
         &entry.envelope,
         &job.recipients,
+        &mut message,
         &content,
     )
     .await;

@@ -206,6 +206,7 @@ mod tests {
             tls: None,
             body: Default::default(),
             smtputf8: false,
+            eight_bit: false,
             dsn_ret: ret,
             dsn_envid: Some("ENV1".into()),
             message_id: None,

@@ -130,18 +130,8 @@ pub async fn apply(
             error: last_error,
         });
     }
-    persist(context, job.id, &records).await;
     send_notices(context, job.id, entry, content, notices).await;
-    if gateway.queue.finish_if_done(job.id) {
-        if let Err(e) = gateway.spool.remove(job.id).await {
-            log::error!(
-                "delivery: id={}: cannot remove the finished message: {e}",
-                job.id
-            );
-        } else {
-            log::info!("removed: id={}", job.id);
-        }
-    }
+    settle(context, job.id, &records).await;
     Applied {
         deferred,
         retry_at: Instant::now() + retry_in,
@@ -198,12 +188,28 @@ fn log_outcome(
     );
 }
 
-async fn persist(context: &Context, id: QueueId, records: &[StateRecord]) {
+/// Applies the records; removes the message when nothing is pending (then the records
+/// need not be written: the removal supersedes them), else appends them to its state log.
+async fn settle(context: &Context, id: QueueId, records: &[StateRecord]) {
+    let gateway = &context.gateway;
     for record in records {
-        if let Err(e) = context.gateway.spool.record(id, record.clone()).await {
+        gateway.queue.apply(id, record);
+    }
+    if gateway.queue.finish_if_done(id) {
+        match gateway.spool.remove(id).await {
+            Ok(()) => log::info!("removed: id={id}"),
+            Err(e) => log::error!("delivery: id={id}: cannot remove the finished message: {e}"),
+        }
+        return;
+    }
+    if !gateway.queue.contains(id) {
+        // Deleted by the operator while the attempt ran: nothing left to record.
+        return;
+    }
+    for record in records {
+        if let Err(e) = gateway.spool.record(id, record.clone()).await {
             log::error!("delivery: id={id}: cannot record state: {e}");
         }
-        context.gateway.queue.apply(id, record);
     }
 }
 
@@ -285,6 +291,7 @@ async fn inject(
         tls: None,
         body: Default::default(),
         smtputf8: false,
+        eight_bit: message.iter().any(|&b| b >= 0x80),
         dsn_ret: None,
         dsn_envid: None,
         message_id: parsed

@@ -62,6 +62,9 @@ pub struct Envelope {
     pub body: BodyType,
     #[serde(default)]
     pub smtputf8: bool,
+    /// The content has bytes over 127 (decides BODY=8BITMIME and RFC 6152 handling).
+    #[serde(default)]
+    pub eight_bit: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dsn_ret: Option<DsnRet>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -32,5 +32,5 @@ pub use commit::SyncMode;
 pub use envelope::{BodyType, DsnRet, Envelope, Recipient, RecipientOutcome};
 pub use id::QueueId;
 pub use index::{QueueEntry, QueueIndex, QueueState};
-pub use spool::{Draft, Spool, SpoolError};
+pub use spool::{Content, Draft, Spool, SpoolError};
 pub use state::StateRecord;

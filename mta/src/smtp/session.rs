@@ -59,6 +59,7 @@ struct Receiving {
     header: HeaderScanner,
     client_bytes: u64,
     too_big: bool,
+    eight_bit: bool,
     spool_error: Option<SpoolError>,
 }
 
@@ -422,7 +423,8 @@ impl Session {
         let recipient = Recipient {
             address: mailbox.canonical(),
             notify: notify_string(to.flags),
-            orcpt: to.orcpt,
+            // smtp-proto accepts only the rfc822 type and hands back the decoded address.
+            orcpt: to.orcpt.map(|address| format!("rfc822;{address}")),
             outcome: Default::default(),
         };
         if let Some(transaction) = &mut self.transaction {
@@ -448,6 +450,7 @@ impl Session {
             header: HeaderScanner::new(self.limits().max_header_size),
             client_bytes: 0,
             too_big: false,
+            eight_bit: false,
             spool_error: None,
         }
     }
@@ -640,6 +643,7 @@ impl Session {
             tls: self.info.tls.clone(),
             body: transaction.body,
             smtputf8: transaction.smtputf8,
+            eight_bit: receiving.eight_bit,
             dsn_ret: transaction.ret,
             dsn_envid: transaction.envid,
             message_id,
@@ -808,6 +812,7 @@ impl Receiving {
             return;
         }
         self.header.feed(content);
+        self.eight_bit = self.eight_bit || !content.is_ascii();
         if let Err(e) = self.draft.write(content).await {
             self.spool_error = Some(e);
         }
