@@ -176,6 +176,24 @@ def test_soft_fail_4xx_retried_until_accepted(start_mta, sink, tmp_path):
     assert bounces.count() == 0
 
 
+def test_4xx_fails_over_to_the_next_hop_at_once(start_mta, sink, tmp_path):
+    """A 4xx from the first next hop sends the recipient to the second one in the same
+    attempt: no wait for a retry (retry_initial is an hour here)."""
+    first = sink("first", options=["-r", "RCPT"])
+    second, bounces = sink("second"), sink("bounces")
+    d = start_mta(tmp_path, [route(["example.com"], [first, second]), bounce_route(bounces)],
+                  delivery={"retry_initial": "1h", "retry_max": "2h"})
+    m = mid("soft-failover")
+    qid = send(d, message_id=m)
+    got = second.wait_for(1, timeout=15, settle=0.5)
+    assert [x.message_id for x in got] == [m]
+    assert first.count() == 0
+    wait_queue_empty(d, 10)
+    sent = log_lines(d, qid, "sent")
+    assert sent and str(second.port) in sent[-1], f"no 'sent' line naming the second hop: {sent}"
+    assert bounces.count() == 0
+
+
 # --------------------------------------------------------------------------------------------
 # 9-11: MX resolution with the test DNS server
 # --------------------------------------------------------------------------------------------

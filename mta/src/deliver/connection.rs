@@ -29,6 +29,8 @@ pub(crate) struct Connected {
     pub client: Client,
     /// `host[ip]:port` for logs and DSNs.
     pub relay: String,
+    /// The next hops after this one, for recipients it defers.
+    pub fallbacks: Vec<(String, SocketAddr)>,
 }
 
 /// Why no next hop could be used.
@@ -134,7 +136,7 @@ async fn run_job(
     let Some(session) = connected.as_mut() else {
         return skipped();
     };
-    let (results, broken) = attempt::send(
+    let (mut results, broken) = attempt::send(
         &mut session.client,
         &entry.envelope,
         &job.recipients,
@@ -142,10 +144,44 @@ async fn run_job(
         &content,
     )
     .await;
-    let dsn_passed_on = session.client.capabilities.dsn;
-    let relay = Some(session.relay.clone());
+    let mut dsn_passed_on = session.client.capabilities.dsn;
+    let mut relay = session.relay.clone();
+    let fallbacks = session.fallbacks.clone();
     if broken {
         *connected = None;
+    }
+    let any_deferred = results
+        .iter()
+        .any(|(_, o)| matches!(o, Outcome::Deferred { .. }));
+    if any_deferred && !fallbacks.is_empty() {
+        // 4xx (or a lost connection) here: the same recipients go to the next hops in the
+        // failover list now, rather than waiting for a retry.
+        let (settled, deferred) = partition(results);
+        if !settled.is_empty() {
+            outcome::apply(
+                context,
+                &entry,
+                &content,
+                job,
+                settled,
+                Some(relay.clone()),
+                dsn_passed_on,
+            )
+            .await;
+        }
+        let retried = fail_over(
+            context,
+            destination,
+            &fallbacks,
+            &entry,
+            deferred,
+            &mut message,
+            &content,
+        )
+        .await;
+        results = retried.results;
+        relay = retried.relay.unwrap_or(relay);
+        dsn_passed_on = retried.dsn_passed_on.unwrap_or(dsn_passed_on);
     }
     let error = results.iter().find_map(|(_, o)| match o {
         Outcome::Deferred { diagnostic } => Some(diagnostic.clone()),
@@ -157,11 +193,79 @@ async fn run_job(
         &content,
         job,
         results,
-        relay,
+        Some(relay),
         dsn_passed_on,
     )
     .await;
     report(applied, error, false)
+}
+
+/// Splits results into (final: delivered or bounced, deferred).
+fn partition(results: Vec<(usize, Outcome)>) -> (Vec<(usize, Outcome)>, Vec<(usize, Outcome)>) {
+    results
+        .into_iter()
+        .partition(|(_, o)| !matches!(o, Outcome::Deferred { .. }))
+}
+
+struct FailOver {
+    results: Vec<(usize, Outcome)>,
+    relay: Option<String>,
+    dsn_passed_on: Option<bool>,
+}
+
+/// Tries `recipients` on each later next hop in turn until none is deferred.
+async fn fail_over(
+    context: &Context,
+    destination: &Destination,
+    fallbacks: &[(String, SocketAddr)],
+    entry: &crate::queue::QueueEntry,
+    deferred: Vec<(usize, Outcome)>,
+    message: &mut crate::queue::Content,
+    header: &[u8],
+) -> FailOver {
+    let mut pending: Vec<usize> = deferred.iter().map(|(i, _)| *i).collect();
+    let mut settled: Vec<(usize, Outcome)> = Vec::new();
+    let mut last = deferred;
+    let mut relay = None;
+    let mut dsn_passed_on = None;
+    for (host, address) in fallbacks {
+        if pending.is_empty() {
+            break;
+        }
+        let mut session =
+            match connect_one(context, destination, host, *address, destination.tls).await {
+                Ok(session) => session,
+                Err(error) => {
+                    log::warn!(
+                        "delivery: next hop {host}[{}]:{} failed: {error}",
+                        address.ip(),
+                        address.port()
+                    );
+                    continue;
+                }
+            };
+        let (results, _) = attempt::send(
+            &mut session.client,
+            &entry.envelope,
+            &pending,
+            message,
+            header,
+        )
+        .await;
+        dsn_passed_on = Some(session.client.capabilities.dsn);
+        relay = Some(session.relay.clone());
+        session.client.quit().await;
+        let (done, deferred) = partition(results);
+        settled.extend(done);
+        pending = deferred.iter().map(|(i, _)| *i).collect();
+        last = deferred;
+    }
+    settled.extend(last);
+    FailOver {
+        results: settled,
+        relay,
+        dsn_passed_on,
+    }
 }
 
 fn report(applied: Applied, error: Option<String>, destination_failed: bool) -> JobReport {
@@ -240,9 +344,13 @@ async fn connect(
 ) -> Result<Connected, DestinationError> {
     let addresses = candidates(context, destination).await?;
     let mut last_error = String::from("no next hop");
-    for (host, address) in addresses {
+    for (position, (host, address)) in addresses.iter().enumerate() {
+        let (host, address) = (host.clone(), *address);
         match connect_one(context, destination, &host, address, destination.tls).await {
-            Ok(connected) => return Ok(connected),
+            Ok(mut connected) => {
+                connected.fallbacks = addresses[position + 1..].to_vec();
+                return Ok(connected);
+            }
             Err(error) => {
                 log::warn!(
                     "delivery: next hop {host}[{}]:{} failed: {error}",
@@ -318,7 +426,11 @@ async fn connect_one(
         }
     }
     let relay = format!("{host}[{}]:{}", address.ip(), address.port());
-    Ok(Connected { client, relay })
+    Ok(Connected {
+        client,
+        relay,
+        fallbacks: Vec::new(),
+    })
 }
 
 async fn start_tls(
