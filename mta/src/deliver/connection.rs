@@ -201,7 +201,9 @@ async fn run_job(
 }
 
 /// Splits results into (final: delivered or bounced, deferred).
-fn partition(results: Vec<(usize, Outcome)>) -> (Vec<(usize, Outcome)>, Vec<(usize, Outcome)>) {
+type Results = Vec<(usize, Outcome)>;
+
+fn partition(results: Results) -> (Results, Results) {
     results
         .into_iter()
         .partition(|(_, o)| !matches!(o, Outcome::Deferred { .. }))
