@@ -920,10 +920,12 @@ class Sink:
         for path in self.dump_dir.iterdir():
             try:
                 raw = path.read_bytes()
+                # smtp-sink deletes the file of an aborted transaction at any moment.
+                mtime = path.stat().st_mtime_ns
             except OSError:
                 continue
             if raw.endswith(b"\n\n") and b"\nReceived: " in raw:
-                out.append((path.stat().st_mtime_ns, path.name, SinkMessage(path, raw)))
+                out.append((mtime, path.name, SinkMessage(path, raw)))
         return [m for _, _, m in sorted(out, key=lambda t: (t[0], t[1]))]
 
     def count(self) -> int:
