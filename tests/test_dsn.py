@@ -320,3 +320,19 @@ def test_queue_lifetime_expiry_bounces(start_mta, sink, tmp_path):
     assert r is not None and r.get("action") == "failed", dsn.recipients
     assert STATUS_RE.match(r.get("status", "")), r
     wait_queue_empty(d, 10)
+
+
+def test_mail_parked_at_a_down_destination_still_warns_and_expires(start_mta, sink, tmp_path):
+    """A down destination holds its mail without per-message retries, yet the delay notice
+    and the queue lifetime still apply to that mail (no retry for an hour here)."""
+    hop = sink("hop", start=False)
+    bounces = sink("bounces")
+    d = start_mta(tmp_path, [route(["example.com"], [hop]), route(["other.org"], [bounces])],
+                  delivery={"dead_destination_failures": 1, "retry_initial": "1h", "retry_max": "2h",
+                            "delay_warning": "2s", "max_queue_lifetime": "5s"})
+    send(d, message_id=mid("parked-1"))
+    send(d, message_id=mid("parked-2"))
+    got = bounces.wait_for(4, timeout=30, settle=1.0)
+    actions = sorted(r.get("action") for m in got for r in parse_dsn(m).recipients)
+    assert actions == ["delayed", "delayed", "failed", "failed"], actions
+    wait_queue_empty(d, 10)

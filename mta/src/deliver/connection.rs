@@ -59,6 +59,62 @@ pub(crate) async fn run(context: Arc<Context>, name: String, destination: Destin
     context.connection_ended(name);
 }
 
+/// A job parked at a down destination whose message is due to expire or to get its delay
+/// notice: apply a deferral without connecting (the outcome code bounces or warns).
+pub(crate) async fn parked(context: Arc<Context>, job: Job, reason: String) {
+    let report = match context.gateway.queue.get(job.id) {
+        None => JobReport {
+            deferred: Vec::new(),
+            retry_at: Instant::now(),
+            error: None,
+            destination_failed: false,
+            skipped: true,
+        },
+        Some(entry) => {
+            let header = match context.gateway.spool.open_content(job.id, 0).await {
+                Ok(content) => content
+                    .prefix(RETURNED_CONTENT_LIMIT)
+                    .await
+                    .unwrap_or_default(),
+                Err(_) => Vec::new(),
+            };
+            let results = job
+                .recipients
+                .iter()
+                .map(|&i| {
+                    (
+                        i,
+                        Outcome::Deferred {
+                            diagnostic: reason.clone(),
+                        },
+                    )
+                })
+                .collect();
+            let applied =
+                outcome::apply(&context, &entry, &header, &job, results, None, false).await;
+            JobReport {
+                deferred: applied.deferred,
+                retry_at: applied.retry_at,
+                error: Some(reason),
+                destination_failed: false,
+                // The destination was not contacted: its state must not change.
+                skipped: true,
+            }
+        }
+    };
+    context.finished(job, report);
+}
+
+/// Removes a message none of whose recipients is pending.
+pub(crate) async fn remove_finished(context: Arc<Context>, id: crate::queue::QueueId) {
+    if context.gateway.queue.finish_if_done(id) {
+        match context.gateway.spool.remove(id).await {
+            Ok(()) => log::info!("removed: id={id} (all recipients were already done)"),
+            Err(e) => log::error!("cannot remove finished message {id}: {e}"),
+        }
+    }
+}
+
 async fn run_job(
     context: &Context,
     destination: &Destination,

@@ -125,6 +125,8 @@ pub struct Engine {
     connections: usize,
     stopping: Option<oneshot::Sender<()>>,
     router: Option<(usize, Router)>,
+    /// When mail parked at down destinations is next checked for expiry and delay notices.
+    next_housekeeping: Instant,
 }
 
 impl Engine {
@@ -140,6 +142,7 @@ impl Engine {
             connections: 0,
             stopping: None,
             router: None,
+            next_housekeeping: Instant::now(),
         }
     }
 
@@ -227,6 +230,8 @@ impl Engine {
             }
         }
         if groups.is_empty() {
+            // Every recipient is done (a crash came between the last outcome and removal).
+            tokio::spawn(connection::remove_finished(self.context.clone(), id));
             return;
         }
         self.outstanding.insert(id, groups.len());
@@ -337,14 +342,76 @@ impl Engine {
             .filter(|s| !s.ready.is_empty())
             .filter_map(|s| s.down_until)
             .min();
-        match (retry, probe) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let parked = (!self.waiting.is_empty()
+            || self
+                .destinations
+                .values()
+                .any(|s| s.down_until.is_some() && !s.ready.is_empty()))
+        .then_some(self.next_housekeeping);
+        [retry, probe, parked].into_iter().flatten().min()
+    }
+
+    /// Mail waiting at a down destination (or for a distant retry) gets no attempt soon, so
+    /// its queue lifetime and delay notice are checked here: due jobs go to a task that
+    /// bounces or warns without connecting.
+    fn housekeeping(&mut self, now: Instant) {
+        let delivery = self.context.gateway.runtime().config.delivery.clone();
+        let mut shortest = delivery.retry_initial.min(delivery.max_queue_lifetime);
+        if !delivery.delay_warning.is_zero() {
+            shortest = shortest.min(delivery.delay_warning);
+        }
+        self.next_housekeeping =
+            now + (shortest / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let unix_now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let queue = &self.context.gateway.queue;
+        let due = |job: &Job| {
+            queue.get(job.id).is_some_and(|entry| {
+                let age = Duration::from_secs(unix_now.saturating_sub(entry.arrival));
+                age >= delivery.max_queue_lifetime
+                    || (!delivery.delay_warning.is_zero()
+                        && age >= delivery.delay_warning
+                        && !entry.warned)
+            })
+        };
+        let mut handed = Vec::new();
+        for state in self.destinations.values_mut().filter(|s| s.is_down(now)) {
+            let reason = state
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "destination is down".into());
+            let (go, keep): (VecDeque<Job>, VecDeque<Job>) =
+                state.ready.drain(..).partition(|job| due(job));
+            state.ready = keep;
+            handed.extend(go.into_iter().map(|job| (job, reason.clone())));
+        }
+        let waiting_due: Vec<u64> = self
+            .waiting
+            .iter()
+            .filter(|(_, job)| due(job))
+            .map(|(sequence, _)| *sequence)
+            .collect();
+        for sequence in waiting_due {
+            if let Some(job) = self.waiting.remove(&sequence) {
+                let reason = self
+                    .destinations
+                    .get(&job.destination)
+                    .and_then(|s| s.last_error.clone())
+                    .unwrap_or_else(|| "delivery deferred".into());
+                handed.push((job, reason));
+            }
+        }
+        for (job, reason) in handed {
+            tokio::spawn(connection::parked(self.context.clone(), job, reason));
         }
     }
 
     fn wake_due(&mut self) {
         let now = Instant::now();
+        if now >= self.next_housekeeping {
+            self.housekeeping(now);
+        }
         let mut touched = Vec::new();
         while let Some(Reverse((at, sequence))) = self.retries.peek().copied() {
             if at > now {

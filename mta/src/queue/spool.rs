@@ -115,10 +115,12 @@ impl Spool {
         let keep_file = self.mode == SyncMode::Fsync;
         let envelope_json = serde_json::to_vec(envelope).unwrap_or_default();
         let file = blocking(move || draft.finish(&envelope_json, keep_file)).await?;
-        self.committer
-            .sync(file)
-            .await
-            .map_err(io_at(&self.paths.queue))?;
+        if let Err(e) = self.committer.sync(file).await {
+            // Not durable, so not acknowledged: take it back, or a restart would deliver a
+            // message whose sender was told to try again (a duplicate at best).
+            let _ = std::fs::remove_file(self.queue_path(id));
+            return Err(io_at(&self.paths.queue)(e));
+        }
         Ok(id)
     }
 
