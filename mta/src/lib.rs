@@ -12,3 +12,4 @@ pub mod policy;
 pub mod queue;
 pub mod route;
 pub mod smtp;
+pub mod transport;

@@ -3,15 +3,13 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::transport::Transport;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 /// A reply from the next hop.
@@ -101,54 +99,6 @@ impl Capabilities {
     }
 }
 
-enum Transport {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-    Closed,
-}
-
-impl AsyncRead for Transport {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            Transport::Closed => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
-        }
-    }
-}
-
-impl AsyncWrite for Transport {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            Transport::Closed => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Transport::Plain(s) => Pin::new(s).poll_flush(cx),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            Transport::Closed => Poll::Ready(Ok(())),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            Transport::Closed => Poll::Ready(Ok(())),
-        }
-    }
-}
-
 pub struct Client {
     stream: BufReader<Transport>,
     pub capabilities: Capabilities,
@@ -223,20 +173,12 @@ impl Client {
             .await
             .map_err(|_| ClientError::Timeout("in the TLS handshake"))?
             .map_err(|e| ClientError::Tls(e.to_string()))?;
-        let (_, connection) = tls.get_ref();
-        self.tls = Some(format!(
-            "{} {}",
-            connection
-                .protocol_version()
-                .and_then(|v| v.as_str())
-                .unwrap_or("TLS")
-                .replace("TLSv1_", "TLSv1."),
-            connection
-                .negotiated_cipher_suite()
-                .and_then(|s| s.suite().as_str())
-                .unwrap_or("unknown")
-        ));
-        *self.stream.get_mut() = Transport::Tls(Box::new(tls));
+        *self.stream.get_mut() = Transport::Tls(Box::new(tokio_rustls::TlsStream::Client(tls)));
+        self.tls = self
+            .stream
+            .get_ref()
+            .tls_details()
+            .map(|(v, c)| format!("{v} {c}"));
         Ok(response)
     }
 

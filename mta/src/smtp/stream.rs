@@ -3,14 +3,10 @@
 //! and the STARTTLS upgrade, which discards anything the client pipelined behind STARTTLS.
 
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
-use tokio_rustls::server::TlsStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsAcceptor;
 
 use super::reply::Reply;
@@ -19,56 +15,7 @@ use super::reply::Reply;
 pub const MAX_COMMAND_LINE: usize = 512;
 const READ_CHUNK: usize = 16 * 1024;
 
-pub enum Transport {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-    /// Only while the handshake runs.
-    Upgrading,
-}
-
-impl AsyncRead for Transport {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Transport::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            Transport::Upgrading => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
-        }
-    }
-}
-
-impl AsyncWrite for Transport {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Transport::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            Transport::Upgrading => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Transport::Plain(s) => Pin::new(s).poll_flush(cx),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            Transport::Upgrading => Poll::Ready(Ok(())),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Transport::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Transport::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            Transport::Upgrading => Poll::Ready(Ok(())),
-        }
-    }
-}
+pub use crate::transport::Transport;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
@@ -242,29 +189,16 @@ impl SmtpStream {
         self.flush().await?;
         self.start = 0;
         self.end = 0;
-        let Transport::Plain(tcp) = std::mem::replace(&mut self.transport, Transport::Upgrading)
+        let Transport::Plain(tcp) = std::mem::replace(&mut self.transport, Transport::Closed)
         else {
             return Err(StreamError::Io(io::Error::other("TLS already active")));
         };
         let tls = tokio::time::timeout(timeout, acceptor.accept(tcp))
             .await
             .map_err(|_| StreamError::Timeout)??;
-        let (_, connection) = tls.get_ref();
-        let info = TlsInfo {
-            version: connection
-                .protocol_version()
-                .and_then(|v| v.as_str())
-                .unwrap_or("TLS")
-                .replace("TLSv1_", "TLSv1.")
-                .to_string(),
-            cipher: connection
-                .negotiated_cipher_suite()
-                .and_then(|s| s.suite().as_str())
-                .unwrap_or("unknown")
-                .to_string(),
-        };
-        self.transport = Transport::Tls(Box::new(tls));
-        Ok(info)
+        self.transport = Transport::Tls(Box::new(tokio_rustls::TlsStream::Server(tls)));
+        let (version, cipher) = self.transport.tls_details().unwrap_or_default();
+        Ok(TlsInfo { version, cipher })
     }
 
     pub async fn shutdown(&mut self) {
