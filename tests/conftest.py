@@ -25,6 +25,9 @@ from typing import Iterable
 
 import pytest
 
+# Counts the abuse tests of a run (tried / refused / lost) in the terminal summary.
+pytest_plugins = ["abuse_tally"]
+
 REPO = Path(__file__).resolve().parent.parent
 BULWARKD = os.environ.get("BULWARKD") or str(REPO / "target" / "debug" / "bulwarkd")
 BULWARKCTL = os.environ.get("BULWARKCTL") or str(REPO / "target" / "debug" / "bulwarkctl")

@@ -214,14 +214,8 @@ impl Client {
                 if n == 0 {
                     return Err(ClientError::Io(io::ErrorKind::UnexpectedEof.into()));
                 }
-                let trimmed = line.trim_end_matches(['\r', '\n']);
-                let bytes = trimmed.as_bytes();
-                if bytes.len() < 3 || !bytes[..3].iter().all(u8::is_ascii_digit) {
-                    return Err(ClientError::Malformed);
-                }
-                let code: u16 = trimmed[..3].parse().map_err(|_| ClientError::Malformed)?;
-                let last = bytes.get(3) != Some(&b'-');
-                lines.push(trimmed.get(4..).unwrap_or("").to_string());
+                let (code, last, text) = parse_reply_line(&line)?;
+                lines.push(text.to_string());
                 if last {
                     let text = lines.join(" ");
                     return Ok((Response { code, text }, lines));
@@ -247,6 +241,21 @@ impl Client {
 }
 
 use tokio::io::AsyncReadExt;
+
+/// One line of a next hop's reply (line end optional): its code, whether it is the last line
+/// (`250 ` or a bare `250`, not `250-`), and its text after the separator. Pure and fuzzed
+/// (`fuzz/fuzz_targets/reply_line.rs`): anything a hostile next hop sends is either parsed
+/// or `Malformed`, never a panic.
+pub fn parse_reply_line(line: &str) -> Result<(u16, bool, &str), ClientError> {
+    let trimmed = line.trim_end_matches(['\r', '\n']);
+    let bytes = trimmed.as_bytes();
+    if bytes.len() < 3 || !bytes[..3].iter().all(u8::is_ascii_digit) {
+        return Err(ClientError::Malformed);
+    }
+    let code: u16 = trimmed[..3].parse().map_err(|_| ClientError::Malformed)?;
+    let last = bytes.get(3) != Some(&b'-');
+    Ok((code, last, trimmed.get(4..).unwrap_or("")))
+}
 
 /// A TLS client config that accepts any certificate: for opportunistic and required TLS,
 /// where encryption without authentication is still better than plaintext (RFC 7435).
@@ -353,6 +362,17 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reply_lines() {
+        assert_eq!(parse_reply_line("250-a\r\n").ok(), Some((250, false, "a")));
+        assert_eq!(parse_reply_line("250 b").ok(), Some((250, true, "b")));
+        assert_eq!(parse_reply_line("421").ok(), Some((421, true, "")));
+        assert_eq!(parse_reply_line("250\u{e9}x").ok(), Some((250, true, "")));
+        for bad in ["", "25", "2x0 a", "\u{e9}\u{e9}", "-250 a"] {
+            assert!(parse_reply_line(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn enhanced_status() {

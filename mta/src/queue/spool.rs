@@ -11,6 +11,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -341,6 +342,9 @@ impl Draft {
         let mut buffer = std::mem::take(&mut self.buffer);
         let file = self.file.take();
         let path = self.tmp_path();
+        // Set before the file exists: if creating or writing it fails (ENOSPC), Drop must
+        // still remove what was made, or every refused message leaks its draft on a full disk.
+        self.created = true;
         let (file, mut buffer) = blocking(move || {
             let mut file = match file {
                 Some(f) => f,
@@ -365,11 +369,11 @@ impl Draft {
     /// Writes the rest, the envelope and the trailer, and renames into `queue/` (no sync).
     fn finish(mut self, envelope: &[u8], keep_file: bool) -> Result<Option<File>, SpoolError> {
         let path = self.tmp_path();
+        self.created = true; // before creating: see `spill`
         let mut file = match self.file.take() {
             Some(f) => f,
             None => create_draft(&path)?,
         };
-        self.created = true;
         let mut tail = std::mem::take(&mut self.buffer);
         tail.extend_from_slice(envelope);
         tail.extend_from_slice(&self.content_len.to_le_bytes());
@@ -419,23 +423,30 @@ struct Trailer {
 }
 
 fn read_trailer(file: &mut File, path: &Path) -> Result<Trailer, SpoolError> {
-    let corrupt = |reason| SpoolError::Corrupt {
+    let size = file.metadata().map_err(io_at(path))?.len();
+    let mut magic = [0u8; 4];
+    let mut raw = [0u8; TRAILER_LEN as usize];
+    if size >= 4 + TRAILER_LEN {
+        file.read_exact(&mut magic).map_err(io_at(path))?;
+        file.seek(SeekFrom::Start(size - TRAILER_LEN))
+            .map_err(io_at(path))?;
+        file.read_exact(&mut raw).map_err(io_at(path))?;
+    }
+    parse_trailer(&magic, &raw, size).map_err(|reason| SpoolError::Corrupt {
         path: path.to_path_buf(),
         reason,
-    };
-    let size = file.metadata().map_err(io_at(path))?.len();
+    })
+}
+
+/// Checks the magic numbers and the lengths of a file of `size` bytes. Pure, so that the
+/// streaming recovery (`read_trailer`) and the in-memory `decode` share one judgement.
+fn parse_trailer(magic: &[u8; 4], raw: &[u8; 24], size: u64) -> Result<Trailer, &'static str> {
     if size < 4 + TRAILER_LEN {
-        return Err(corrupt("shorter than header and trailer"));
+        return Err("shorter than header and trailer");
     }
-    let mut magic = [0u8; 4];
-    file.read_exact(&mut magic).map_err(io_at(path))?;
-    if &magic != MAGIC {
-        return Err(corrupt("bad magic"));
+    if magic != MAGIC {
+        return Err("bad magic");
     }
-    let mut raw = [0u8; TRAILER_LEN as usize];
-    file.seek(SeekFrom::Start(size - TRAILER_LEN))
-        .map_err(io_at(path))?;
-    file.read_exact(&mut raw).map_err(io_at(path))?;
     let word = |at: usize| u32::from_le_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]]);
     let trailer = Trailer {
         content_len: u64::from_le_bytes(raw[0..8].try_into().unwrap_or([0; 8])),
@@ -444,15 +455,48 @@ fn read_trailer(file: &mut File, path: &Path) -> Result<Trailer, SpoolError> {
         envelope_crc: word(16),
     };
     if &raw[20..24] != TRAILER_MAGIC {
-        return Err(corrupt("bad trailer magic"));
+        return Err("bad trailer magic");
     }
     let expected = 4u64
         .checked_add(trailer.content_len)
         .and_then(|n| n.checked_add(trailer.envelope_len as u64 + TRAILER_LEN));
     if expected != Some(size) {
-        return Err(corrupt("length does not match trailer"));
+        return Err("length does not match trailer");
     }
     Ok(trailer)
+}
+
+fn parse_envelope(raw: &[u8], trailer: &Trailer) -> Result<Envelope, &'static str> {
+    if crc32fast::hash(raw) != trailer.envelope_crc {
+        return Err("envelope checksum mismatch");
+    }
+    serde_json::from_slice(raw).map_err(|_| "envelope is not valid")
+}
+
+/// Decodes a whole spool file held in memory: the envelope and where the content lies in
+/// `bytes`. Checks everything recovery checks, plus the content checksum. Never panics on
+/// any input (fuzzed by `fuzz/fuzz_targets/spool_decode.rs`).
+pub fn decode(bytes: &[u8]) -> Result<(Envelope, Range<usize>), SpoolError> {
+    let corrupt = |reason| SpoolError::Corrupt {
+        path: PathBuf::from("<memory>"),
+        reason,
+    };
+    let size = bytes.len() as u64;
+    let mut magic = [0u8; 4];
+    let mut raw = [0u8; TRAILER_LEN as usize];
+    if size >= 4 + TRAILER_LEN {
+        magic.copy_from_slice(&bytes[..4]);
+        raw.copy_from_slice(&bytes[bytes.len() - TRAILER_LEN as usize..]);
+    }
+    let trailer = parse_trailer(&magic, &raw, size).map_err(corrupt)?;
+    // parse_trailer proved 4 + content_len + envelope_len + 24 == bytes.len().
+    let content = 4..4 + trailer.content_len as usize;
+    let envelope_raw = &bytes[content.end..content.end + trailer.envelope_len as usize];
+    let envelope = parse_envelope(envelope_raw, &trailer).map_err(corrupt)?;
+    if crc32fast::hash(&bytes[content.clone()]) != trailer.content_crc {
+        return Err(corrupt("content checksum mismatch"));
+    }
+    Ok((envelope, content))
 }
 
 fn read_envelope(path: &Path) -> Result<(Envelope, u64), SpoolError> {
@@ -462,14 +506,10 @@ fn read_envelope(path: &Path) -> Result<(Envelope, u64), SpoolError> {
     file.seek(SeekFrom::Start(4 + trailer.content_len))
         .map_err(io_at(path))?;
     file.read_exact(&mut raw).map_err(io_at(path))?;
-    let corrupt = |reason| SpoolError::Corrupt {
+    let envelope = parse_envelope(&raw, &trailer).map_err(|reason| SpoolError::Corrupt {
         path: path.to_path_buf(),
         reason,
-    };
-    if crc32fast::hash(&raw) != trailer.envelope_crc {
-        return Err(corrupt("envelope checksum mismatch"));
-    }
-    let envelope = serde_json::from_slice(&raw).map_err(|_| corrupt("envelope is not valid"))?;
+    })?;
     Ok((envelope, trailer.content_len))
 }
 
@@ -647,6 +687,27 @@ mod tests {
             assert!(found.is_empty(), "cut at {cut} recovered");
             assert!(dir.path().join("corrupt").join(id.to_string()).exists());
             fs::rename(dir.path().join("corrupt").join(id.to_string()), &path).expect("back");
+        }
+    }
+
+    #[tokio::test]
+    async fn decode_agrees_with_recovery_and_refuses_every_damaged_byte() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (spool, _) = Spool::open(dir.path(), SyncMode::Syncfs).expect("open");
+        let mut draft = spool.begin();
+        let body = b"Subject: hi\r\n\r\nbody\r\n";
+        draft.write(body).await.expect("write");
+        let id = spool.commit(draft, &envelope()).await.expect("commit");
+        let full = fs::read(spool.queue_path(id)).expect("read");
+        let (decoded, content) = decode(&full).expect("decode");
+        assert_eq!(decoded, envelope());
+        assert_eq!(&full[content], body);
+        // Any single flipped bit or any truncation is refused, never accepted or a panic.
+        for at in 0..full.len() {
+            let mut damaged = full.clone();
+            damaged[at] ^= 0x20;
+            assert!(decode(&damaged).is_err(), "flip at {at} accepted");
+            assert!(decode(&full[..at]).is_err(), "cut at {at} accepted");
         }
     }
 }

@@ -13,6 +13,8 @@ use super::reply::Reply;
 
 /// Longest command line including CRLF (RFC 5321 4.5.3.1.4).
 pub const MAX_COMMAND_LINE: usize = 512;
+/// How much of an over-long command line is skipped before it is answered as an error.
+const MAX_SKIPPED_LINE: usize = 64 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
 
 pub use crate::transport::Transport;
@@ -115,6 +117,7 @@ impl SmtpStream {
     /// Reads one command line (without CRLF). Over-long lines are consumed and reported.
     pub async fn read_line(&mut self, timeout: Duration) -> Result<Line, StreamError> {
         let mut too_long = false;
+        let mut skipped = 0;
         loop {
             let pending = &self.buffer[self.start..self.end];
             if let Some(pos) = memchr::memchr(b'\n', pending) {
@@ -129,7 +132,14 @@ impl SmtpStream {
             if pending.len() >= MAX_COMMAND_LINE {
                 // Skip what we have of the over-long line, keep reading until its LF.
                 too_long = true;
+                skipped += pending.len();
                 self.start = self.end;
+                if skipped >= MAX_SKIPPED_LINE {
+                    // An endless line: answer now, so each MAX_SKIPPED_LINE counts as one
+                    // protocol error and max_errors ends the session (otherwise a client
+                    // streaming bytes without LF would hold the session forever).
+                    return Ok(Line::TooLong);
+                }
             }
             self.fill(timeout).await?;
         }
