@@ -234,6 +234,7 @@ fn validate(config: &mut Config, base: &Path) -> Found {
     validate_relay(config, &mut found);
     validate_recipient_checks(config, base, &mut found);
     validate_routes(config, base, &mut found);
+    validate_flow(config, &mut found);
     resolve_paths(config, base);
     if config.limits.max_message_size == 0 {
         found.push((
@@ -512,5 +513,51 @@ mod shipped_example {
         let config = load_str(text, "packaging/bulwark.toml", Path::new("/etc/bulwark"))
             .expect("the shipped example must load");
         assert_eq!(config.server.spool_dir, PathBuf::from("/var/spool/bulwark"));
+    }
+}
+
+fn validate_flow(config: &Config, found: &mut Found) {
+    let flow = &config.flow;
+    if flow.syn_rate > 0 && flow.syn_burst == 0 {
+        found.push((
+            key(&["flow", "syn_burst"]),
+            "must be at least 1 when syn_rate is set".into(),
+        ));
+    }
+    if flow.ports.is_empty() || flow.ports.contains(&0) || flow.ports.len() > 64 {
+        found.push((
+            key(&["flow", "ports"]),
+            "needs 1 to 64 ports, none of them 0".into(),
+        ));
+    }
+    if flow.harvest_window.is_zero() {
+        found.push((key(&["flow", "harvest_window"]), "must not be 0".into()));
+    }
+    if flow.block_seconds.is_zero() {
+        found.push((key(&["flow", "block_seconds"]), "must not be 0".into()));
+    }
+    for (i, name) in flow.interfaces.iter().enumerate() {
+        if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
+            found.push((
+                vec![
+                    Segment::Key("flow".into()),
+                    Segment::Key("interfaces".into()),
+                    Segment::Index(i),
+                ],
+                format!("{name:?} is not an interface name"),
+            ));
+        }
+    }
+    for (i, net) in flow.allow.iter().enumerate() {
+        if net.prefix_len() == 0 {
+            found.push((
+                vec![
+                    Segment::Key("flow".into()),
+                    Segment::Key("allow".into()),
+                    Segment::Index(i),
+                ],
+                format!("{net} would exempt the whole Internet from flow control"),
+            ));
+        }
     }
 }
