@@ -9,6 +9,9 @@ so one attempt is exactly one SYN.
   deliver HOST PORT COUNT INTERVAL   sends COUNT messages, one per INTERVAL seconds
   harvest HOST PORT COUNT            one session, RCPT TO COUNT unknown users
   probe HOST PORT TIMEOUT            one attempt: did we get a 220?
+  rate HOST PORT SECONDS             sends messages back to back for SECONDS; how many
+  flood_for HOST PORT SECONDS THREADS  THREADS connection loops for SECONDS (bench only)
+  syns HOST PORT COUNT               COUNT raw SYNs from this namespace (bench only)
 """
 
 import json
@@ -79,6 +82,72 @@ def probe(host, port, timeout):
     return {"result": greeted(host, int(port), float(timeout))}
 
 
+def rate(host, port, seconds):
+    deadline = time.monotonic() + float(seconds)
+    delivered = 0
+    for _ in range(100_000):
+        if time.monotonic() >= deadline:
+            break
+        try:
+            with smtplib.SMTP(host, int(port), timeout=2) as smtp:
+                smtp.sendmail("good@sender.test", ["alice@example.com"], "Subject: r\r\n\r\nhi\r\n")
+                delivered += 1
+        except (OSError, smtplib.SMTPException):
+            pass
+    return {"delivered": delivered, "per_second": delivered / float(seconds)}
+
+
+def flood_for(host, port, seconds, threads):
+    import threading
+    deadline = time.monotonic() + float(seconds)
+    counts = []
+
+    def loop():
+        n = {"220": 0, "other": 0}
+        for _ in range(200_000):
+            if time.monotonic() >= deadline:
+                break
+            n["220" if greeted(host, int(port), 0.1) == "220" else "other"] += 1
+        counts.append(n)
+
+    workers = [threading.Thread(target=loop) for _ in range(int(threads))]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(float(seconds) + 10)
+    return {"accepted": sum(c["220"] for c in counts), "other": sum(c["other"] for c in counts)}
+
+
+def syns(host, port, count):
+    """Raw TCP SYNs (IP header by the kernel, checksum left to offload-free veth: computed)."""
+    import random
+    import struct
+    src = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    src.connect((host, int(port)))
+    saddr = socket.inet_aton(src.getsockname()[0])
+    src.close()
+    daddr = socket.inet_aton(host)
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+
+    def checksum(data):
+        if len(data) % 2:
+            data += b"\0"
+        total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+        total = (total >> 16) + (total & 0xFFFF)
+        total += total >> 16
+        return ~total & 0xFFFF
+
+    sport = random.randint(20000, 60000)
+    header = struct.pack("!HHIIBBHHH", sport, int(port), 1, 0, 5 << 4, 0x02, 65535, 0, 0)
+    pseudo = saddr + daddr + struct.pack("!BBH", 0, socket.IPPROTO_TCP, len(header))
+    packet = header[:16] + struct.pack("!H", checksum(pseudo + header)) + header[18:]
+    start = time.monotonic()
+    for _ in range(int(count)):
+        s.sendto(packet, (host, 0))
+    return {"sent": int(count), "elapsed": time.monotonic() - start}
+
+
 if __name__ == "__main__":
     mode, *args = sys.argv[1:]
-    print(json.dumps({"flood": flood, "deliver": deliver, "harvest": harvest, "probe": probe}[mode](*args)))
+    print(json.dumps({"flood": flood, "deliver": deliver, "harvest": harvest, "probe": probe,
+                      "rate": rate, "flood_for": flood_for, "syns": syns}[mode](*args)))

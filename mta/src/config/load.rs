@@ -467,6 +467,26 @@ trusted_networks = ["10.1.0.0/24"]
     }
 
     #[test]
+    fn flow_section_defaults_and_problems() {
+        let config = load(MINIMAL).expect("valid");
+        assert!(
+            config.flow.interfaces.is_empty(),
+            "no kernel attach by default"
+        );
+        assert_eq!(config.flow.ports, vec![25, 587, 465]);
+        let text = MINIMAL.to_string()
+            + "\n[flow]\ninterfaces = [\"eth0\"]\nsyn_rate = 5\nsyn_burst = 0\n\
+               allow = [\"0.0.0.0/0\"]\nblock_seconds = \"1h\"\nports = [0]\n";
+        let err = load(&text).expect_err("bad flow section");
+        let paths: Vec<&str> = err.problems().iter().map(|p| p.key_path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["flow.syn_burst", "flow.allow[0]", "flow.ports"],
+            "{err}"
+        );
+    }
+
+    #[test]
     fn every_unknown_key_is_reported_with_position() {
         let text = MINIMAL.replace("role = \"mx\"", "role = \"mx\"\nadress = \"x\"")
             + "\n[limits]\nmax_mesage_size = 5\n";
