@@ -91,6 +91,7 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
     let (delivery, inbox) = DeliveryHandle::channel();
     let gateway = Arc::new(Gateway::new(config, spool, queue, delivery)?);
     deliver::start(gateway.clone(), inbox, Arc::new(resolver));
+    spawn_flow_housekeeping(gateway.clone());
 
     let reload_gateway = gateway.clone();
     let reload_source = source.clone();
@@ -190,4 +191,16 @@ pub fn check_config(source: &ConfigSource) -> i32 {
             1
         }
     }
+}
+
+/// Removes expired kernel blocklist entries once a second (the kernel ignores them already;
+/// this keeps `flow list` and the map small).
+fn spawn_flow_housekeeping(gateway: Arc<Gateway>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            gateway.flow.purge_expired();
+        }
+    });
 }

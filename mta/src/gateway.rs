@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::deliver::DeliveryHandle;
+use crate::flow::Flow;
 use crate::policy::{CalloutCache, Chain, HarvestTracker, RecipientsError};
 use crate::queue::{QueueIndex, Spool};
 use crate::smtp::auth::{Users, UsersError};
@@ -71,6 +72,8 @@ pub struct Gateway {
     greet_passed: Mutex<HashMap<IpAddr, Instant>>,
     pub started: Instant,
     pub delivery: DeliveryHandle,
+    /// Connection-rate limits and abuse blocks (kernel or userspace).
+    pub flow: Flow,
 }
 
 impl Gateway {
@@ -82,6 +85,7 @@ impl Gateway {
     ) -> Result<Self, RuntimeError> {
         let harvest = Arc::new(HarvestTracker::new(Duration::from_secs(60)));
         let callouts = Arc::new(CalloutCache::default());
+        let flow = Flow::start(&config);
         let runtime = build_runtime(config, harvest.clone(), callouts.clone())?;
         Ok(Self {
             runtime: RwLock::new(Arc::new(runtime)),
@@ -94,6 +98,7 @@ impl Gateway {
             greet_passed: Mutex::new(HashMap::new()),
             started: Instant::now(),
             delivery,
+            flow,
         })
     }
 

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod config;
 pub mod daemon;
 pub mod deliver;
+pub mod flow;
 pub mod gateway;
 pub mod policy;
 pub mod queue;

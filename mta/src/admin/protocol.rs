@@ -24,6 +24,21 @@ pub enum Request {
     QueueFlush,
     QueueDestinations,
     Reload,
+    FlowStatus,
+    FlowTop {
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+    /// Blocks `target` (ADDR or ADDR/LEN) for `seconds` (none = until unblocked).
+    FlowBlock {
+        target: String,
+        #[serde(default)]
+        seconds: Option<u64>,
+    },
+    FlowUnblock {
+        target: String,
+    },
+    FlowList,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -12,6 +12,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use super::protocol::{Request, Response, MAX_REQUEST};
+use crate::flow;
 use crate::gateway::Gateway;
 use crate::queue::{QueueId, QueueState, SpoolError, StateRecord};
 
@@ -98,6 +99,35 @@ async fn execute(request: Request, gateway: &Gateway, reload: &ReloadFn) -> Resp
             Ok(()) => Response::ok(json!({ "reloaded": true })),
             Err(e) => Response::error(e),
         },
+        Request::FlowStatus => Response::ok(gateway.flow.status()),
+        Request::FlowTop { limit } => Response::ok(json!(gateway.flow.top(limit.unwrap_or(20)))),
+        Request::FlowList => Response::ok(json!(gateway.flow.blocked())),
+        Request::FlowBlock { target, seconds } => flow_block(gateway, &target, seconds),
+        Request::FlowUnblock { target } => flow_unblock(gateway, &target),
+    }
+}
+
+fn flow_block(gateway: &Gateway, target: &str, seconds: Option<u64>) -> Response {
+    let ttl = seconds.map(Duration::from_secs);
+    match flow::parse_target(target).and_then(|net| gateway.flow.block(net, ttl).map(|()| net)) {
+        Ok(net) => {
+            log::info!("flow: {net} blocked by operator for {seconds:?}s");
+            Response::ok(json!({ "blocked": net.to_string(), "seconds": seconds }))
+        }
+        Err(e) => Response::error(e.to_string()),
+    }
+}
+
+fn flow_unblock(gateway: &Gateway, target: &str) -> Response {
+    let outcome = flow::parse_target(target)
+        .and_then(|net| gateway.flow.unblock(net).map(|removed| (net, removed)));
+    match outcome {
+        Ok((net, true)) => {
+            log::info!("flow: {net} unblocked by operator");
+            Response::ok(json!({ "unblocked": net.to_string() }))
+        }
+        Ok((net, false)) => Response::error(format!("{net} is not blocked")),
+        Err(e) => Response::error(e.to_string()),
     }
 }
 

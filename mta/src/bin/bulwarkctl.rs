@@ -40,6 +40,52 @@ enum Command {
     },
     /// Reload the configuration, TLS certificates and lists (as SIGHUP does).
     Reload,
+    /// Flow control: connection-rate limits and blocked sources.
+    Flow {
+        #[command(subcommand)]
+        command: FlowCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum FlowCommand {
+    /// Where the limits are enforced (XDP interfaces or userspace) and the counters.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The busiest sources: dropped and passed connections.
+    Top {
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Block ADDR or ADDR/LEN (IPv4 or IPv6).
+    Block {
+        target: String,
+        /// How long, e.g. 3600, 30m, 1h (default: until unblocked).
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a block (exactly as it was given).
+    Unblock {
+        target: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Blocked sources with the time left.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the pinned XDP program and maps (uninstall; stop bulwarkd first).
+    Detach {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -87,6 +133,14 @@ fn main() -> ExitCode {
             if json { print_json } else { print_status },
         ),
         Command::Reload => (Request::Reload, print_done),
+        Command::Flow { command } => match flow_request(command, &args.config) {
+            Ok(Some(pair)) => pair,
+            Ok(None) => return ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("bulwarkctl: {message}");
+                return ExitCode::FAILURE;
+            }
+        },
         Command::Queue { command } => match command {
             QueueCommand::List { json } => (
                 Request::QueueList,
@@ -266,6 +320,107 @@ fn print_destinations(value: &Value) {
             d["queued"],
             d["active_connections"],
             text(&d["last_error"])
+        );
+    }
+}
+
+type Call = (Request, fn(&Value));
+
+/// The request for a `flow` subcommand; `detach` works on the pins directly (None).
+fn flow_request(command: FlowCommand, config: &Option<PathBuf>) -> Result<Option<Call>, String> {
+    let pick = |json: bool, human: fn(&Value)| if json { print_json } else { human };
+    Ok(Some(match command {
+        FlowCommand::Status { json } => (Request::FlowStatus, pick(json, print_flow_status)),
+        FlowCommand::Top { limit, json } => (
+            Request::FlowTop { limit: Some(limit) },
+            pick(json, print_flow_top),
+        ),
+        FlowCommand::List { json } => (Request::FlowList, pick(json, print_flow_list)),
+        FlowCommand::Block {
+            target,
+            duration,
+            json,
+        } => {
+            let seconds = duration.as_deref().map(parse_duration).transpose()?;
+            (
+                Request::FlowBlock { target, seconds },
+                pick(json, print_done),
+            )
+        }
+        FlowCommand::Unblock { target, json } => {
+            (Request::FlowUnblock { target }, pick(json, print_done))
+        }
+        FlowCommand::Detach { json } => {
+            let source = ConfigSource::choose(config.clone());
+            let pin_dir = source.load().map_err(|e| e.to_string())?.flow.pin_dir;
+            let removed = bulwark_ebpf::detach(&pin_dir).map_err(|e| e.to_string())?;
+            let result = serde_json::json!({ "pin_dir": pin_dir, "removed": removed });
+            if json {
+                print_json(&result);
+            } else {
+                println!(
+                    "removed {} pin(s) under {}",
+                    removed.len(),
+                    pin_dir.display()
+                );
+            }
+            return Ok(None);
+        }
+    }))
+}
+
+fn parse_duration(text: &str) -> Result<u64, String> {
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(seconds);
+    }
+    humantime::parse_duration(text)
+        .map(|d| d.as_secs().max(1))
+        .map_err(|e| format!("--for {text:?}: {e} (use seconds or e.g. 30m, 1h)"))
+}
+
+fn print_flow_status(v: &Value) {
+    println!("enforcement: {}", v["enforcement"].as_str().unwrap_or("?"));
+    for a in v["attached"].as_array().into_iter().flatten() {
+        println!(
+            "attached: {} ({} XDP)",
+            a["interface"].as_str().unwrap_or("?"),
+            a["mode"].as_str().unwrap_or("?")
+        );
+    }
+    if let Some(reason) = v["fallback_reason"].as_str() {
+        println!("kernel attach failed: {reason}");
+    }
+    if let Some(counters) = v["counters"].as_object() {
+        for (name, value) in counters {
+            println!("{name:>14}: {value}");
+        }
+    }
+    println!("blocked: {}", v["blocked"]);
+}
+
+fn print_flow_top(v: &Value) {
+    println!("{:<40} {:>10} {:>10}", "SOURCE", "PASSED", "DROPPED");
+    for s in v.as_array().into_iter().flatten() {
+        println!(
+            "{:<40} {:>10} {:>10}",
+            s["source"].as_str().unwrap_or("?"),
+            s["passed"],
+            s["dropped"]
+        );
+    }
+}
+
+fn print_flow_list(v: &Value) {
+    println!("{:<40} {:>12} {:>10}", "BLOCKED", "EXPIRES IN", "HITS");
+    for b in v.as_array().into_iter().flatten() {
+        let expires = b["expires_in"]
+            .as_u64()
+            .map_or_else(|| "never".to_string(), |s| format!("{s}s"));
+        println!(
+            "{:<40} {:>12} {:>10}",
+            b["network"].as_str().unwrap_or("?"),
+            expires,
+            b["hits"]
         );
     }
 }

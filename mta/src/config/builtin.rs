@@ -44,6 +44,7 @@ pub fn builtin_default() -> Config {
         routes: Vec::new(),
         delivery: Default::default(),
         dns: Default::default(),
+        flow: Default::default(),
     }
 }
 

@@ -234,6 +234,7 @@ fn validate(config: &mut Config, base: &Path) -> Found {
     validate_relay(config, &mut found);
     validate_recipient_checks(config, base, &mut found);
     validate_routes(config, base, &mut found);
+    validate_flow(config, &mut found);
     resolve_paths(config, base);
     if config.limits.max_message_size == 0 {
         found.push((
@@ -466,6 +467,26 @@ trusted_networks = ["10.1.0.0/24"]
     }
 
     #[test]
+    fn flow_section_defaults_and_problems() {
+        let config = load(MINIMAL).expect("valid");
+        assert!(
+            config.flow.interfaces.is_empty(),
+            "no kernel attach by default"
+        );
+        assert_eq!(config.flow.ports, vec![25, 587, 465]);
+        let text = MINIMAL.to_string()
+            + "\n[flow]\ninterfaces = [\"eth0\"]\nsyn_rate = 5\nsyn_burst = 0\n\
+               allow = [\"0.0.0.0/0\"]\nblock_seconds = \"1h\"\nports = [0]\n";
+        let err = load(&text).expect_err("bad flow section");
+        let paths: Vec<&str> = err.problems().iter().map(|p| p.key_path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["flow.syn_burst", "flow.allow[0]", "flow.ports"],
+            "{err}"
+        );
+    }
+
+    #[test]
     fn every_unknown_key_is_reported_with_position() {
         let text = MINIMAL.replace("role = \"mx\"", "role = \"mx\"\nadress = \"x\"")
             + "\n[limits]\nmax_mesage_size = 5\n";
@@ -512,5 +533,51 @@ mod shipped_example {
         let config = load_str(text, "packaging/bulwark.toml", Path::new("/etc/bulwark"))
             .expect("the shipped example must load");
         assert_eq!(config.server.spool_dir, PathBuf::from("/var/spool/bulwark"));
+    }
+}
+
+fn validate_flow(config: &Config, found: &mut Found) {
+    let flow = &config.flow;
+    if flow.syn_rate > 0 && flow.syn_burst == 0 {
+        found.push((
+            key(&["flow", "syn_burst"]),
+            "must be at least 1 when syn_rate is set".into(),
+        ));
+    }
+    if flow.ports.is_empty() || flow.ports.contains(&0) || flow.ports.len() > 64 {
+        found.push((
+            key(&["flow", "ports"]),
+            "needs 1 to 64 ports, none of them 0".into(),
+        ));
+    }
+    if flow.harvest_window.is_zero() {
+        found.push((key(&["flow", "harvest_window"]), "must not be 0".into()));
+    }
+    if flow.block_seconds.is_zero() {
+        found.push((key(&["flow", "block_seconds"]), "must not be 0".into()));
+    }
+    for (i, name) in flow.interfaces.iter().enumerate() {
+        if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
+            found.push((
+                vec![
+                    Segment::Key("flow".into()),
+                    Segment::Key("interfaces".into()),
+                    Segment::Index(i),
+                ],
+                format!("{name:?} is not an interface name"),
+            ));
+        }
+    }
+    for (i, net) in flow.allow.iter().enumerate() {
+        if net.prefix_len() == 0 {
+            found.push((
+                vec![
+                    Segment::Key("flow".into()),
+                    Segment::Key("allow".into()),
+                    Segment::Index(i),
+                ],
+                format!("{net} would exempt the whole Internet from flow control"),
+            ));
+        }
     }
 }

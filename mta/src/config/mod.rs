@@ -44,6 +44,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     #[serde(default)]
     pub dns: DnsConfig,
+    #[serde(default)]
+    pub flow: FlowConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -440,6 +442,114 @@ impl Default for DnsConfig {
         Self {
             servers: Vec::new(),
             timeout: default_dns_timeout(),
+        }
+    }
+}
+
+/// How flow control enforces its policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FlowMode {
+    /// XDP on `interfaces` when possible, else (or with no interfaces) userspace limits.
+    #[default]
+    Auto,
+    /// Userspace limits at accept only, even where eBPF would work.
+    Userspace,
+    /// No connection-rate limits and no automatic blocks.
+    Off,
+}
+
+/// Connection-rate limiting and abuse blocking (`[flow]`): in the kernel (XDP) where it can
+/// attach, else at accept. Sources in `allow`, `relay.trusted_networks` and loopback are exempt.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FlowConfig {
+    #[serde(default)]
+    pub mode: FlowMode,
+    /// Interfaces to attach the XDP program to; empty = no kernel attach.
+    #[serde(default)]
+    pub interfaces: Vec<String>,
+    /// Ports whose SYNs the kernel program watches.
+    #[serde(default = "default_flow_ports")]
+    pub ports: Vec<u16>,
+    /// New connections per second per source (IPv4 /32, IPv6 /64); 0 = unlimited.
+    #[serde(default = "default_syn_rate")]
+    pub syn_rate: u32,
+    /// Connections a source may open at once before the rate applies.
+    #[serde(default = "default_syn_burst")]
+    pub syn_burst: u32,
+    /// Sources never limited nor blocked (besides trusted networks and loopback).
+    #[serde(default)]
+    pub allow: Vec<IpNet>,
+    /// Unknown recipients (550 5.1.1) from one address within `harvest_window` that block it.
+    #[serde(default = "default_harvest_unknown")]
+    pub harvest_unknown_recipients: usize,
+    /// The window every abuse signal is counted in.
+    #[serde(default = "default_harvest_window", with = "duration")]
+    pub harvest_window: Duration,
+    /// Failed AUTH attempts within the window that block the address; 0 = never.
+    #[serde(default = "default_auth_failures")]
+    pub auth_failures: usize,
+    /// Sessions refused for talking before the greeting within the window; 0 = never.
+    #[serde(default = "default_pregreet_sessions")]
+    pub pregreet_sessions: usize,
+    /// Sessions closed for too many errors within the window; 0 = never.
+    #[serde(default = "default_error_sessions")]
+    pub error_sessions: usize,
+    /// How long an automatic block lasts.
+    #[serde(default = "default_block_seconds", with = "duration")]
+    pub block_seconds: Duration,
+    /// Where the kernel program's links and maps are pinned (bpffs).
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
+}
+
+fn default_flow_ports() -> Vec<u16> {
+    vec![25, 587, 465]
+}
+fn default_syn_rate() -> u32 {
+    10
+}
+fn default_syn_burst() -> u32 {
+    40
+}
+fn default_harvest_unknown() -> usize {
+    10
+}
+fn default_harvest_window() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_auth_failures() -> usize {
+    10
+}
+fn default_pregreet_sessions() -> usize {
+    3
+}
+fn default_error_sessions() -> usize {
+    3
+}
+fn default_block_seconds() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_pin_dir() -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/bulwark")
+}
+
+impl Default for FlowConfig {
+    fn default() -> Self {
+        Self {
+            mode: FlowMode::default(),
+            interfaces: Vec::new(),
+            ports: default_flow_ports(),
+            syn_rate: default_syn_rate(),
+            syn_burst: default_syn_burst(),
+            allow: Vec::new(),
+            harvest_unknown_recipients: default_harvest_unknown(),
+            harvest_window: default_harvest_window(),
+            auth_failures: default_auth_failures(),
+            pregreet_sessions: default_pregreet_sessions(),
+            error_sessions: default_error_sessions(),
+            block_seconds: default_block_seconds(),
+            pin_dir: default_pin_dir(),
         }
     }
 }

@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use super::session::Session;
 use super::stream::{SmtpStream, Transport};
 use crate::config::{ListenerConfig, ListenerRole};
+use crate::flow::Admission;
 use crate::gateway::{Counters, Gateway};
 
 pub struct BoundListener {
@@ -126,6 +127,17 @@ async fn start_session(
 ) {
     let _ = tcp.set_nodelay(true);
     let hostname = gateway.runtime().config.server.hostname.clone();
+    // Flow control (userspace enforcement; with XDP the kernel already decided).
+    let why = match gateway.flow.admit(client.ip()) {
+        Admission::Pass => None,
+        Admission::RateLimited => Some("Connection rate limit exceeded, try again later"),
+        Admission::Blocked => Some("Your address is temporarily blocked"),
+    };
+    if let Some(why) = why {
+        log::info!("flow: refused {client}: {why}");
+        refuse(&gateway, &mut tcp, &hostname, why).await;
+        return;
+    }
     let Ok(_listener_slot) = slots.try_acquire_owned() else {
         refuse(
             &gateway,

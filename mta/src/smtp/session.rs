@@ -27,6 +27,7 @@ use super::message::{received_header, HeaderScanner, TraceFacts};
 use super::reply::{self, Reply};
 use super::stream::{acceptor, Greeting, Line, SmtpStream, StreamError, TlsInfo};
 use crate::config::{LimitsConfig, ListenerRole};
+use crate::flow::Signal;
 use crate::gateway::{Counters, Gateway, Runtime};
 use crate::policy::{MessageView, SessionInfo, Verdict};
 use crate::queue::{BodyType, Draft, DsnRet, Envelope, QueueEntry, Recipient, SpoolError};
@@ -159,6 +160,9 @@ impl Session {
                 );
                 self.stream.reply(&Reply::owned(421, text));
                 log::info!("session {}: too many errors", self.info.client);
+                self.gateway
+                    .flow
+                    .signal(self.info.client.ip(), Signal::ProtocolErrors);
                 return Ok(());
             }
         }
@@ -183,6 +187,9 @@ impl Session {
         } else if self.pregreet_detected().await {
             log::info!("session {}: talked before greeting", self.info.client);
             Counters::bump(&self.gateway.counters.sessions_refused);
+            self.gateway
+                .flow
+                .signal(self.info.client.ip(), Signal::Pregreet);
             self.stream.reply(&reply::PREGREET);
             return Ok(false);
         }
@@ -416,6 +423,11 @@ impl Session {
                     reply.text,
                     mailbox.canonical()
                 );
+                if reply.text.starts_with("5.1.1") {
+                    self.gateway
+                        .flow
+                        .signal(self.info.client.ip(), Signal::UnknownRecipient);
+                }
                 return self.answer(&reply);
             }
             Verdict::Continue | Verdict::Accept => {}
@@ -753,6 +765,9 @@ impl Session {
         } else {
             log::warn!("auth failed: client={} user={user}", self.info.client.ip());
             self.error(&reply::AUTH_FAILED);
+            self.gateway
+                .flow
+                .signal(self.info.client.ip(), Signal::AuthFailure);
         }
         Ok(Next::Continue)
     }
