@@ -207,6 +207,23 @@ def calls(root: Path) -> list[str]:
 
 
 
+def upgrade_rpm(name: str, tmp_path: Path) -> Path:
+    """Release 2 of the package, built from an exported copy of the tree whose shipped config
+    differs (so rpm must choose between it and a local change)."""
+    tree = tmp_path / "tree"
+    files = run(["git", "-C", REPO, "ls-files", "--cached", "--others", "--exclude-standard"]).stdout.split()
+    for f in files:
+        (tree / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / f, tree / f)
+    shipped = tree / "packaging/bulwark.toml"
+    shipped.write_text(shipped.read_text() + "\n# changed in release 2\n")
+    out = tmp_path / "rpms2"
+    cp = run([tree / "rpm/build.sh", out, "--prebuilt", RELEASE, "--release", "2",
+              *(["--suse"] if name == "suse" else [])], timeout=600)
+    assert cp.returncode == 0, cp.stdout[-3000:] + cp.stderr[-3000:]
+    return next(out.glob("bulwark-0*.rpm"))
+
+
 def test_install_upgrade_erase_with_scriptlets_in_order(flavour, tmp_path):
     need_root("installing RPMs into a chroot")
     name, rpm = flavour
@@ -235,11 +252,11 @@ def test_install_upgrade_erase_with_scriptlets_in_order(flavour, tmp_path):
     assert oct(spool.st_mode & 0o777) == "0o750"
     assert spool.st_uid != 0
 
-    # Upgrade (same package reinstalled as an upgrade): the modified config stays, the new one
-    # lands as .rpmnew, and the service is try-restarted, not preset again.
+    # Upgrade to release 2, whose shipped config changed: the locally modified config stays,
+    # the new one lands as .rpmnew, and the service is try-restarted, not preset again.
     config = root / "etc/bulwark/bulwark.toml"
     config.write_text(config.read_text() + "\n# local change\n")
-    cp = rpm_root(root, "-Uvh", "--replacepkgs", rpm)
+    cp = rpm_root(root, "-Uvh", upgrade_rpm(name, tmp_path))
     assert cp.returncode == 0, cp.stdout + cp.stderr
     upgraded = calls(root)
     assert "# local change" in config.read_text()

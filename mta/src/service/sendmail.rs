@@ -104,7 +104,11 @@ pub fn parse_args(argv0: &str, args: &[String]) -> Result<Invocation, SendmailEr
         ignore_dots: false,
         config: None,
     };
-    if argv0.rsplit('/').next() == Some("mailq") {
+    if argv0
+        .rsplit('/')
+        .next()
+        .is_some_and(|name| name.starts_with("mailq"))
+    {
         inv.mode = Mode::ListQueue;
     }
     let mut rest = args.iter();
