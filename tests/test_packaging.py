@@ -18,7 +18,7 @@ import pytest
 from conftest import REPO, run
 
 PACKAGING = REPO / "packaging"
-RELEASE = REPO / "target" / "release"
+RELEASE = Path(os.environ.get("BULWARK_RPM_BINARIES") or REPO / "target" / "release")
 SECURITY_THRESHOLD = 2.5
 
 
@@ -236,10 +236,11 @@ def test_install_upgrade_erase_with_scriptlets_in_order(flavour, tmp_path):
     assert cp.returncode == 0, cp.stdout + cp.stderr
     installed = calls(root)
     alternatives = "update-alternatives" if name == "suse" else "alternatives"
+    group = "sendmail" if name == "suse" else "mta"
     expected_order = ["systemd-sysusers --replace=/usr/lib/sysusers.d/bulwark.conf -",
                       "systemctl --no-reload preset bulwark.service",
                       "systemd-tmpfiles --create /usr/lib/tmpfiles.d/bulwark.conf",
-                      f"{alternatives} --install /usr/sbin/sendmail mta /usr/sbin/sendmail.bulwark 30"]
+                      f"{alternatives} --install /usr/sbin/sendmail {group} /usr/sbin/sendmail.bulwark 30"]
     if name == "rhel":
         expected_order.append("alternatives --set mta /usr/sbin/sendmail.bulwark")
     positions = [next((i for i, c in enumerate(installed) if c.startswith(e)), None)
@@ -269,7 +270,7 @@ def test_install_upgrade_erase_with_scriptlets_in_order(flavour, tmp_path):
     assert cp.returncode == 0, cp.stdout + cp.stderr
     erased = calls(root)
     stop = next(i for i, c in enumerate(erased) if c.startswith("systemctl --no-reload disable --now bulwark.service"))
-    remove = next(i for i, c in enumerate(erased) if c.startswith(f"{alternatives} --remove mta /usr/sbin/sendmail.bulwark"))
+    remove = next(i for i, c in enumerate(erased) if c.startswith(f"{alternatives} --remove {group} /usr/sbin/sendmail.bulwark"))
     assert stop < remove, erased
     assert not (root / "usr/sbin/bulwarkd").exists()
     assert (root / "etc/bulwark/bulwark.toml.rpmsave").exists()
