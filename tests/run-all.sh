@@ -4,5 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --workspace --bins
+# The RPMs in tests/test_packaging.py package release binaries: built once here, shared.
+cargo build --release --workspace --bins
 cargo test --workspace
 python3 -m pytest tests -q -p no:cacheprovider "$@"

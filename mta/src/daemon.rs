@@ -17,6 +17,7 @@ use crate::deliver::{self, DeliveryHandle};
 use crate::gateway::Gateway;
 use crate::queue::{QueueIndex, Spool};
 use crate::route::HickoryResolver;
+use crate::service::{notify, privileges};
 use crate::smtp::server;
 
 /// How long sessions may take to finish after SIGTERM.
@@ -38,6 +39,8 @@ pub enum StartError {
     Resolver(crate::route::ResolverSetupError),
     #[error("signal handling: {0}")]
     Signals(std::io::Error),
+    #[error(transparent)]
+    Privileges(#[from] privileges::PrivilegeError),
 }
 
 /// Where the configuration came from: reloads read the same place.
@@ -88,6 +91,14 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
     }
     let control = admin::server::bind(&config.server.control_socket)?;
     let resolver = HickoryResolver::new(&config.dns).map_err(StartError::Resolver)?;
+    // Everything that needs root (ports below 1024, eBPF) is done: become the service user.
+    if let Some(identity) = privileges::wanted(&config.server)? {
+        privileges::drop_to(
+            &identity,
+            &config.server.spool_dir,
+            &config.server.control_socket,
+        )?;
+    }
     let (delivery, inbox) = DeliveryHandle::channel();
     let gateway = Arc::new(Gateway::new(config, spool, queue, delivery)?);
     deliver::start(gateway.clone(), inbox, Arc::new(resolver));
@@ -106,6 +117,8 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
     let (stop, stopped) = watch::channel(false);
     spawn_signal_handlers(stop, reload)?;
     log::info!("bulwarkd ready");
+    notify::ready(&gateway);
+    notify::spawn_heartbeat(gateway.clone());
     server::serve(gateway.clone(), listeners, stopped, DRAIN).await;
     // In-flight deliveries finish (and are recorded) so a restart duplicates nothing.
     let _ = tokio::time::timeout(DRAIN, gateway.delivery.shutdown()).await;
@@ -134,6 +147,7 @@ fn announce(source: &ConfigSource, config: &Config) {
 }
 
 fn reload_now(gateway: &Gateway, source: &ConfigSource) -> Result<(), String> {
+    notify::reloading();
     let outcome = source
         .load()
         .map_err(|e| e.to_string())
@@ -142,6 +156,7 @@ fn reload_now(gateway: &Gateway, source: &ConfigSource) -> Result<(), String> {
         Ok(()) => log::info!("configuration reloaded"),
         Err(e) => log::error!("reload refused, the old configuration stays in force: {e}"),
     }
+    notify::reloaded(&outcome);
     outcome
 }
 
@@ -163,6 +178,7 @@ fn spawn_signal_handlers(
             _ = terminate.recv() => log::info!("SIGTERM: draining sessions"),
             _ = interrupt.recv() => log::info!("SIGINT: draining sessions"),
         }
+        notify::stopping();
         let _ = stop.send(true);
     });
     Ok(())

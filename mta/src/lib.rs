@@ -1,7 +1,8 @@
 //! Bulwark: a secure mail gateway. The daemon's modules, named for what they do:
 //! `config` (the typed configuration), `smtp` (receiving), `policy` (the filter seam and
 //! its first stages: relay control and recipient validation), `queue` (the durable spool),
-//! `admin` (the control socket behind `bulwarkctl`).
+//! `admin` (the control socket behind `bulwarkctl`), `service` (systemd, journald, privilege
+//! drop, the sendmail front end).
 
 pub mod admin;
 pub mod config;
@@ -12,5 +13,6 @@ pub mod gateway;
 pub mod policy;
 pub mod queue;
 pub mod route;
+pub mod service;
 pub mod smtp;
 pub mod transport;

@@ -1,9 +1,11 @@
-//! `bulwarkd`: the Bulwark mail gateway daemon (runs in the foreground, logs to stderr).
+//! `bulwarkd`: the Bulwark mail gateway daemon (runs in the foreground; logs to journald under
+//! systemd, else to stderr).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use bulwark::daemon::{self, ConfigSource};
+use bulwark::service::journal::{self, LogTarget};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -20,6 +22,10 @@ struct Args {
     /// Validate the configuration, print every problem with line:column, and exit.
     #[arg(long)]
     check_config: bool,
+    /// Where to log: journal, stderr, or auto (journald when stderr is connected to it, as
+    /// under systemd).
+    #[arg(long, value_name = "TARGET", default_value = "auto")]
+    log: LogTarget,
 }
 
 fn main() -> ExitCode {
@@ -28,9 +34,10 @@ fn main() -> ExitCode {
     if args.check_config {
         return ExitCode::from(daemon::check_config(&source) as u8);
     }
-    env_logger::Builder::from_env(env_logger::Env::new().filter_or("BULWARK_LOG", "info"))
-        .format_target(false)
-        .init();
+    if let Err(e) = journal::init(args.log) {
+        eprintln!("bulwarkd: cannot set up logging: {e}");
+        return ExitCode::FAILURE;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -23,6 +23,8 @@ pub fn builtin_default() -> Config {
             spool_dir: state.join("spool"),
             control_socket: runtime.join("control.sock"),
             spool_sync: Default::default(),
+            user: None,
+            group: None,
         },
         listeners: vec![ListenerConfig {
             address: "127.0.0.1:2525".parse().expect("literal address"),

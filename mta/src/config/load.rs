@@ -230,6 +230,7 @@ fn indexed(table: &str, index: usize, field: &str) -> Vec<Segment> {
 fn validate(config: &mut Config, base: &Path) -> Found {
     let mut found = Found::new();
     validate_server(config, &mut found);
+    validate_account_names(config, &mut found);
     validate_listeners(config, &mut found);
     validate_relay(config, &mut found);
     validate_recipient_checks(config, base, &mut found);
@@ -263,6 +264,30 @@ fn validate_server(config: &Config, found: &mut Found) {
             key(&["server", "hostname"]),
             format!("{host:?} is not a valid host name"),
         ));
+    }
+}
+
+/// User and group names as useradd(8) accepts them; whether they exist is checked when the
+/// daemon drops privileges (the file is also checked on machines without the service user).
+fn validate_account_names(config: &Config, found: &mut Found) {
+    let accounts = [
+        ("user", &config.server.user),
+        ("group", &config.server.group),
+    ];
+    for (field, name) in accounts {
+        let Some(name) = name else { continue };
+        let valid = !name.is_empty()
+            && name.len() <= 32
+            && !name.starts_with('-')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        if !valid {
+            found.push((
+                key(&["server", field]),
+                format!("{name:?} is not a valid {field} name"),
+            ));
+        }
     }
 }
 
@@ -515,6 +540,15 @@ trusted_networks = ["10.1.0.0/24"]
     }
 
     #[test]
+    fn service_user_names_are_checked() {
+        let with = |line: &str| MINIMAL.replacen("[server]\n", &format!("[server]\n{line}\n"), 1);
+        let config = load(&with("user = \"bulwark\"\ngroup = \"mail\"")).expect("valid");
+        assert_eq!(config.server.group.as_deref(), Some("mail"));
+        let err = load(&with("user = \"-rf x\"")).expect_err("invalid user");
+        assert!(err.to_string().contains("server.user"), "{err}");
+    }
+
+    #[test]
     fn durations_accept_seconds_and_text() {
         let text = MINIMAL.to_string() + "\n[limits]\ncommand_timeout = \"2m\"\ndata_timeout = 7\n";
         let config = load(&text).expect("valid");
@@ -533,6 +567,7 @@ mod shipped_example {
         let config = load_str(text, "packaging/bulwark.toml", Path::new("/etc/bulwark"))
             .expect("the shipped example must load");
         assert_eq!(config.server.spool_dir, PathBuf::from("/var/spool/bulwark"));
+        assert_eq!(config.server.user.as_deref(), Some("bulwark"));
     }
 }
 

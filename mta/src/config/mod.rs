@@ -57,6 +57,12 @@ pub struct ServerConfig {
     /// How the spool makes a batch of messages durable before 250.
     #[serde(default)]
     pub spool_sync: crate::queue::SyncMode,
+    /// Started as root (outside systemd), the daemon becomes this user once its ports are bound.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The group to run as; default: the user's login group.
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -80,6 +80,7 @@ pub async fn apply(
             }
             Outcome::Deferred { diagnostic } if expired => {
                 log::info!(
+                    queue_id:% = job.id, recipient = recipient.address.as_str(), dsn_status = "4.4.7";
                     "delivery: id={} to=<{}> status=bounced (queue lifetime expired)",
                     job.id,
                     recipient.address
@@ -177,6 +178,7 @@ fn log_outcome(
         _ => dsn,
     };
     log::info!(
+        queue_id:% = id, recipient = recipient.address.as_str(), relay = relay.unwrap_or("none"), dsn_status = dsn.as_str(), status:% = status;
         "delivery: id={id} to=<{}> relay={} delay={}s dsn={dsn} status={status} ({})",
         recipient.address,
         relay.unwrap_or("none"),
@@ -197,7 +199,7 @@ async fn settle(context: &Context, id: QueueId, records: &[StateRecord]) {
     }
     if gateway.queue.finish_if_done(id) {
         match gateway.spool.remove(id).await {
-            Ok(()) => log::info!("removed: id={id}"),
+            Ok(()) => log::info!(queue_id:% = id; "removed: id={id}"),
             Err(e) => log::error!("delivery: id={id}: cannot remove the finished message: {e}"),
         }
         return;

@@ -417,6 +417,7 @@ impl Session {
             Verdict::Reject(reply) => {
                 Counters::bump(&self.gateway.counters.recipients_rejected);
                 log::info!(
+                    client_addr:% = self.info.client.ip(), recipient = mailbox.canonical().as_str(), smtp_code = reply.code;
                     "reject: RCPT from {}: {} {}; to=<{}>",
                     self.info.client.ip(),
                     reply.code,
@@ -668,6 +669,7 @@ impl Session {
         match self.gateway.spool.commit(draft, &envelope).await {
             Ok(id) => {
                 log::info!(
+                    queue_id:% = id, client_addr:% = self.info.client.ip(), sender = envelope.sender.as_str();
                     "queued: id={id} from=<{}> nrcpt={} size={size} client={} message_id={}",
                     envelope.sender,
                     envelope.recipients.len(),

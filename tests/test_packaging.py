@@ -1,0 +1,276 @@
+"""Packaging: the systemd unit (verify, offline security score), the RPMs for RHEL and SUSE
+(build, no unexpanded macros, rpmlint, install into an alternate root, verify, upgrade keeping
+a modified config, erase) and the scriptlets' calls in order (stub commands in a minimal root).
+
+The RPMs package the release binaries (target/release, built once by tests/run-all.sh): the
+spec's from-source path is exercised by rpm/build.sh without --prebuilt."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, run
+
+PACKAGING = REPO / "packaging"
+RELEASE = Path(os.environ.get("BULWARK_RPM_BINARIES") or REPO / "target" / "release")
+SECURITY_THRESHOLD = 2.5
+
+
+def need(*commands: str) -> None:
+    missing = [c for c in commands if not shutil.which(c)]
+    if missing:
+        pytest.fail(f"missing tools {missing}: .ci/run installs them", pytrace=False)
+
+
+def need_root(what: str) -> None:
+    if os.geteuid() != 0:
+        print(f"SKIP REASON: {what} needs root (CI runs as root)")
+        pytest.skip(f"{what} needs root")
+
+
+# --------------------------------------------------------------------------------------------
+# systemd unit
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def unit_root(tmp_path_factory) -> Path:
+    """A staged root with the unit, the binary it names, /bin/kill and the host's targets."""
+    need("systemd-analyze")
+    root = tmp_path_factory.mktemp("unitroot")
+    units = root / "usr/lib/systemd/system"
+    units.mkdir(parents=True)
+    (root / "usr/sbin").mkdir(parents=True)
+    (root / "bin").mkdir()
+    shutil.copy(REPO / "target/debug/bulwarkd", root / "usr/sbin/bulwarkd")
+    shutil.copy("/bin/kill", root / "bin/kill")
+    for target in Path("/usr/lib/systemd/system").glob("*.target"):
+        shutil.copy(target, units / target.name, follow_symlinks=True)
+    shutil.copy(PACKAGING / "bulwark.service", units / "bulwark.service")
+    return root
+
+
+def test_unit_verifies_clean(unit_root):
+    cp = run(["systemd-analyze", "verify", "--man=no", f"--root={unit_root}", "bulwark.service"])
+    # verify exits 0 on a misspelt key: only empty output is clean.
+    assert cp.returncode == 0 and cp.stdout.strip() == "" and cp.stderr.strip() == "", cp.stderr + cp.stdout
+
+
+def test_unit_verify_would_catch_a_typo(unit_root, tmp_path):
+    broken = tmp_path / "root"
+    shutil.copytree(unit_root, broken, symlinks=True)
+    unit = broken / "usr/lib/systemd/system/bulwark.service"
+    unit.write_text(unit.read_text().replace("Type=notify", "Type=notifyy"))
+    cp = run(["systemd-analyze", "verify", "--man=no", f"--root={broken}", "bulwark.service"])
+    assert "notifyy" in cp.stderr
+
+
+def test_unit_security_exposure_meets_threshold(unit_root):
+    cp = run(["systemd-analyze", "security", "--offline=yes", f"--root={unit_root}",
+              "--no-pager", "bulwark.service"])
+    m = re.search(r"Overall exposure level for bulwark.service: (\d+\.\d+)", cp.stdout)
+    assert m, cp.stdout + cp.stderr
+    assert float(m.group(1)) <= SECURITY_THRESHOLD, cp.stdout
+
+
+def test_unit_contract():
+    text = (PACKAGING / "bulwark.service").read_text()
+    for line in ["Type=notify", "User=bulwark", "NoNewPrivileges=yes", "ProtectSystem=strict",
+                 "PrivateTmp=yes", "ProtectHome=yes", "MemoryDenyWriteExecute=yes",
+                 "SystemCallFilter=@system-service bpf", "WatchdogSec=",
+                 "CapabilityBoundingSet=CAP_NET_BIND_SERVICE CAP_BPF CAP_PERFMON CAP_NET_ADMIN",
+                 "ReadWritePaths=/var/spool/bulwark -/sys/fs/bpf/bulwark", "LimitNOFILE="]:
+        assert line in text, line
+
+
+def test_sysusers_and_tmpfiles_apply_to_a_root(tmp_path):
+    need("systemd-sysusers", "systemd-tmpfiles")
+    (tmp_path / "etc").mkdir()
+    cp = run(["systemd-sysusers", f"--root={tmp_path}", PACKAGING / "bulwark.sysusers"])
+    assert cp.returncode == 0, cp.stderr
+    passwd = (tmp_path / "etc/passwd").read_text()
+    assert re.search(r"^bulwark:x:\d+:\d+:Bulwark mail gateway:/var/spool/bulwark:/usr/sbin/nologin$",
+                     passwd, re.M), passwd
+    conf = tmp_path / "tmpfiles.conf"
+    conf.write_text("".join(l for l in (PACKAGING / "bulwark.tmpfiles").read_text().splitlines(True)
+                            if "/sys/" not in l))
+    cp = run(["systemd-tmpfiles", "--create", f"--root={tmp_path}", conf])
+    assert cp.returncode == 0, cp.stderr
+    st = os.stat(tmp_path / "var/spool/bulwark/queue")
+    assert oct(st.st_mode & 0o777) == "0o750"
+
+
+# --------------------------------------------------------------------------------------------
+# RPM
+# --------------------------------------------------------------------------------------------
+
+
+def build_rpms(out: Path, *extra: str) -> list[Path]:
+    need("rpmbuild", "rpm")
+    for binary in ("bulwarkd", "bulwarkctl", "bulwark-sendmail"):
+        if not os.access(RELEASE / binary, os.X_OK):
+            pytest.fail(f"{RELEASE / binary} missing: tests/run-all.sh builds the release binaries",
+                        pytrace=False)
+    cp = run([REPO / "rpm/build.sh", out, "--prebuilt", RELEASE, *extra], timeout=600)
+    assert cp.returncode == 0, cp.stdout[-3000:] + cp.stderr[-3000:]
+    rpms = sorted(out.glob("bulwark-*.rpm"))
+    assert rpms, cp.stdout
+    return rpms
+
+
+@pytest.fixture(scope="module", params=["rhel", "suse"])
+def flavour(request, tmp_path_factory):
+    out = tmp_path_factory.mktemp(f"rpms-{request.param}")
+    extra = ("--suse",) if request.param == "suse" else ()
+    main = [r for r in build_rpms(out, *extra) if re.match(r"bulwark-\d", r.name)]
+    assert len(main) == 1, main
+    return request.param, main[0]
+
+
+def test_rpm_scriptlets_have_no_unexpanded_macros(flavour):
+    name, rpm = flavour
+    cp = run(["rpm", "-qp", "--scripts", rpm])
+    assert cp.returncode == 0, cp.stderr
+    assert "%" not in cp.stdout, cp.stdout
+    assert "systemctl" in cp.stdout and "sysusers" in cp.stdout
+    assert ("update-alternatives" if name == "suse" else "alternatives --set mta") in cp.stdout
+
+
+def test_rpm_contents_and_attributes(flavour):
+    name, rpm = flavour
+    cp = run(["rpm", "-qp", "--qf", "[%{FILEMODES:perms} %{FILEUSERNAME} %{FILEGROUPNAME} "
+              "%{FILEFLAGS:fflags} %{FILENAMES}\n]", rpm])
+    listing = cp.stdout
+    for path in ["/usr/sbin/bulwarkd", "/usr/sbin/bulwarkctl", "/usr/sbin/sendmail.bulwark",
+                 "/usr/lib/systemd/system/bulwark.service", "/usr/lib/sysusers.d/bulwark.conf",
+                 "/usr/lib/tmpfiles.d/bulwark.conf", "/usr/share/man/man8/bulwarkd.8"]:
+        assert path in listing, path
+    assert re.search(r"^drwxr-x--- bulwark bulwark\s+/var/spool/bulwark$", listing, re.M), listing
+    assert re.search(r"^-rw-r--r-- root root cn /etc/bulwark/bulwark.toml$", listing, re.M), listing
+    if name == "suse":
+        assert "/usr/sbin/rcbulwark" in listing
+    provides = run(["rpm", "-qp", "--provides", rpm]).stdout
+    assert "MTA" in provides and "smtpdaemon" in provides
+
+
+def test_rpmlint_has_no_errors(flavour):
+    need("rpmlint")
+    _, rpm = flavour
+    cp = run(["rpmlint", "-r", REPO / "rpm/bulwark.rpmlintrc", rpm], timeout=120)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# Install, verify, upgrade, erase in an alternate root; scriptlets against stubs
+# --------------------------------------------------------------------------------------------
+
+STUBS = ["systemctl", "alternatives", "update-alternatives", "systemd-sysusers", "systemd-tmpfiles"]
+
+
+def minimal_root(root: Path) -> Path:
+    """/bin/sh (busybox-free: dash and its libraries) plus stub commands that log their calls."""
+    for d in ["bin", "usr/bin", "usr/sbin", "etc", "tmp", "var/lib/rpm"]:
+        (root / d).mkdir(parents=True, exist_ok=True)
+    dash = Path("/bin/dash").resolve()
+    shutil.copy(dash, root / "bin/sh")
+    libs = run(["ldd", dash]).stdout
+    for lib in re.findall(r"(/\S+)", libs):
+        target = root / lib.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(lib, target)
+    for stub in STUBS:
+        path = root / "usr/sbin" / stub
+        path.write_text(f'#!/bin/sh\necho "{stub} $*" >> /calls.log\nexit 0\n')
+        path.chmod(0o755)
+        (root / "usr/bin" / stub).symlink_to(f"../sbin/{stub}")
+    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (root / "etc/group").write_text("root:x:0:\n")
+    return root
+
+
+def rpm_root(root: Path, *args) -> subprocess.CompletedProcess:
+    return run(["rpm", "--root", root, "--dbpath", "/var/lib/rpm", "--nodeps", *args], timeout=120)
+
+
+def calls(root: Path) -> list[str]:
+    log = root / "calls.log"
+    lines = log.read_text().splitlines() if log.exists() else []
+    log.write_text("")
+    return lines
+
+
+
+
+def upgrade_rpm(name: str, tmp_path: Path) -> Path:
+    """Release 2 of the package, built from an exported copy of the tree whose shipped config
+    differs (so rpm must choose between it and a local change)."""
+    tree = tmp_path / "tree"
+    files = run(["git", "-C", REPO, "ls-files", "--cached", "--others", "--exclude-standard"]).stdout.split()
+    for f in files:
+        (tree / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / f, tree / f)
+    shipped = tree / "packaging/bulwark.toml"
+    shipped.write_text(shipped.read_text() + "\n# changed in release 2\n")
+    out = tmp_path / "rpms2"
+    cp = run([tree / "rpm/build.sh", out, "--prebuilt", RELEASE, "--release", "2",
+              *(["--suse"] if name == "suse" else [])], timeout=600)
+    assert cp.returncode == 0, cp.stdout[-3000:] + cp.stderr[-3000:]
+    return next(out.glob("bulwark-0*.rpm"))
+
+
+def test_install_upgrade_erase_with_scriptlets_in_order(flavour, tmp_path):
+    need_root("installing RPMs into a chroot")
+    name, rpm = flavour
+    root = minimal_root(tmp_path / "root")
+    # Owners resolve only if the user exists before the files are laid down (sysusers first).
+    cp = run(["systemd-sysusers", f"--root={root}", PACKAGING / "bulwark.sysusers"])
+    assert cp.returncode == 0, cp.stderr
+
+    cp = rpm_root(root, "-ivh", rpm)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    installed = calls(root)
+    alternatives = "update-alternatives" if name == "suse" else "alternatives"
+    group = "sendmail" if name == "suse" else "mta"
+    expected_order = ["systemd-sysusers --replace=/usr/lib/sysusers.d/bulwark.conf -",
+                      "systemctl --no-reload preset bulwark.service",
+                      "systemd-tmpfiles --create /usr/lib/tmpfiles.d/bulwark.conf",
+                      f"{alternatives} --install /usr/sbin/sendmail {group} /usr/sbin/sendmail.bulwark 30"]
+    if name == "rhel":
+        expected_order.append("alternatives --set mta /usr/sbin/sendmail.bulwark")
+    positions = [next((i for i, c in enumerate(installed) if c.startswith(e)), None)
+                 for e in expected_order]
+    assert None not in positions and positions == sorted(positions), (installed, expected_order)
+
+    cp = rpm_root(root, "-V", "bulwark")
+    assert cp.returncode == 0 and cp.stdout.strip() == "", cp.stdout + cp.stderr
+    spool = os.stat(root / "var/spool/bulwark")
+    assert oct(spool.st_mode & 0o777) == "0o750"
+    assert spool.st_uid != 0
+
+    # Upgrade to release 2, whose shipped config changed: the locally modified config stays,
+    # the new one lands as .rpmnew, and the service is try-restarted, not preset again.
+    config = root / "etc/bulwark/bulwark.toml"
+    config.write_text(config.read_text() + "\n# local change\n")
+    cp = rpm_root(root, "-Uvh", upgrade_rpm(name, tmp_path))
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    upgraded = calls(root)
+    assert "# local change" in config.read_text()
+    assert (root / "etc/bulwark/bulwark.toml.rpmnew").exists()
+    assert any(c.startswith("systemctl try-restart bulwark.service") for c in upgraded), upgraded
+    assert not any("preset" in c for c in upgraded), upgraded
+    assert not any("--set mta" in c for c in upgraded), upgraded
+
+    cp = rpm_root(root, "-e", "bulwark")
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    erased = calls(root)
+    stop = next(i for i, c in enumerate(erased) if c.startswith("systemctl --no-reload disable --now bulwark.service"))
+    remove = next(i for i, c in enumerate(erased) if c.startswith(f"{alternatives} --remove {group} /usr/sbin/sendmail.bulwark"))
+    assert stop < remove, erased
+    assert not (root / "usr/sbin/bulwarkd").exists()
+    assert (root / "etc/bulwark/bulwark.toml.rpmsave").exists()
