@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use crate::admin;
 use crate::config::{self, Config, ConfigError};
 use crate::deliver::{self, DeliveryHandle};
+use crate::flow::Flow;
 use crate::gateway::Gateway;
 use crate::queue::{QueueIndex, Spool};
 use crate::route::HickoryResolver;
@@ -91,6 +92,9 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
     }
     let control = admin::server::bind(&config.server.control_socket)?;
     let resolver = HickoryResolver::new(&config.dns).map_err(StartError::Resolver)?;
+    // eBPF is loaded and attached while still privileged; the map file descriptors keep
+    // working after the drop below.
+    let flow = Flow::start(&config);
     // Everything that needs root (ports below 1024, eBPF) is done: become the service user.
     if let Some(identity) = privileges::wanted(&config.server)? {
         privileges::drop_to(
@@ -100,7 +104,7 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
         )?;
     }
     let (delivery, inbox) = DeliveryHandle::channel();
-    let gateway = Arc::new(Gateway::new(config, spool, queue, delivery)?);
+    let gateway = Arc::new(Gateway::new(config, spool, queue, delivery, flow)?);
     deliver::start(gateway.clone(), inbox, Arc::new(resolver));
     spawn_flow_housekeeping(gateway.clone());
 

@@ -82,10 +82,10 @@ impl Gateway {
         spool: Spool,
         queue: QueueIndex,
         delivery: DeliveryHandle,
+        flow: Flow,
     ) -> Result<Self, RuntimeError> {
         let harvest = Arc::new(HarvestTracker::new(Duration::from_secs(60)));
         let callouts = Arc::new(CalloutCache::default());
-        let flow = Flow::start(&config);
         let runtime = build_runtime(config, harvest.clone(), callouts.clone())?;
         Ok(Self {
             runtime: RwLock::new(Arc::new(runtime)),
