@@ -27,7 +27,10 @@ fn expected_end(input: &[u8]) -> Option<usize> {
     if input.starts_with(b".\r\n") {
         return Some(3);
     }
-    input.windows(5).position(|w| w == b"\r\n.\r\n").map(|p| p + 5)
+    input
+        .windows(5)
+        .position(|w| w == b"\r\n.\r\n")
+        .map(|p| p + 5)
 }
 
 fn run(input: &[u8], split: usize, bdat: bool) -> (Vec<u8>, usize, bool) {
@@ -68,7 +71,11 @@ fuzz_target!(|data: &[u8]| {
             assert!(!done, "stopped at {used} without a terminator");
             assert_eq!(used, input.len());
             // A CR may still be pending at the end of an unfinished DATA: check the rest.
-            let cut = if out.ends_with(b"\r") { out.len() - 1 } else { out.len() };
+            let cut = if out.ends_with(b"\r") {
+                out.len() - 1
+            } else {
+                out.len()
+            };
             no_bare_line_ends(&out[..cut]);
         }
     }

@@ -10,7 +10,12 @@ fuzz_target!(|header: &[u8]| {
         return;
     };
     let _ = (message.subject(), message.message_id(), message.date());
-    let _ = (message.from(), message.to(), message.reply_to(), message.return_path());
+    let _ = (
+        message.from(),
+        message.to(),
+        message.reply_to(),
+        message.return_path(),
+    );
     for header in message.headers() {
         let _ = (header.name(), header.value());
     }

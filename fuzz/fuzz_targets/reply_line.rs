@@ -19,7 +19,10 @@ fuzz_target!(|data: &[u8]| {
         assert!((0..=999).contains(&code));
         lines.push(rest.to_string());
         if last {
-            let response = Response { code, text: lines.join(" ") };
+            let response = Response {
+                code,
+                text: lines.join(" "),
+            };
             let status = response.status();
             assert_eq!(status.split('.').count(), 3, "{status:?}");
             let _ = (response.is_positive(), response.is_permanent());

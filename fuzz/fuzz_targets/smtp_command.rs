@@ -24,7 +24,10 @@ fuzz_target!(|line: &[u8]| {
             // What the queue stores must parse again to the same mailbox.
             let canonical = mailbox.canonical();
             let again = Mailbox::parse(&canonical, smtputf8);
-            assert!(again.is_ok(), "canonical form {canonical:?} of {address:?} does not parse");
+            assert!(
+                again.is_ok(),
+                "canonical form {canonical:?} of {address:?} does not parse"
+            );
         }
     }
 });
