@@ -8,3 +8,7 @@ cargo build --workspace --bins
 cargo build --release --workspace --bins
 cargo test --workspace
 python3 -m pytest tests -q -p no:cacheprovider "$@"
+# Fuzzing smoke run: every target for 10 s (README: long runs). BULWARK_NO_FUZZ=1 skips it.
+if [ -z "${BULWARK_NO_FUZZ:-}" ]; then
+    fuzz/run.sh 10
+fi
