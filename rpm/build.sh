@@ -63,6 +63,10 @@ if ! rpm --eval '%{?_unitdir}' | grep -q .; then
     fi
     args+=(--nodeps)
 fi
+# No selinux-policy macros (Debian): the bulwark-selinux scriptlets use the fallback.
+if ! rpm --eval '%{?selinux_modules_install:yes}' | grep -q yes; then
+    args+=(--load "$repo/rpm/macros.selinux-fallback")
+fi
 [ -n "$suse" ] && args+=(--define "suse_version 1600" --define "dist .suse")
 [ -n "$prebuilt" ] && args+=(--define "prebuilt $prebuilt")
 [ -n "$release" ] && args+=(--define "rel $release")
