@@ -600,3 +600,63 @@ def test_first_matching_route_wins_and_smart_host(start_mta, sink, tmp_path, dns
     assert specific.count() == 1 and smart.count() == 1 and bounces.count() == 0
     assert not [q for q in dns.queries if q[0] == "faraway.test"], \
         f"the smart_host route looked up the recipient domain in DNS: {dns.queries}"
+
+
+# --------------------------------------------------------------------------------------------
+# What the next hop cannot take: 8-bit without 8BITMIME (RFC 6152), UTF-8 addresses without
+# SMTPUTF8 (RFC 6531)
+# --------------------------------------------------------------------------------------------
+
+
+def _only_dsn_recipient(bounces, address):
+    from conftest import parse_dsn
+    got = bounces.wait_for(1, timeout=20, settle=0.5)
+    assert len(got) == 1, got
+    r = parse_dsn(got[0]).recipient(address)
+    assert r is not None, f"the notice does not name {address}"
+    return r
+
+
+def test_8bit_to_a_next_hop_without_8bitmime_bounces(start_mta, sink, tmp_path):
+    hop, bounces = sink("hop", options=["-8"]), sink("bounces")
+    d = start_mta(tmp_path, [route(["example.com"], [hop]), bounce_route(bounces)])
+    msg = make_message(body="caf\u00e9 cr\u00e8me", message_id=mid("8bit"),
+                       extra_headers=["MIME-Version: 1.0", "Content-Type: text/plain; charset=utf-8",
+                                      "Content-Transfer-Encoding: 8bit"])
+    with RawSession(d.port) as s:
+        s.greeting()
+        s.ehlo()
+        queue_id_of(s.mail_transaction(SENDER, ["alice@example.com"], msg, mail_params="BODY=8BITMIME"))
+    r = _only_dsn_recipient(bounces, "alice@example.com")
+    assert r.get("action") == "failed" and r.get("status") == "5.6.3", r
+    assert hop.count() == 0
+    wait_queue_empty(d, 10)
+
+
+def test_ascii_declared_8bitmime_goes_as_7bit_to_a_hop_without_8bitmime(start_mta, sink, tmp_path):
+    hop, bounces = sink("hop", options=["-8"]), sink("bounces")
+    d = start_mta(tmp_path, [route(["example.com"], [hop]), bounce_route(bounces)])
+    m = mid("ascii8")
+    msg = make_message(body="plain ascii", message_id=m)
+    with RawSession(d.port) as s:
+        s.greeting()
+        s.ehlo()
+        queue_id_of(s.mail_transaction(SENDER, ["alice@example.com"], msg, mail_params="BODY=8BITMIME"))
+    got = hop.wait_for(1, timeout=20)
+    assert [x.message_id for x in got] == [m]
+    assert "BODY=" not in (got[0].mail_args or "").upper(), got[0].mail_args
+    assert bounces.count() == 0
+
+
+def test_utf8_address_to_a_next_hop_without_smtputf8_bounces(start_mta, sink, tmp_path):
+    hop, bounces = sink("hop", options=["-e"]), sink("bounces")  # -e: no ESMTP at all
+    d = start_mta(tmp_path, [route(["example.com"], [hop]), bounce_route(bounces)])
+    msg = make_message(body="hello", message_id=mid("utf8"))
+    with RawSession(d.port) as s:
+        s.greeting()
+        s.ehlo()
+        queue_id_of(s.mail_transaction(SENDER, ["jos\u00e9@example.com"], msg, mail_params="SMTPUTF8"))
+    # RFC 6533: a UTF-8 address in a 7-bit report is written as utf-8 with \x{HEX} escapes.
+    r = _only_dsn_recipient(bounces, "jos\\x{E9}@example.com")
+    assert r.get("action") == "failed" and r.get("status") == "5.6.7", r
+    assert hop.count() == 0

@@ -155,6 +155,25 @@ fn explanation(report: &Report<'_>, action: Action) -> String {
     text
 }
 
+/// An address for a 7-bit delivery-status field: `rfc822; addr` when ASCII, else RFC 6533's
+/// `utf-8` type with each non-ASCII character written as `\x{HEX}`.
+fn address_field(address: &str) -> String {
+    if address.is_ascii() {
+        return format!("rfc822; {address}");
+    }
+    let encoded: String = address
+        .chars()
+        .map(|c| {
+            if c.is_ascii() {
+                c.to_string()
+            } else {
+                format!("\\x{{{:X}}}", c as u32)
+            }
+        })
+        .collect();
+    format!("utf-8; {encoded}")
+}
+
 fn delivery_status(report: &Report<'_>) -> String {
     let envelope = report.envelope;
     let mut text = format!("Reporting-MTA: dns; {}\r\n", report.reporting_mta);
@@ -170,8 +189,8 @@ fn delivery_status(report: &Report<'_>) -> String {
             text.push_str(&format!("Original-Recipient: {orcpt}\r\n"));
         }
         text.push_str(&format!(
-            "Final-Recipient: rfc822; {}\r\n",
-            r.recipient.address
+            "Final-Recipient: {}\r\n",
+            address_field(&r.recipient.address)
         ));
         text.push_str(&format!("Action: {}\r\n", r.action.as_str()));
         text.push_str(&format!("Status: {}\r\n", r.status));
@@ -221,6 +240,15 @@ mod tests {
             orcpt: Some("rfc822;a@example.com".into()),
             outcome: RecipientOutcome::Pending,
         }
+    }
+
+    #[test]
+    fn utf8_addresses_are_encoded_for_a_7bit_report() {
+        assert_eq!(address_field("a@example.com"), "rfc822; a@example.com");
+        assert_eq!(
+            address_field("jos\u{e9}@example.com"),
+            "utf-8; jos\\x{E9}@example.com"
+        );
     }
 
     #[test]

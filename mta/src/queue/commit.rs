@@ -21,13 +21,12 @@ pub enum SyncMode {
     /// `syncfs(2)` on the spool's file system: one call covers the whole batch.
     #[default]
     Syncfs,
-    /// `fsync(2)` each file of the batch, then the queue directory once.
+    /// Each session `fdatasync(2)`s its own file (concurrently, so the journal merges them),
+    /// then the queue directory is synced once per batch.
     Fsync,
 }
 
 pub(crate) struct CommitRequest {
-    /// The committed file, for `SyncMode::Fsync`.
-    pub file: Option<File>,
     pub done: oneshot::Sender<io::Result<()>>,
 }
 
@@ -48,10 +47,10 @@ impl Committer {
     }
 
     /// Waits until everything renamed before this call is durable.
-    pub async fn sync(&self, file: Option<File>) -> io::Result<()> {
+    pub async fn sync(&self) -> io::Result<()> {
         let (done, wait) = oneshot::channel();
         self.requests
-            .send(CommitRequest { file, done })
+            .send(CommitRequest { done })
             .map_err(|_| io::Error::other("spool committer has stopped"))?;
         wait.await
             .map_err(|_| io::Error::other("spool committer has stopped"))?
@@ -62,7 +61,13 @@ fn run(dir: File, mode: SyncMode, receiver: mpsc::Receiver<CommitRequest>) {
     while let Ok(first) = receiver.recv() {
         let mut batch = vec![first];
         batch.extend(receiver.try_iter());
-        let outcome = sync_batch(&dir, mode, &mut batch);
+        let started = std::time::Instant::now();
+        let outcome = sync_batch(&dir, mode);
+        log::debug!(
+            "spool commit: {} message(s) in {:?}",
+            batch.len(),
+            started.elapsed()
+        );
         for request in batch {
             let reply = match &outcome {
                 Ok(()) => Ok(()),
@@ -73,16 +78,11 @@ fn run(dir: File, mode: SyncMode, receiver: mpsc::Receiver<CommitRequest>) {
     }
 }
 
-fn sync_batch(dir: &File, mode: SyncMode, batch: &mut [CommitRequest]) -> io::Result<()> {
+fn sync_batch(dir: &File, mode: SyncMode) -> io::Result<()> {
     match mode {
         SyncMode::Syncfs => nix::unistd::syncfs(dir.as_fd()).map_err(io::Error::from),
-        SyncMode::Fsync => {
-            for request in batch.iter() {
-                if let Some(file) = &request.file {
-                    file.sync_all()?;
-                }
-            }
-            dir.sync_all()
-        }
+        // The files' data was flushed by their sessions (Draft::finish); the renames that
+        // made them visible need the directory flushed, once for the whole batch.
+        SyncMode::Fsync => dir.sync_all(),
     }
 }

@@ -113,10 +113,10 @@ impl Spool {
     /// Commits a draft: after `Ok`, the message survives any crash.
     pub async fn commit(&self, draft: Draft, envelope: &Envelope) -> Result<QueueId, SpoolError> {
         let id = draft.id;
-        let keep_file = self.mode == SyncMode::Fsync;
         let envelope_json = serde_json::to_vec(envelope).unwrap_or_default();
-        let file = blocking(move || draft.finish(&envelope_json, keep_file)).await?;
-        if let Err(e) = self.committer.sync(file).await {
+        let flush_own_file = self.mode == SyncMode::Fsync;
+        blocking(move || draft.finish(&envelope_json, flush_own_file)).await?;
+        if let Err(e) = self.committer.sync().await {
             // Not durable, so not acknowledged: take it back, or a restart would deliver a
             // message whose sender was told to try again (a duplicate at best).
             let _ = std::fs::remove_file(self.queue_path(id));
@@ -367,7 +367,7 @@ impl Draft {
     }
 
     /// Writes the rest, the envelope and the trailer, and renames into `queue/` (no sync).
-    fn finish(mut self, envelope: &[u8], keep_file: bool) -> Result<Option<File>, SpoolError> {
+    fn finish(mut self, envelope: &[u8], flush_own_file: bool) -> Result<(), SpoolError> {
         let path = self.tmp_path();
         self.created = true; // before creating: see `spill`
         let mut file = match self.file.take() {
@@ -382,10 +382,15 @@ impl Draft {
         tail.extend_from_slice(&crc32fast::hash(envelope).to_le_bytes());
         tail.extend_from_slice(TRAILER_MAGIC);
         file.write_all(&tail).map_err(io_at(&path))?;
+        if flush_own_file {
+            // Each session flushes its own file on its own blocking thread: concurrent
+            // fdatasyncs share journal commits, and the batch then needs one directory sync.
+            file.sync_data().map_err(io_at(&path))?;
+        }
         let target = self.paths.queue.join(self.id.to_string());
         fs::rename(&path, &target).map_err(io_at(&target))?;
         self.committed = true;
-        Ok(keep_file.then_some(file))
+        Ok(())
     }
 }
 
