@@ -526,6 +526,8 @@ class Daemon:
         self.ports = [int(m.group(1)) if (m := re.search(r":(\d+)$", str(l["address"]))) else 0
                       for l in listeners]
         self.port = self.ports[0]
+        # Where each listener can be reached ("[::1]:25" -> "::1"), for the readiness probe.
+        self.hosts = [str(l["address"]).rsplit(":", 1)[0].strip("[]") for l in listeners]
 
         if tls is True:
             assert tls_cert is not None, "tls=True needs the tls_cert fixture"
@@ -599,7 +601,7 @@ class Daemon:
             if self.proc.poll() is not None:
                 raise DaemonError(f"bulwarkd exited with status {self.proc.returncode} while starting;"
                                   f" config:\n{self.config_path.read_text()}\nlog:\n{self.log()}")
-            if unix_accepts(self.control_socket) and all(tcp_accepts(p, talk=True) for p in self.ports):
+            if unix_accepts(self.control_socket) and all(tcp_accepts(p, h, talk=True) for p, h in zip(self.ports, self.hosts)):
                 return
             time.sleep(0.05)
         raise DaemonError(f"bulwarkd not ready within {timeout}s (control socket {self.control_socket},"

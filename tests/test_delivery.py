@@ -660,3 +660,40 @@ def test_utf8_address_to_a_next_hop_without_smtputf8_bounces(start_mta, sink, tm
     r = _only_dsn_recipient(bounces, "jos\\x{E9}@example.com")
     assert r.get("action") == "failed" and r.get("status") == "5.6.7", r
     assert hop.count() == 0
+
+
+# --------------------------------------------------------------------------------------------
+# IPv6: an explicit [::1] next hop, and an MX host that has only an AAAA record
+# --------------------------------------------------------------------------------------------
+
+
+def _free_port_v6() -> int:
+    import socket
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+        s.bind(("::1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("how", ["literal", "aaaa-mx"])
+def test_delivery_over_ipv6(start_mta, start_daemon, dns, sink, tmp_path, how):
+    try:
+        port = _free_port_v6()
+    except OSError as e:
+        pytest.skip(f"no IPv6 loopback here: {e}")
+    hop = start_daemon(tmp_path / "hop", name="v6hop",
+                       listeners=[{"address": f"[::1]:{port}", "role": "mx"}])
+    bounces = sink("bounces")
+    if how == "literal":
+        routes = [route(["example.com"], [f"[::1]:{port}"]), bounce_route(bounces)]
+        delivery = None
+    else:
+        dns.add("example.com", "MX", (10, "mx6.example.com"))
+        dns.add("mx6.example.com", "AAAA", "::1")
+        routes = [route(["*"], []), bounce_route(bounces)]
+        delivery = {"mx_port": port}
+    d = start_mta(tmp_path / "first", routes, delivery=delivery, name="first")
+    send(d, message_id=mid(f"v6-{how}"), subject=f"over ipv6 {how}")
+    entries = wait_queue_len(hop, 1, 20)
+    wait_queue_empty(d, 10)
+    assert f"over ipv6 {how}" in hop.queue_show(entries[0]["id"])
+    assert any("[::1]" in line for line in log_lines(d, "sent")), "no 'sent' line naming [::1]"
