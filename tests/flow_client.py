@@ -78,6 +78,42 @@ def harvest(host, port, count):
     return {"codes": codes}
 
 
+def pregreet(host, port, count):
+    """COUNT sessions that talk before the greeting; the first reply code of each."""
+    codes = []
+    for _ in range(int(count)):
+        try:
+            with socket.create_connection((host, int(port)), timeout=5) as s:
+                s.sendall(b"EHLO early.test\r\n")
+                codes.append(int(s.recv(512)[:3] or b"0"))
+        except (OSError, ValueError) as e:
+            codes.append(repr(e))
+    return {"codes": codes}
+
+
+def errors(host, port, count):
+    """COUNT sessions that send bad commands until the server hangs up; its last code."""
+    last = []
+    for _ in range(int(count)):
+        code = None
+        try:
+            with socket.create_connection((host, int(port)), timeout=5) as s:
+                s.recv(512)
+                for _ in range(50):
+                    s.sendall(b"BOGUS\r\n")
+                    reply = s.recv(512)
+                    if not reply:
+                        break
+                    # The last error reply and the 421 may arrive in one read.
+                    code = int(reply.rstrip(b"\r\n").split(b"\r\n")[-1][:3])
+                    if code == 421:
+                        break
+        except (OSError, ValueError):
+            pass
+        last.append(code)
+    return {"last": last}
+
+
 def probe(host, port, timeout):
     return {"result": greeted(host, int(port), float(timeout))}
 
@@ -154,4 +190,5 @@ def syns(host, port, count):
 if __name__ == "__main__":
     mode, *args = sys.argv[1:]
     print(json.dumps({"flood": flood, "deliver": deliver, "harvest": harvest, "probe": probe,
-                      "rate": rate, "flood_for": flood_for, "syns": syns}[mode](*args)))
+                      "rate": rate, "flood_for": flood_for, "syns": syns,
+                      "pregreet": pregreet, "errors": errors}[mode](*args)))

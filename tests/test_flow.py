@@ -293,3 +293,41 @@ def test_userspace_fallback_unprivileged_same_limits(net, started):
         for d in started:
             d.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_pregreet_talker_is_blocked(net, bpffs, started, tmp_path):
+    """Talking before the greeting, pregreet_sessions times: the address is blocked in the
+    kernel; the other client is untouched."""
+    d = NetnsDaemon(tmp_path, net, smtp={"greet_delay": "300ms"},
+                    extra_toml=flow_toml(net, bpffs, pregreet_sessions=2))
+    started.append(d)
+    d.start()
+    codes = net.client(1, "pregreet", net.server_addr(1), PORT, 2)["codes"]
+    assert codes == [554, 554], codes
+    assert [b["network"] for b in d.flow("list")] == ["10.77.1.2/32"], d.flow("list")
+    assert net.probe(1) == "timeout"
+    assert net.probe(2) == "220", "only the early talker is blocked"
+
+
+def test_protocol_error_flood_is_blocked(net, bpffs, started, tmp_path):
+    """Sessions closed for too many errors, error_sessions times: the address is blocked."""
+    d = NetnsDaemon(tmp_path, net, limits={"max_errors": 3},
+                    extra_toml=flow_toml(net, bpffs, error_sessions=2))
+    started.append(d)
+    d.start()
+    last = net.client(1, "errors", net.server_addr(1), PORT, 2)["last"]
+    assert last == [421, 421], last
+    assert [b["network"] for b in d.flow("list")] == ["10.77.1.2/32"], d.flow("list")
+    assert net.probe(1) == "timeout"
+    assert net.probe(2) == "220", "only the error flooder is blocked"
+
+
+def test_default_pin_dir_mounts_bpffs_when_missing(net, started, tmp_path):
+    """`ip netns exec` gives the daemon a fresh /sys without a bpf file system: with the
+    default pin_dir (/sys/fs/bpf/bulwark) it mounts one itself and attaches in the kernel."""
+    d = NetnsDaemon(tmp_path, net, extra_toml=flow_toml(net, None, interfaces=net.server_ifs))
+    started.append(d)
+    d.start()
+    status = d.flow("status")
+    assert status["enforcement"] == "xdp", status
+    assert "mounted the bpf file system" in d.log(), d.log()[-2000:]

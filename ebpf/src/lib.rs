@@ -91,6 +91,7 @@ pub struct KernelFlow {
 impl KernelFlow {
     /// Loads (reusing pinned maps), configures and attaches to every interface.
     pub fn attach(settings: &Settings) -> Result<Self, FlowError> {
+        ensure_bpffs(&settings.pin_dir)?;
         std::fs::create_dir_all(&settings.pin_dir).map_err(|source| FlowError::PinDir {
             path: settings.pin_dir.clone(),
             source,
@@ -177,6 +178,30 @@ impl KernelFlow {
     pub fn sources(&self, limit: usize) -> Vec<SourceStat> {
         self.maps.sources(limit)
     }
+}
+
+/// Pins only survive on a bpf file system. systemd mounts one at /sys/fs/bpf at boot; started
+/// elsewhere (a container, a minimal init), mount it ourselves rather than fail to pin.
+fn ensure_bpffs(pin_dir: &Path) -> Result<(), FlowError> {
+    use nix::mount::{mount, MsFlags};
+    use nix::sys::statfs::{statfs, BPF_FS_MAGIC};
+    let root = Path::new("/sys/fs/bpf");
+    if !pin_dir.starts_with(root) {
+        return Ok(());
+    }
+    let is_bpffs = statfs(root).is_ok_and(|fs| fs.filesystem_type() == BPF_FS_MAGIC);
+    if is_bpffs {
+        return Ok(());
+    }
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(Some("bpf"), root, Some("bpf"), flags, Some("mode=0700")).map_err(|e| {
+        FlowError::PinDir {
+            path: root.to_path_buf(),
+            source: std::io::Error::from(e),
+        }
+    })?;
+    log::info!("mounted the bpf file system at {}", root.display());
+    Ok(())
 }
 
 fn link_pin(pin_dir: &Path, interface: &str) -> PathBuf {
