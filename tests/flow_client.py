@@ -114,6 +114,27 @@ def errors(host, port, count):
     return {"last": last}
 
 
+def authfail(host, port, count):
+    """COUNT wrong passwords, one session each (STARTTLS first, certificate not checked)."""
+    import ssl
+    codes = []
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    for i in range(int(count)):
+        try:
+            with smtplib.SMTP(host, int(port), timeout=5) as smtp:
+                smtp.starttls(context=context)
+                try:
+                    smtp.login("alice", f"wrong-{i}")
+                    codes.append(235)
+                except smtplib.SMTPAuthenticationError as e:
+                    codes.append(e.smtp_code)
+        except (OSError, smtplib.SMTPException) as e:
+            codes.append(repr(e))
+    return {"codes": codes}
+
+
 def probe(host, port, timeout):
     return {"result": greeted(host, int(port), float(timeout))}
 
@@ -191,4 +212,4 @@ if __name__ == "__main__":
     mode, *args = sys.argv[1:]
     print(json.dumps({"flood": flood, "deliver": deliver, "harvest": harvest, "probe": probe,
                       "rate": rate, "flood_for": flood_for, "syns": syns,
-                      "pregreet": pregreet, "errors": errors}[mode](*args)))
+                      "pregreet": pregreet, "errors": errors, "authfail": authfail}[mode](*args)))

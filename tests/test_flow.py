@@ -331,3 +331,19 @@ def test_default_pin_dir_mounts_bpffs_when_missing(net, started, tmp_path):
     status = d.flow("status")
     assert status["enforcement"] == "xdp", status
     assert "mounted the bpf file system" in d.log(), d.log()[-2000:]
+
+
+def test_auth_failures_get_the_address_blocked(net, bpffs, started, tmp_path):
+    """auth_failures wrong passwords from one address within the window: blocked. (smtplib's
+    login tries PLAIN, then LOGIN: two failures per session.)"""
+    from conftest import make_cert
+    cert = make_cert(tmp_path / "tls")
+    d = NetnsDaemon(tmp_path, net, tls=True, tls_cert=cert, users={"alice": "right"},
+                    extra_toml=flow_toml(net, bpffs, auth_failures=4))
+    started.append(d)
+    d.start()
+    codes = net.client(1, "authfail", net.server_addr(1), PORT, 2)["codes"]
+    assert codes == [535, 535], codes
+    assert [b["network"] for b in d.flow("list")] == ["10.77.1.2/32"], d.flow("list")
+    assert net.probe(1) == "timeout"
+    assert net.probe(2) == "220", "only the guesser is blocked"
