@@ -347,3 +347,19 @@ def test_auth_failures_get_the_address_blocked(net, bpffs, started, tmp_path):
     assert [b["network"] for b in d.flow("list")] == ["10.77.1.2/32"], d.flow("list")
     assert net.probe(1) == "timeout"
     assert net.probe(2) == "220", "only the guesser is blocked"
+
+
+def test_kernel_maps_keep_working_after_dropping_to_the_service_user(net, bpffs, started, tmp_path):
+    """Started as root with [server] user: XDP is attached first, then bulwarkd drops to the
+    user and still updates the kernel blocklist through the map descriptors it kept."""
+    d = NetnsDaemon(tmp_path, net, server={"user": "nobody"}, extra_toml=flow_toml(net, bpffs))
+    started.append(d)
+    d.start()
+    status = d.flow("status")
+    assert status["enforcement"] == "xdp", status
+    uid = int(next(l.split()[1] for l in open(f"/proc/{d.proc.pid}/status") if l.startswith("Uid:")))
+    assert uid != 0, "bulwarkd still runs as root"
+    d.flow("block", "10.77.1.2")
+    assert net.probe(1) == "timeout"
+    d.flow("unblock", "10.77.1.2")
+    assert net.probe(1) == "220"
