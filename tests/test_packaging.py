@@ -2,8 +2,9 @@
 (build, no unexpanded macros, rpmlint, install into an alternate root, verify, upgrade keeping
 a modified config, erase) and the scriptlets' calls in order (stub commands in a minimal root).
 
-The RPMs package the release binaries (target/release, built once by tests/run-all.sh): the
-spec's from-source path is exercised by rpm/build.sh without --prebuilt."""
+Most RPM tests package the release binaries (target/release, built once by tests/run-all.sh);
+test_rpm_builds_from_source_over_vendored_crates runs the spec's own offline build, and the
+glibc 2.28 (RHEL 8 / SLES 15) build runs in the long mode (BULWARK_LONG=1)."""
 
 from __future__ import annotations
 
@@ -274,3 +275,41 @@ def test_install_upgrade_erase_with_scriptlets_in_order(flavour, tmp_path):
     assert stop < remove, erased
     assert not (root / "usr/sbin/bulwarkd").exists()
     assert (root / "etc/bulwark/bulwark.toml.rpmsave").exists()
+
+
+# The spec's own build paths (slow: a full release build inside rpmbuild each)
+# --------------------------------------------------------------------------------------------
+
+
+def _objdump_glibc_floor(binary: Path) -> tuple[int, int]:
+    out = run(["objdump", "-T", binary]).stdout
+    return max((int(a), int(b)) for a, b in re.findall(r"GLIBC_(\d+)\.(\d+)", out))
+
+
+def test_rpm_builds_from_source_over_vendored_crates(tmp_path):
+    """What a distribution build does: rpmbuild compiles the tree offline from the vendored
+    crates (rpm/build.sh without --prebuilt)."""
+    need("rpmbuild", "rpm", "cargo")
+    out = tmp_path / "out"
+    cp = run([REPO / "rpm/build.sh", out], timeout=1200)
+    assert cp.returncode == 0, cp.stdout[-3000:] + cp.stderr[-3000:]
+    main = next(out.glob("bulwark-0*.x86_64.rpm"))
+    files = run(["rpm", "-qpl", main]).stdout
+    for path in ("/usr/sbin/bulwarkd", "/usr/sbin/bulwarkctl", "/usr/sbin/sendmail.bulwark"):
+        assert path in files, files
+    root = tmp_path / "root"
+    subprocess.run(f"rpm2cpio {main} | (mkdir -p {root} && cd {root} && cpio -idm --quiet)",
+                   shell=True, check=True, timeout=120)
+    version = run([root / "usr/sbin/bulwarkd", "--version"])
+    assert version.returncode == 0 and "bulwarkd" in version.stdout, version
+
+
+@pytest.mark.skipif(not os.environ.get("BULWARK_LONG"),
+                    reason="long mode only (BULWARK_LONG=1): installs ziglang + cargo-zigbuild")
+def test_rpm_for_rhel8_and_sles15_needs_glibc_2_28_at_most(tmp_path):
+    run(["python3", "-m", "pip", "install", "-q", "ziglang", "cargo-zigbuild"], timeout=600)
+    out = tmp_path / "out"
+    cp = run([REPO / "rpm/build.sh", out, "--glibc-2.28"], timeout=1200)
+    assert cp.returncode == 0, cp.stdout[-3000:] + cp.stderr[-3000:]
+    binary = REPO / "target/x86_64-unknown-linux-gnu/release/bulwarkd"
+    assert _objdump_glibc_floor(binary) <= (2, 28), _objdump_glibc_floor(binary)
