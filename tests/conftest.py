@@ -1277,3 +1277,31 @@ def parse_dsn(m) -> DSN:
     elif isinstance(m, (bytes, bytearray)):
         m = email.message_from_bytes(bytes(m), policy=email.policy.compat32)
     return DSN(m)
+
+
+# --------------------------------------------------------------------------------------------
+# One message through a daemon (delivery and DSN tests)
+# --------------------------------------------------------------------------------------------
+
+DEFAULT_SENDER = "sender@other.org"
+
+
+def mid(tag: str, i: int = 0) -> str:
+    """A Message-ID unique to this test run."""
+    return f"<{tag}-{i}-{os.getpid()}@other.org>"
+
+
+def send_message(d, rcpts=("alice@example.com",), sender=DEFAULT_SENDER, subject="hello",
+                 body="hello world", message_id=None, mail_params="", rcpt_params=""):
+    """One message in one session; returns the queue id."""
+    msg = make_message(subject=subject, body=body, message_id=message_id, sender=sender or "x@other.org",
+                       to=rcpts[0])
+    with RawSession(d.port) as s:
+        expect(s.greeting(), 220, what="greeting")
+        expect(s.ehlo(), 250, what="EHLO")
+        expect(s.cmd(f"MAIL FROM:<{sender}>" + (f" {mail_params}" if mail_params else "")), 250, what="MAIL")
+        for r in rcpts:
+            expect(s.cmd(f"RCPT TO:<{r}>" + (f" {rcpt_params}" if rcpt_params else "")), 250, what=f"RCPT {r}")
+        qid = queue_id_of(s.data(msg))
+        s.cmd("QUIT")
+    return qid

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from conftest import mid, send_message as send
 from conftest import (CRLF, RawSession, assert_no_new_messages, dot_stuff, expect, free_port,
                       make_message, queue_id_of, route, run, send_mail, wait_queue_empty,
                       wait_queue_len, wait_until)
@@ -19,24 +20,6 @@ from conftest import (CRLF, RawSession, assert_no_new_messages, dot_stuff, expec
 SENDER = "sender@other.org"
 
 
-def mid(tag: str, i: int = 0) -> str:
-    return f"<{tag}-{i}-{os.getpid()}@other.org>"
-
-
-def send(d, rcpts=("alice@example.com",), sender=SENDER, subject="hello", body="hello world",
-         message_id=None, mail_params="", rcpt_params=""):
-    """One message; returns the queue id."""
-    msg = make_message(subject=subject, body=body, message_id=message_id, sender=sender or "x@other.org",
-                       to=rcpts[0])
-    with RawSession(d.port) as s:
-        expect(s.greeting(), 220, what="greeting")
-        expect(s.ehlo(), 250, what="EHLO")
-        expect(s.cmd(f"MAIL FROM:<{sender}>" + (f" {mail_params}" if mail_params else "")), 250, what="MAIL")
-        for r in rcpts:
-            expect(s.cmd(f"RCPT TO:<{r}>" + (f" {rcpt_params}" if rcpt_params else "")), 250, what=f"RCPT {r}")
-        qid = queue_id_of(s.data(msg))
-        s.cmd("QUIT")
-    return qid
 
 
 def log_lines(d, *needles, ci=True):

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from conftest import mid, send_message as send
 from conftest import (HOSTNAME, RawSession, assert_no_new_messages, expect, make_message, parse_dsn,
                       queue_id_of, route, wait_queue_empty, wait_until)
 
@@ -15,23 +16,6 @@ SENDER = "sender@other.org"
 STATUS_RE = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
 
 
-def mid(tag: str, i: int = 0) -> str:
-    return f"<{tag}-{i}-{os.getpid()}@other.org>"
-
-
-def send(d, rcpts=("alice@example.com",), sender=SENDER, subject="hello", body="hello world",
-         message_id=None, mail_params="", rcpt_params=""):
-    msg = make_message(subject=subject, body=body, message_id=message_id, sender=sender or "x@other.org",
-                       to=rcpts[0])
-    with RawSession(d.port) as s:
-        expect(s.greeting(), 220, what="greeting")
-        expect(s.ehlo(), 250, what="EHLO")
-        expect(s.cmd(f"MAIL FROM:<{sender}>" + (f" {mail_params}" if mail_params else "")), 250, what="MAIL")
-        for r in rcpts:
-            expect(s.cmd(f"RCPT TO:<{r}>" + (f" {rcpt_params}" if rcpt_params else "")), 250, what=f"RCPT {r}")
-        qid = queue_id_of(s.data(msg))
-        s.cmd("QUIT")
-    return qid
 
 
 @pytest.fixture
