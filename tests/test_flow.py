@@ -295,6 +295,14 @@ def test_userspace_fallback_unprivileged_same_limits(net, started):
         shutil.rmtree(base, ignore_errors=True)
 
 
+def assert_only_client_1_blocked(d: NetnsDaemon, net: Net, who: str) -> None:
+    """Client 1's address is in the kernel blocklist and its SYNs are dropped; client 2 is
+    still greeted."""
+    assert [b["network"] for b in d.flow("list")] == ["10.77.1.2/32"], d.flow("list")
+    assert net.probe(1) == "timeout"
+    assert net.probe(2) == "220", f"only {who} should be blocked"
+
+
 def test_pregreet_talker_is_blocked(net, bpffs, started, tmp_path):
     """Talking before the greeting, pregreet_sessions times: the address is blocked in the
     kernel; the other client is untouched."""
@@ -304,9 +312,7 @@ def test_pregreet_talker_is_blocked(net, bpffs, started, tmp_path):
     d.start()
     codes = net.client(1, "pregreet", net.server_addr(1), PORT, 2)["codes"]
     assert codes == [554, 554], codes
-    assert [b["network"] for b in d.flow("list")] == ["10.77.1.2/32"], d.flow("list")
-    assert net.probe(1) == "timeout"
-    assert net.probe(2) == "220", "only the early talker is blocked"
+    assert_only_client_1_blocked(d, net, "the early talker")
 
 
 def test_protocol_error_flood_is_blocked(net, bpffs, started, tmp_path):
@@ -317,9 +323,7 @@ def test_protocol_error_flood_is_blocked(net, bpffs, started, tmp_path):
     d.start()
     last = net.client(1, "errors", net.server_addr(1), PORT, 2)["last"]
     assert last == [421, 421], last
-    assert [b["network"] for b in d.flow("list")] == ["10.77.1.2/32"], d.flow("list")
-    assert net.probe(1) == "timeout"
-    assert net.probe(2) == "220", "only the error flooder is blocked"
+    assert_only_client_1_blocked(d, net, "the error flooder")
 
 
 def test_default_pin_dir_mounts_bpffs_when_missing(net, started, tmp_path):
@@ -344,9 +348,7 @@ def test_auth_failures_get_the_address_blocked(net, bpffs, started, tmp_path):
     d.start()
     codes = net.client(1, "authfail", net.server_addr(1), PORT, 2)["codes"]
     assert codes == [535, 535], codes
-    assert [b["network"] for b in d.flow("list")] == ["10.77.1.2/32"], d.flow("list")
-    assert net.probe(1) == "timeout"
-    assert net.probe(2) == "220", "only the guesser is blocked"
+    assert_only_client_1_blocked(d, net, "the guesser")
 
 
 def test_kernel_maps_keep_working_after_dropping_to_the_service_user(net, bpffs, started, tmp_path):
