@@ -11,8 +11,9 @@ has read the final dot, the daemon only once it has read the 250 and unlinked th
 file; a kill between the two redelivers. So only deliveries in flight at a kill can
 duplicate: at most `max_connections` (the route's concurrent connections) per kill, which
 is what is asserted. The issue's 0.1 % target holds per message only at a realistic kill
-density: measured here (a kill every 100 messages, all 5 connections busy) it is about 2.5
-duplicates per kill, i.e. under 0.1 % once kills are rarer than one per 2,500 messages.
+density: measured here 1.4-2.5 duplicates per kill (all 5 connections busy), so the dense run
+(a kill every 100 messages) asserts the per-kill bound and a second run, 20 kills in 60,000
+messages, asserts the rate stays under 0.1 % (measured 0.062 %).
 
 Short mode (CI): 2,000 messages, 20 kills. Long mode: BULWARK_LONG=1 (20,000 messages,
 60 kills); BULWARK_CRASH_MESSAGES / BULWARK_CRASH_KILLS override either.
@@ -25,6 +26,8 @@ import os
 import random
 import threading
 import time
+
+import pytest
 
 from conftest import (RawSession, make_message, route, wait_queue_empty)
 
@@ -87,15 +90,22 @@ class Load:
                 time.sleep(0.05)
 
 
-def test_kill9_under_load_loses_nothing_acknowledged(tmp_path, start_mta, sink):
+# (messages, kills, duplicate-rate bound): the dense run bounds duplicates per kill; the
+# issue's target (< 0.1 % with at least 20 kills) is checked at 60,000 messages (~1 min).
+RUNS = [(MESSAGES, KILLS, None), (60_000, 20, 0.001)]
+
+
+@pytest.mark.parametrize("messages,kill_count,max_rate", RUNS, ids=["dense", "target"])
+def test_kill9_under_load_loses_nothing_acknowledged(tmp_path, start_mta, sink, messages, kill_count,
+                                                     max_rate):
     next_hop = sink("next")
     daemon = start_mta(tmp_path, routes=[route(["example.com"], [next_hop], max_connections=IN_FLIGHT)],
                        limits={"max_sessions_per_client": 100},
                        delivery={"retry_initial": "1s", "retry_max": "1s"})
-    load = Load(daemon.port, MESSAGES)
+    load = Load(daemon.port, messages)
     rng = random.Random(int(os.environ.get("BULWARK_CRASH_SEED") or time.time()))
     # Kill points spread over the run, as fractions of the messages acknowledged so far.
-    kill_points = sorted(rng.uniform(0.02, 0.98) * MESSAGES for _ in range(KILLS))
+    kill_points = sorted(rng.uniform(0.02, 0.98) * messages for _ in range(kill_count))
     kills = 0
     started = time.monotonic()
     threads = [threading.Thread(target=load.client, args=(w,), daemon=True) for w in range(SESSIONS)]
@@ -114,10 +124,10 @@ def test_kill9_under_load_loses_nothing_acknowledged(tmp_path, start_mta, sink):
     finally:
         load.done.set()
     send_seconds = time.monotonic() - started
-    assert kills == KILLS
+    assert kills == kill_count
 
     acked = list(load.acked)
-    assert len(acked) >= MESSAGES, f"only {len(acked)} acknowledged"
+    assert len(acked) >= messages, f"only {len(acked)} acknowledged"
     wait_queue_empty(daemon, timeout=180)
     received = next_hop.wait_for_ids(acked, timeout=60)
     counts = collections.Counter(m.message_id for m in received)
@@ -133,6 +143,8 @@ def test_kill9_under_load_loses_nothing_acknowledged(tmp_path, start_mta, sink):
     assert duplicates <= kills * IN_FLIGHT, \
         f"{duplicates} duplicates: more than the {IN_FLIGHT} deliveries in flight at each of {kills} kills"
     assert len(received) == len(acked) + unacked_delivered + duplicates
+    if max_rate is not None:
+        assert rate < max_rate, f"duplicates {rate:.3%} of acknowledged messages (target {max_rate:.1%})"
     corrupt = daemon.spool_dir / "corrupt"
     assert not corrupt.exists() or not any(corrupt.iterdir()), \
         f"spool files set aside as corrupt: {list(corrupt.iterdir())}"
