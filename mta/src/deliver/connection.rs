@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
@@ -63,13 +62,7 @@ pub(crate) async fn run(context: Arc<Context>, name: String, destination: Destin
 /// notice: apply a deferral without connecting (the outcome code bounces or warns).
 pub(crate) async fn parked(context: Arc<Context>, job: Job, reason: String) {
     let report = match context.gateway.queue.get(job.id) {
-        None => JobReport {
-            deferred: Vec::new(),
-            retry_at: Instant::now(),
-            error: None,
-            destination_failed: false,
-            skipped: true,
-        },
+        None => JobReport::skipped(),
         Some(entry) => {
             let header = match context.gateway.spool.open_content(job.id, 0).await {
                 Ok(content) => content
@@ -97,7 +90,6 @@ pub(crate) async fn parked(context: Arc<Context>, job: Job, reason: String) {
                 retry_at: applied.retry_at,
                 error: Some(reason),
                 destination_failed: false,
-                // The destination was not contacted: its state must not change.
                 skipped: true,
             }
         }
@@ -122,13 +114,7 @@ async fn run_job(
     job: &Job,
 ) -> JobReport {
     let gateway = &context.gateway;
-    let skipped = || JobReport {
-        deferred: Vec::new(),
-        retry_at: Instant::now(),
-        error: None,
-        destination_failed: false,
-        skipped: true,
-    };
+    let skipped = JobReport::skipped;
     let Some(entry) = gateway.queue.get(job.id) else {
         return skipped();
     };

@@ -49,8 +49,22 @@ pub struct JobReport {
     pub error: Option<String>,
     /// The destination itself failed (no next hop reachable), not just some recipients.
     pub destination_failed: bool,
-    /// The message was held or deleted before the job ran.
+    /// The destination was not contacted (the message was held or deleted before the job
+    /// ran, or the job was parked): its state must not change.
     pub skipped: bool,
+}
+
+impl JobReport {
+    /// Nothing done and nothing left to retry: the message was held or deleted.
+    pub fn skipped() -> Self {
+        JobReport {
+            deferred: Vec::new(),
+            retry_at: Instant::now(),
+            error: None,
+            destination_failed: false,
+            skipped: true,
+        }
+    }
 }
 
 pub enum Event {
@@ -362,9 +376,7 @@ impl Engine {
         }
         self.next_housekeeping =
             now + (shortest / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
-        let unix_now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let unix_now = crate::queue::unix_now();
         let queue = &self.context.gateway.queue;
         let due = |job: &Job| {
             queue.get(job.id).is_some_and(|entry| {

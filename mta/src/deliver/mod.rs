@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 
-pub use client::{parse_reply_line, Response};
+pub use client::{parse_reply_line, Client, ClientError, Response};
 pub use engine::{backoff, DestinationStatus};
 use engine::{Engine, Event, Job, JobReport};
 

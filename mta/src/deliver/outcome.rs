@@ -4,24 +4,20 @@
 //! message once no recipient is pending.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use super::attempt::Outcome;
 use super::dsn::{self, Action, Reported};
 use super::engine::{backoff, Job};
 use super::Context;
-use crate::queue::{Envelope, QueueEntry, QueueId, Recipient, RecipientOutcome, StateRecord};
+use crate::queue::{
+    unix_now, Envelope, QueueEntry, QueueId, Recipient, RecipientOutcome, StateRecord,
+};
 
 /// What is left to retry, and when.
 pub struct Applied {
     pub deferred: Vec<usize>,
     pub retry_at: Instant,
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 pub async fn apply(

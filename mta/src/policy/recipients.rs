@@ -11,11 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
 use super::{HarvestTracker, SessionInfo, Stage, Verdict};
 use crate::config::{Config, RecipientCheckConfig, RecipientCheckKind};
+use crate::deliver::{Client, ClientError};
 use crate::smtp::address::Mailbox;
 use crate::smtp::reply::Reply;
 
@@ -130,7 +129,8 @@ impl RecipientValidation {
             return Some(known);
         }
         for hop in next_hops {
-            let probe = tokio::time::timeout(timeout, probe(hop, &self.hostname, address)).await;
+            let probe =
+                tokio::time::timeout(timeout, probe(hop, &self.hostname, address, timeout)).await;
             match probe {
                 Ok(Ok(Some(known))) => {
                     let ttl = if known { positive_ttl } else { negative_ttl };
@@ -224,52 +224,40 @@ impl Stage for RecipientValidation {
 }
 
 /// Asks `hop` whether it would accept `address`: `Some(true)` for 2xx, `Some(false)` for 5xx
-/// to RCPT, `None` for anything temporary.
-async fn probe(hop: &str, hostname: &str, address: &str) -> std::io::Result<Option<bool>> {
-    let stream = TcpStream::connect(hop).await?;
-    let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read);
-    let mut step = async |command: Option<String>| -> std::io::Result<u16> {
-        if let Some(command) = command {
-            write.write_all(command.as_bytes()).await?;
-        }
-        read_reply_code(&mut reader).await
-    };
-    if step(None).await? / 100 != 2 {
-        return Ok(None);
+/// to RCPT, `None` for anything temporary. Speaks through the delivery client.
+async fn probe(
+    hop: &str,
+    hostname: &str,
+    address: &str,
+    timeout: Duration,
+) -> std::io::Result<Option<bool>> {
+    let failed = |e: ClientError| std::io::Error::other(e.to_string());
+    let peer = tokio::net::lookup_host(hop)
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("{hop}: no address")))?;
+    let (mut client, greeting) = Client::connect(peer, timeout, timeout, timeout)
+        .await
+        .map_err(failed)?;
+    let mut answer = None;
+    if greeting.code / 100 == 2
+        && client.hello(hostname).await.map_err(failed)?.is_positive()
+        && client
+            .command("MAIL FROM:<>")
+            .await
+            .map_err(failed)?
+            .is_positive()
+    {
+        let rcpt = client
+            .command(&format!("RCPT TO:<{address}>"))
+            .await
+            .map_err(failed)?;
+        answer = match rcpt.code / 100 {
+            2 => Some(true),
+            5 => Some(false),
+            _ => None,
+        };
     }
-    if step(Some(format!("EHLO {hostname}\r\n"))).await? / 100 != 2 {
-        return Ok(None);
-    }
-    if step(Some("MAIL FROM:<>\r\n".into())).await? / 100 != 2 {
-        return Ok(None);
-    }
-    let code = step(Some(format!("RCPT TO:<{address}>\r\n"))).await?;
-    let _ = step(Some("QUIT\r\n".into())).await;
-    Ok(match code / 100 {
-        2 => Some(true),
-        5 => Some(false),
-        _ => None,
-    })
-}
-
-async fn read_reply_code<R: AsyncBufReadExt + Unpin>(reader: &mut R) -> std::io::Result<u16> {
-    let mut line = String::new();
-    // A reply has at most a few dozen lines; more is a broken peer.
-    for _ in 0..100 {
-        line.clear();
-        if reader.read_line(&mut line).await? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        let bytes = line.as_bytes();
-        if bytes.len() < 4 {
-            return Err(std::io::Error::other("malformed reply"));
-        }
-        if bytes[3] != b'-' {
-            return line[..3]
-                .parse()
-                .map_err(|_| std::io::Error::other("malformed reply code"));
-        }
-    }
-    Err(std::io::Error::other("reply too long"))
+    client.quit().await;
+    Ok(answer)
 }

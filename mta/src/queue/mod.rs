@@ -35,7 +35,7 @@ pub mod spool;
 mod state;
 
 pub use commit::SyncMode;
-pub use envelope::{BodyType, DsnRet, Envelope, Recipient, RecipientOutcome};
+pub use envelope::{unix_now, BodyType, DsnRet, Envelope, Recipient, RecipientOutcome};
 pub use id::QueueId;
 pub use index::{QueueEntry, QueueIndex, QueueState};
 pub use spool::{Content, Draft, Spool, SpoolError};

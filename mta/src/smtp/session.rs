@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use smtp_proto::{
     Error as ParseError, MailFrom, RcptTo, Request, AUTH_LOGIN, AUTH_PLAIN, MAIL_BODY_8BITMIME,
@@ -30,7 +30,9 @@ use crate::config::{LimitsConfig, ListenerRole};
 use crate::flow::Signal;
 use crate::gateway::{Counters, Gateway, Runtime};
 use crate::policy::{MessageView, SessionInfo, Verdict};
-use crate::queue::{BodyType, Draft, DsnRet, Envelope, QueueEntry, Recipient, SpoolError};
+use crate::queue::{
+    unix_now, BodyType, Draft, DsnRet, Envelope, QueueEntry, Recipient, SpoolError,
+};
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -834,12 +836,6 @@ impl Receiving {
             self.spool_error = Some(e);
         }
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn notify_string(flags: u64) -> Option<String> {
