@@ -182,6 +182,14 @@ def test_4xx_fails_over_to_the_next_hop_at_once(start_mta, sink, tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
+# example.net: MX 10 mx1 (127.0.0.2), MX 20 mx2 (127.0.0.3), listed in the wrong order on purpose.
+TWO_MX = {
+    "example.net": {"MX": [(20, "mx2.example.net"), (10, "mx1.example.net")]},
+    "mx1.example.net": {"A": ["127.0.0.2"]},
+    "mx2.example.net": {"A": ["127.0.0.3"]},
+}
+
+
 def mx_routes(bounces):
     return [bounce_route(bounces), {"domains": ["*"], "tls": "none"}]
 
@@ -190,11 +198,7 @@ def test_mx_preference_skips_dead_host(start_mta, sink, dns, tmp_path):
     mx_port = free_port()
     hop = sink("mx2", host="127.0.0.3", port=mx_port)
     bounces = sink("bounces")
-    dns.set_records({
-        "example.net": {"MX": [(20, "mx2.example.net"), (10, "mx1.example.net")]},
-        "mx1.example.net": {"A": ["127.0.0.2"]},
-        "mx2.example.net": {"A": ["127.0.0.3"]},
-    })
+    dns.set_records(TWO_MX)
     d = start_mta(tmp_path, mx_routes(bounces), delivery={"mx_port": mx_port}, relay_anywhere=True)
     m = mid("mxpref")
     qid = send(d, rcpts=["bob@example.net"], message_id=m)
@@ -212,11 +216,7 @@ def test_mx_lowest_preference_number_first(start_mta, sink, dns, tmp_path):
     best = sink("mx1", host="127.0.0.2", port=mx_port)
     backup = sink("mx2", host="127.0.0.3", port=mx_port)
     bounces = sink("bounces")
-    dns.set_records({
-        "example.net": {"MX": [(20, "mx2.example.net"), (10, "mx1.example.net")]},
-        "mx1.example.net": {"A": ["127.0.0.2"]},
-        "mx2.example.net": {"A": ["127.0.0.3"]},
-    })
+    dns.set_records(TWO_MX)
     d = start_mta(tmp_path, mx_routes(bounces), delivery={"mx_port": mx_port}, relay_anywhere=True)
     mids = [mid("mxbest", i) for i in range(3)]
     for m in mids:
