@@ -363,6 +363,10 @@ pub struct DeliveryConfig {
     pub max_connections: usize,
     #[serde(default = "default_connect_timeout", with = "duration")]
     pub connect_timeout: Duration,
+    /// How long a connection with nothing to send stays open for the next message to its
+    /// destination (Postfix's smtp_connection_cache_time_limit); 0 closes it at once.
+    #[serde(default = "default_connection_idle_time", with = "duration")]
+    pub connection_idle_time: Duration,
     /// Waiting for a reply to a command (RFC 5321 4.5.3.2: 5 minutes).
     #[serde(default = "default_client_command_timeout", with = "duration")]
     pub command_timeout: Duration,
@@ -401,6 +405,9 @@ fn default_max_connections() -> usize {
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(30)
 }
+fn default_connection_idle_time() -> Duration {
+    Duration::from_secs(2)
+}
 fn default_client_command_timeout() -> Duration {
     Duration::from_secs(300)
 }
@@ -421,6 +428,7 @@ impl Default for DeliveryConfig {
             dead_destination_failures: default_dead_failures(),
             max_connections: default_max_connections(),
             connect_timeout: default_connect_timeout(),
+            connection_idle_time: default_connection_idle_time(),
             command_timeout: default_client_command_timeout(),
             data_timeout: default_client_data_timeout(),
             mx_port: default_mx_port(),

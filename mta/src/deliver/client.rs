@@ -228,6 +228,18 @@ impl Client {
             .map_err(|_| ClientError::Timeout("waiting for a reply"))?
     }
 
+    /// Whether a connection that sat idle can still carry a transaction: the next hop has
+    /// sent nothing since its last reply (no 421 on an idle timeout, no EOF).
+    pub async fn is_idle_and_open(&mut self) -> bool {
+        if !self.stream.buffer().is_empty() {
+            return false;
+        }
+        // A zero timeout still polls the read once: pending means nothing arrived.
+        tokio::time::timeout(Duration::ZERO, self.stream.fill_buf())
+            .await
+            .is_err()
+    }
+
     /// QUIT politely (bounded), then close.
     pub async fn quit(mut self) {
         let _ = tokio::time::timeout(Duration::from_secs(5), async {

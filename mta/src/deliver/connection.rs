@@ -43,7 +43,8 @@ enum DestinationError {
 pub(crate) async fn run(context: Arc<Context>, name: String, destination: Destination) {
     let mut connected: Option<Connected> = None;
     let mut jobs_done = 0usize;
-    while let Some(job) = context.next_job(&name).await {
+    let mut next = context.next_job(&name).await;
+    while let Some(job) = next.take() {
         let report = run_job(&context, &destination, &mut connected, &job).await;
         let keep_going = !report.destination_failed && connected.is_some();
         context.finished(job, report);
@@ -51,11 +52,41 @@ pub(crate) async fn run(context: Arc<Context>, name: String, destination: Destin
         if !keep_going || jobs_done >= destination.max_messages_per_connection {
             break;
         }
+        next = match context.next_job(&name).await {
+            Some(job) => Some(job),
+            None => wait_for_job(&context, &name, &mut connected).await,
+        };
     }
     if let Some(connected) = connected {
         connected.client.quit().await;
     }
     context.connection_ended(name);
+}
+
+/// Keeps an open connection for the destination's next message (connection caching), and
+/// drops it if the next hop closed it meanwhile, so the job reconnects instead of failing.
+async fn wait_for_job(
+    context: &Context,
+    name: &str,
+    connected: &mut Option<Connected>,
+) -> Option<Job> {
+    let idle = context
+        .gateway
+        .runtime()
+        .config
+        .delivery
+        .connection_idle_time;
+    if idle.is_zero() {
+        return None;
+    }
+    let job = context.next_job_waiting(name, idle).await?;
+    if let Some(session) = connected.as_mut() {
+        if !session.client.is_idle_and_open().await {
+            log::debug!("delivery: {} closed the idle connection", session.relay);
+            *connected = None;
+        }
+    }
+    Some(job)
 }
 
 /// A job parked at a down destination whose message is due to expire or to get its delay

@@ -12,6 +12,10 @@
 //!   one connection probes it. A successful probe brings it back with `limit` = 1 (the ramp),
 //!   so a groupware server that just restarted is not hit by the whole backlog at once.
 //! - `flush` moves every waiting job back to its queue and ends every down interval.
+//! - A connection with nothing to send may wait (`connection_idle_time`) for the next job
+//!   of its destination instead of closing; new jobs go to waiting connections before new
+//!   ones are opened, and a waiting connection is closed when another destination needs its
+//!   slot under the global limit.
 //! - A message has at most one set of jobs in flight (`outstanding`), so a release or flush
 //!   never duplicates deliveries.
 
@@ -73,6 +77,8 @@ pub enum Event {
     Destinations(oneshot::Sender<Vec<DestinationStatus>>),
     NextJob {
         destination: String,
+        /// Park the request until a job comes (the connection times out on its own).
+        wait: bool,
         reply: oneshot::Sender<Option<Job>>,
     },
     Finished {
@@ -100,6 +106,8 @@ pub struct DestinationStatus {
 struct DestinationState {
     destination: Destination,
     ready: VecDeque<Job>,
+    /// Connections (counted in `active`) waiting for their next job.
+    idle: VecDeque<oneshot::Sender<Option<Job>>>,
     active: usize,
     limit: usize,
     failures: u32,
@@ -114,6 +122,7 @@ impl DestinationState {
         Self {
             destination,
             ready: VecDeque::new(),
+            idle: VecDeque::new(),
             active: 0,
             limit,
             failures: 0,
@@ -187,9 +196,20 @@ impl Engine {
             Event::Destinations(reply) => {
                 let _ = reply.send(self.status());
             }
-            Event::NextJob { destination, reply } => {
-                let _ = reply.send(self.next_job(&destination));
-            }
+            Event::NextJob {
+                destination,
+                wait,
+                reply,
+            } => match self.next_job(&destination) {
+                None if wait && self.stopping.is_none() => {
+                    if let Some(state) = self.destinations.get_mut(&destination) {
+                        state.idle.push_back(reply);
+                    }
+                }
+                job => {
+                    let _ = reply.send(job);
+                }
+            },
             Event::Finished { job, report } => self.finished(job, report),
             Event::ConnectionEnded { destination } => {
                 self.connections = self.connections.saturating_sub(1);
@@ -200,6 +220,11 @@ impl Engine {
             }
             Event::Shutdown(done) => {
                 self.stopping = Some(done);
+                for state in self.destinations.values_mut() {
+                    for waiter in state.idle.drain(..) {
+                        let _ = waiter.send(None);
+                    }
+                }
             }
         }
     }
@@ -286,6 +311,7 @@ impl Engine {
         if state.is_down(now) {
             return;
         }
+        hand_to_idle(state);
         // Down interval over: one probe connection at a time until it succeeds.
         let limit = if state.down_until.is_some() {
             1
@@ -293,6 +319,12 @@ impl Engine {
             state.limit
         };
         let wanted = limit.min(state.active + state.ready.len());
+        if state.active < wanted && self.connections >= max_total {
+            self.close_one_idle(name);
+        }
+        let Some(state) = self.destinations.get_mut(name) else {
+            return;
+        };
         while state.active < wanted && self.connections < max_total {
             state.active += 1;
             self.connections += 1;
@@ -300,6 +332,21 @@ impl Engine {
             let destination = state.destination.clone();
             let name = name.to_string();
             tokio::spawn(connection::run(context, name, destination));
+        }
+    }
+
+    /// Frees a global connection slot for `needy` by ending another destination's waiting
+    /// connection (its ConnectionEnded arrives later and pumps again).
+    fn close_one_idle(&mut self, needy: &str) {
+        for (name, state) in self.destinations.iter_mut() {
+            if name == needy {
+                continue;
+            }
+            while let Some(waiter) = state.idle.pop_front() {
+                if waiter.send(None).is_ok() {
+                    return;
+                }
+            }
         }
     }
 
@@ -534,6 +581,20 @@ impl Context {
 pub fn backoff(initial: Duration, max: Duration, rounds: u32) -> Duration {
     let factor = 1u32.checked_shl(rounds.min(30)).unwrap_or(u32::MAX);
     initial.saturating_mul(factor).min(max)
+}
+
+/// Gives ready jobs to connections waiting for one. A waiter that already timed out gives
+/// its job back (the send fails) and the job stays first in line.
+fn hand_to_idle(state: &mut DestinationState) {
+    while let Some(job) = state.ready.pop_front() {
+        let Some(waiter) = state.idle.pop_front() else {
+            state.ready.push_front(job);
+            return;
+        };
+        if let Err(Some(job)) = waiter.send(Some(job)) {
+            state.ready.push_front(job);
+        }
+    }
 }
 
 async fn sleep_until(at: Option<Instant>) {

@@ -24,6 +24,7 @@ mod outcome;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -91,10 +92,31 @@ impl Context {
         let (reply, answer) = oneshot::channel();
         let request = Event::NextJob {
             destination: destination.to_string(),
+            wait: false,
             reply,
         };
         self.events.send(request).ok()?;
         answer.await.ok().flatten()
+    }
+
+    /// The next job for `destination`, waiting up to `idle` for one to be queued.
+    async fn next_job_waiting(&self, destination: &str, idle: Duration) -> Option<Job> {
+        let (reply, mut answer) = oneshot::channel();
+        let request = Event::NextJob {
+            destination: destination.to_string(),
+            wait: true,
+            reply,
+        };
+        self.events.send(request).ok()?;
+        match tokio::time::timeout(idle, &mut answer).await {
+            Ok(job) => job.ok().flatten(),
+            Err(_) => {
+                // Closing first settles the race with a job sent just now: it is either
+                // received here or given back to the engine by the failed send.
+                answer.close();
+                answer.try_recv().ok().flatten()
+            }
+        }
     }
 
     fn finished(&self, job: Job, report: JobReport) {
