@@ -31,6 +31,7 @@ mod commit;
 mod envelope;
 mod id;
 mod index;
+pub mod journal;
 pub mod spool;
 mod state;
 
