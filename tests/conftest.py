@@ -995,11 +995,16 @@ class CaptureServer:
     """A minimal threaded SMTP server that records each transaction's DATA exactly as sent on
     the wire (still dot-stuffed, up to and including the CRLF.CRLF terminator), in
     `transactions`: dicts with mail, rcpts (the command lines) and data (bytes).
-    EHLO offers PIPELINING, 8BITMIME, SIZE, ENHANCEDSTATUSCODES; it accepts everything."""
+    EHLO offers PIPELINING, 8BITMIME, SIZE, ENHANCEDSTATUSCODES; it accepts everything.
+    `connections` counts accepted connections; with `idle_close` set, a connection that sends
+    nothing for that many seconds gets 421 and is closed (as real servers' idle timeouts do)."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None):
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None,
+                 idle_close: float | None = None):
         self.host = host
         self.port = port or free_port()
+        self.idle_close = idle_close
+        self.connections = 0
         self.transactions: list[dict] = []
         self.lock = threading.Lock()
         self._stop = threading.Event()
@@ -1036,10 +1041,12 @@ class CaptureServer:
                 continue
             except OSError:
                 return
+            with self.lock:
+                self.connections += 1
             threading.Thread(target=self._session, args=(conn,), daemon=True).start()
 
     def _session(self, conn: socket.socket) -> None:
-        conn.settimeout(30)
+        conn.settimeout(self.idle_close or 30)
         buf = b""
 
         def line() -> bytes | None:
@@ -1056,7 +1063,11 @@ class CaptureServer:
             conn.sendall(b"220 capture.test ESMTP\r\n")
             mail, rcpts = None, []
             while not self._stop.is_set():
-                cmd = line()
+                try:
+                    cmd = line()
+                except socket.timeout:
+                    conn.sendall(b"421 4.4.2 capture.test idle too long\r\n")
+                    return
                 if cmd is None:
                     return
                 verb = cmd[:4].upper()
@@ -1111,8 +1122,9 @@ def capture_server():
     """Factory: capture_server(host="127.0.0.1", port=None) -> running CaptureServer."""
     made: list[CaptureServer] = []
 
-    def _make(host: str = "127.0.0.1", port: int | None = None) -> CaptureServer:
-        c = CaptureServer(host, port).start()
+    def _make(host: str = "127.0.0.1", port: int | None = None,
+              idle_close: float | None = None) -> CaptureServer:
+        c = CaptureServer(host, port, idle_close).start()
         made.append(c)
         return c
 

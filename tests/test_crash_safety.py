@@ -7,8 +7,8 @@ same spool each time. smtp-sink is the next hop. At the end every acknowledged M
 must have reached the sink; duplicates are counted and printed.
 
 Duplicates: SMTP cannot avoid them entirely (RFC 1047): the next hop has the message once it
-has read the final dot, the daemon only once it has read the 250 and unlinked the spool
-file; a kill between the two redelivers. So only deliveries in flight at a kill can
+has read the final dot, the daemon only once it has read the 250 and recorded the removal
+(a "done" record in the spool's journal); a kill between the two redelivers. So only deliveries in flight at a kill can
 duplicate: at most `max_connections` (the route's concurrent connections) per kill, which
 is what is asserted. The issue's 0.1 % target holds per message only at a realistic kill
 density: measured here 1.4-2.5 duplicates per kill (all 5 connections busy), so the dense run

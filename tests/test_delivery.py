@@ -680,3 +680,50 @@ def test_delivery_over_ipv6(start_mta, start_daemon, dns, sink, tmp_path, how):
     wait_queue_empty(d, 10)
     assert f"over ipv6 {how}" in hop.queue_show(entries[0]["id"])
     assert any("[::1]" in line for line in log_lines(d, "sent")), "no 'sent' line naming [::1]"
+
+
+# --------------------------------------------------------------------------------------------
+# Connection caching: an idle connection waits connection_idle_time for the next message
+# --------------------------------------------------------------------------------------------
+
+def send_spaced(d, count: int, gap: float, tag: str) -> list[str]:
+    ids = []
+    for i in range(count):
+        ids.append(mid(f"{tag}{i}"))
+        send(d, message_id=ids[-1])
+        time.sleep(gap)
+    return ids
+
+
+def test_idle_connection_carries_the_next_messages(start_mta, capture_server, sink, tmp_path):
+    cap, bounces = capture_server(), sink("bounces")
+    d = start_mta(tmp_path, [route(["example.com"], [cap.address]), bounce_route(bounces)],
+                  delivery={"connection_idle_time": "3s"})
+    send_spaced(d, 5, 0.4, "cached")
+    cap.wait_for(5, timeout=20)
+    wait_queue_empty(d, 10)
+    assert cap.connections == 1, f"5 spaced messages took {cap.connections} connections"
+
+
+def test_without_idle_time_each_message_connects(start_mta, capture_server, sink, tmp_path):
+    cap, bounces = capture_server(), sink("bounces")
+    d = start_mta(tmp_path, [route(["example.com"], [cap.address]), bounce_route(bounces)],
+                  delivery={"connection_idle_time": "0s"})
+    send_spaced(d, 3, 0.4, "uncached")
+    cap.wait_for(3, timeout=20)
+    wait_queue_empty(d, 10)
+    assert cap.connections == 3, f"3 spaced messages took {cap.connections} connections"
+
+
+def test_next_hop_closing_an_idle_connection_costs_no_deferral(start_mta, capture_server, sink,
+                                                                tmp_path):
+    # The next hop drops idle clients after 0.3 s with a 421; the cached connection must be
+    # noticed as gone and the message sent over a new one at once, not deferred.
+    cap, bounces = capture_server(idle_close=0.3), sink("bounces")
+    d = start_mta(tmp_path, [route(["example.com"], [cap.address]), bounce_route(bounces)],
+                  delivery={"connection_idle_time": "5s", "retry_initial": "1h", "retry_max": "1h"})
+    send_spaced(d, 3, 1.0, "idleclose")
+    cap.wait_for(3, timeout=20)
+    wait_queue_empty(d, 10)
+    assert cap.connections == 3, f"expected a new connection per message, got {cap.connections}"
+    assert not log_lines(d, "status=deferred"), log_lines(d, "status=deferred")

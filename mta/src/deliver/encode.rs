@@ -28,29 +28,37 @@ impl ContentEncoder {
         }
     }
 
-    pub fn encode(&mut self, input: &[u8], out: &mut Vec<u8>) {
+    pub fn encode(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
         out.reserve(input.len() + input.len() / 64 + 4);
-        for &byte in input {
+        while let Some(&byte) = input.first() {
             if self.pending_cr {
                 self.pending_cr = false;
                 out.extend_from_slice(b"\r\n");
                 self.at_line_start = true;
                 if byte == b'\n' {
+                    input = &input[1..];
                     continue;
                 }
             }
             match byte {
-                b'\r' => self.pending_cr = true,
+                b'\r' => {
+                    self.pending_cr = true;
+                    input = &input[1..];
+                }
                 b'\n' => {
                     out.extend_from_slice(b"\r\n");
                     self.at_line_start = true;
+                    input = &input[1..];
                 }
                 _ => {
+                    // The rest of the line goes in one copy.
+                    let end = memchr::memchr2(b'\r', b'\n', input).unwrap_or(input.len());
                     if self.at_line_start && self.dot_stuff && byte == b'.' {
                         out.push(b'.');
                     }
-                    out.push(byte);
+                    out.extend_from_slice(&input[..end]);
                     self.at_line_start = false;
+                    input = &input[end..];
                 }
             }
         }

@@ -242,23 +242,29 @@ impl Engine {
         if self.outstanding.contains_key(&id) {
             return;
         }
-        let Some(entry) = self.context.gateway.queue.get(id) else {
+        // (recipient index, domain) of the pending recipients; None when held or gone.
+        let pending = self.context.gateway.queue.inspect(id, |entry| {
+            (entry.state != QueueState::Hold).then(|| {
+                let pending: Vec<(usize, String)> = entry
+                    .envelope
+                    .recipients
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.outcome == Default::default())
+                    .map(|(index, r)| {
+                        let domain = r.address.rsplit_once('@').map_or("", |(_, d)| d);
+                        (index, domain.to_ascii_lowercase())
+                    })
+                    .collect();
+                (pending, entry.attempts)
+            })
+        });
+        let Some(Some((pending, attempts))) = pending else {
             return;
         };
-        if entry.state == QueueState::Hold {
-            return;
-        }
         let mut groups: Vec<(Destination, Vec<usize>)> = Vec::new();
         let router = self.router();
-        for (index, recipient) in entry.envelope.recipients.iter().enumerate() {
-            if recipient.outcome != Default::default() {
-                continue;
-            }
-            let domain = recipient
-                .address
-                .rsplit_once('@')
-                .map_or("", |(_, d)| d)
-                .to_ascii_lowercase();
+        for (index, domain) in pending {
             let destination = router.destination(&domain);
             match groups
                 .iter_mut()
@@ -286,7 +292,7 @@ impl Engine {
                 id,
                 destination: name.clone(),
                 recipients,
-                attempts: entry.attempts,
+                attempts,
             });
             self.pump(&name);
         }

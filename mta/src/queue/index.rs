@@ -145,6 +145,11 @@ impl QueueIndex {
         self.lock().remove(&id)
     }
 
+    /// Looks at an entry without copying it (the delivery engine's per-message path).
+    pub fn inspect<T>(&self, id: QueueId, look: impl FnOnce(&QueueEntry) -> T) -> Option<T> {
+        self.lock().get(&id).map(look)
+    }
+
     pub fn get(&self, id: QueueId) -> Option<QueueEntry> {
         self.lock().get(&id).cloned()
     }

@@ -116,6 +116,8 @@ pub(crate) struct Placed {
     pub len: u32,
     /// A durable copy exists as `queue/ID`; the journal copy only awaits its segment's end.
     pub migrated: bool,
+    /// `queue/ID.st` may exist (to be removed with the message).
+    pub state_log: bool,
 }
 
 pub(crate) struct Segment {
@@ -229,8 +231,9 @@ impl Journal {
         Some((file, placed))
     }
 
-    /// Forgets `id`: Some(migrated) when the journal held it (a "done" record is then due).
-    pub fn forget(&self, id: QueueId) -> Option<bool> {
+    /// Forgets `id`, returning where it was when the journal held it (a "done" record is
+    /// then due).
+    pub fn forget(&self, id: QueueId) -> Option<Placed> {
         let mut state = self.lock();
         let placed = state.messages.remove(&id)?;
         if !placed.migrated {
@@ -238,7 +241,14 @@ impl Journal {
                 segment.live = segment.live.saturating_sub(1);
             }
         }
-        Some(placed.migrated)
+        Some(placed)
+    }
+
+    /// Remembers that `id` has a state log file.
+    pub fn note_state_log(&self, id: QueueId) {
+        if let Some(placed) = self.lock().messages.get_mut(&id) {
+            placed.state_log = true;
+        }
     }
 
     /// Where the next batch goes: the open segment, or a new one (created and made durable
@@ -306,6 +316,7 @@ impl Journal {
                     offset,
                     len,
                     migrated: false,
+                    state_log: false,
                 },
             );
         }
@@ -449,6 +460,8 @@ fn scan_segment(
                     offset,
                     len: total as u32,
                     migrated: false,
+                    // Recovery cannot tell cheaply; removal then tries the unlink.
+                    state_log: true,
                 };
                 queued.insert(id, (image.to_vec(), placed));
             }

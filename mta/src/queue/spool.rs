@@ -228,7 +228,7 @@ impl Spool {
     /// Reads the whole content of a queued message, verifying its checksum.
     pub async fn read_content(&self, id: QueueId) -> Result<Vec<u8>, SpoolError> {
         if let Some(image) = self.journal_image(id).await? {
-            let (_, range) = decode(&image)?;
+            let range = content_range(&image)?;
             return Ok(image[range].to_vec());
         }
         let path = self.queue_path(id);
@@ -254,21 +254,21 @@ impl Spool {
         id: QueueId,
         memory_limit: u64,
     ) -> Result<Content, SpoolError> {
-        let path = self.queue_path(id);
         if let Some(mut image) = self.journal_image(id).await? {
-            let (_, range) = decode(&image)?;
+            let range = content_range(&image)?;
             image.truncate(range.end);
             image.drain(..range.start);
             let len = image.len() as u64;
             return Ok(Content {
                 source: Source::Memory(image),
-                path,
+                path: self.journal.dir.clone(),
                 len,
                 expected_crc: 0,
                 offset: 0,
                 crc: crc32fast::Hasher::new(),
             });
         }
+        let path = self.queue_path(id);
         blocking(move || {
             let mut file = match File::open(&path) {
                 Ok(f) => f,
@@ -297,6 +297,7 @@ impl Spool {
 
     /// Appends a state change to the message's log.
     pub async fn record(&self, id: QueueId, record: StateRecord) -> Result<(), SpoolError> {
+        self.journal.note_state_log(id);
         let path = self.state_path(id);
         blocking(move || {
             let mut file = OpenOptions::new()
@@ -312,10 +313,18 @@ impl Spool {
 
     /// Removes a message for good (delivered, bounced or deleted by the operator).
     pub async fn remove(&self, id: QueueId) -> Result<(), SpoolError> {
+        let forgotten = self.journal.forget(id);
+        if let Some(forgot) = forgotten {
+            self.committer.finished(id);
+            if !forgot.migrated && !forgot.state_log {
+                // The usual case after a first-attempt delivery: nothing to unlink.
+                return Ok(());
+            }
+        }
         let path = self.queue_path(id);
         let state = self.state_path(id);
-        if let Some(migrated) = self.journal.forget(id) {
-            self.committer.finished(id);
+        if let Some(forgot) = forgotten {
+            let migrated = forgot.migrated;
             return blocking(move || {
                 if migrated {
                     let _ = fs::remove_file(&path);
@@ -630,10 +639,27 @@ fn parse_envelope(raw: &[u8], trailer: &Trailer) -> Result<Envelope, &'static st
 /// `bytes`. Checks everything recovery checks, plus the content checksum. Never panics on
 /// any input (fuzzed by `fuzz/fuzz_targets/spool_decode.rs`).
 pub fn decode(bytes: &[u8]) -> Result<(Envelope, Range<usize>), SpoolError> {
-    let corrupt = |reason| SpoolError::Corrupt {
+    let (trailer, content) = checked_content(bytes)?;
+    let envelope_raw = &bytes[content.end..content.end + trailer.envelope_len as usize];
+    let envelope = serde_json::from_slice(envelope_raw)
+        .map_err(|_| corrupt_in_memory("envelope is not valid"))?;
+    Ok((envelope, content))
+}
+
+/// Where the content lies in a spool image held in memory, with every checksum verified but
+/// the envelope not parsed (delivery has it already from the queue index).
+pub fn content_range(bytes: &[u8]) -> Result<Range<usize>, SpoolError> {
+    checked_content(bytes).map(|(_, content)| content)
+}
+
+fn corrupt_in_memory(reason: &'static str) -> SpoolError {
+    SpoolError::Corrupt {
         path: PathBuf::from("<memory>"),
         reason,
-    };
+    }
+}
+
+fn checked_content(bytes: &[u8]) -> Result<(Trailer, Range<usize>), SpoolError> {
     let size = bytes.len() as u64;
     let mut magic = [0u8; 4];
     let mut raw = [0u8; TRAILER_LEN as usize];
@@ -641,15 +667,17 @@ pub fn decode(bytes: &[u8]) -> Result<(Envelope, Range<usize>), SpoolError> {
         magic.copy_from_slice(&bytes[..4]);
         raw.copy_from_slice(&bytes[bytes.len() - TRAILER_LEN as usize..]);
     }
-    let trailer = parse_trailer(&magic, &raw, size).map_err(corrupt)?;
+    let trailer = parse_trailer(&magic, &raw, size).map_err(corrupt_in_memory)?;
     // parse_trailer proved 4 + content_len + envelope_len + 24 == bytes.len().
     let content = 4..4 + trailer.content_len as usize;
     let envelope_raw = &bytes[content.end..content.end + trailer.envelope_len as usize];
-    let envelope = parse_envelope(envelope_raw, &trailer).map_err(corrupt)?;
-    if crc32fast::hash(&bytes[content.clone()]) != trailer.content_crc {
-        return Err(corrupt("content checksum mismatch"));
+    if crc32fast::hash(envelope_raw) != trailer.envelope_crc {
+        return Err(corrupt_in_memory("envelope checksum mismatch"));
     }
-    Ok((envelope, content))
+    if crc32fast::hash(&bytes[content.clone()]) != trailer.content_crc {
+        return Err(corrupt_in_memory("content checksum mismatch"));
+    }
+    Ok((trailer, content))
 }
 
 fn read_envelope(path: &Path) -> Result<(Envelope, u64), SpoolError> {

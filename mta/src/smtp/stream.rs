@@ -52,9 +52,10 @@ pub struct TlsInfo {
 
 pub struct SmtpStream {
     transport: Transport,
+    /// Input read and not yet consumed is `buffer[start..]`; reads go to the spare capacity,
+    /// which is never zeroed (an idle session touches only what its client sent).
     buffer: Vec<u8>,
     start: usize,
-    end: usize,
     outgoing: Vec<u8>,
 }
 
@@ -62,9 +63,8 @@ impl SmtpStream {
     pub fn new(transport: Transport) -> Self {
         Self {
             transport,
-            buffer: vec![0; READ_CHUNK],
+            buffer: Vec::with_capacity(READ_CHUNK),
             start: 0,
-            end: 0,
             outgoing: Vec::with_capacity(1024),
         }
     }
@@ -88,7 +88,7 @@ impl SmtpStream {
     }
 
     pub fn has_buffered_input(&self) -> bool {
-        self.start < self.end
+        self.start < self.buffer.len()
     }
 
     /// Reads more input, flushing pending replies first (the PIPELINING rule).
@@ -96,21 +96,23 @@ impl SmtpStream {
         if !self.outgoing.is_empty() {
             self.flush().await?;
         }
-        if self.start == self.end {
+        if self.start == self.buffer.len() {
+            self.buffer.clear();
             self.start = 0;
-            self.end = 0;
-        } else if self.end == self.buffer.len() {
-            self.buffer.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
+        } else if self.buffer.len() == self.buffer.capacity() {
+            self.buffer.drain(..self.start);
             self.start = 0;
         }
-        let read = tokio::time::timeout(timeout, self.transport.read(&mut self.buffer[self.end..]))
+        // Never more than READ_CHUNK buffered: read_buf only fills the spare capacity.
+        let spare = READ_CHUNK.saturating_sub(self.buffer.len()).max(1);
+        self.buffer.reserve_exact(spare);
+        let mut limited = (&mut self.transport).take(spare as u64);
+        let read = tokio::time::timeout(timeout, limited.read_buf(&mut self.buffer))
             .await
             .map_err(|_| StreamError::Timeout)??;
         if read == 0 {
             return Err(StreamError::Closed);
         }
-        self.end += read;
         Ok(())
     }
 
@@ -119,7 +121,7 @@ impl SmtpStream {
         let mut too_long = false;
         let mut skipped = 0;
         loop {
-            let pending = &self.buffer[self.start..self.end];
+            let pending = &self.buffer[self.start..];
             if let Some(pos) = memchr::memchr(b'\n', pending) {
                 let line_end = self.start + pos + 1;
                 let line = self.buffer[self.start..line_end].to_vec();
@@ -133,7 +135,7 @@ impl SmtpStream {
                 // Skip what we have of the over-long line, keep reading until its LF.
                 too_long = true;
                 skipped += pending.len();
-                self.start = self.end;
+                self.start = self.buffer.len();
                 if skipped >= MAX_SKIPPED_LINE {
                     // An endless line: answer now, so each MAX_SKIPPED_LINE counts as one
                     // protocol error and max_errors ends the session (otherwise a client
@@ -156,10 +158,10 @@ impl SmtpStream {
     where
         F: FnOnce(&[u8]) -> usize,
     {
-        if self.start == self.end {
+        if self.start == self.buffer.len() {
             self.fill(timeout).await?;
         }
-        let available = (self.end - self.start).min(limit);
+        let available = (self.buffer.len() - self.start).min(limit);
         let used = consume(&self.buffer[self.start..self.start + available]);
         self.start += used;
         Ok(used)
@@ -198,7 +200,7 @@ impl SmtpStream {
     ) -> Result<TlsInfo, StreamError> {
         self.flush().await?;
         self.start = 0;
-        self.end = 0;
+        self.buffer.clear();
         let Transport::Plain(tcp) = std::mem::replace(&mut self.transport, Transport::Closed)
         else {
             return Err(StreamError::Io(io::Error::other("TLS already active")));

@@ -1,0 +1,23 @@
+//! A journal segment as recovery finds it after a crash or a bad disk: `queue::journal::parse`
+//! must refuse anything damaged and never panic; what it accepts lies inside the bytes, and a
+//! message record's image goes on to `spool::decode`, which must not panic either.
+#![no_main]
+
+use bulwark::queue::journal::{parse, Record, HEADER_LEN};
+use bulwark::queue::spool::decode;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|bytes: &[u8]| {
+    let mut rest = bytes;
+    // Recovery walks records until the first that does not check out; so does this.
+    for _ in 0..1024 {
+        let Some((record, used)) = parse(rest) else {
+            break;
+        };
+        assert!(used >= HEADER_LEN && used <= rest.len());
+        if let Record::Message { image, .. } = record {
+            let _ = decode(image);
+        }
+        rest = &rest[used..];
+    }
+});
