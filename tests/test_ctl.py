@@ -23,6 +23,17 @@ def test_status(daemon):
     assert HOSTNAME in cp.stdout, cp.stdout
 
 
+def test_status_shows_the_spool_journal(queued):
+    d, _ = queued
+    cp = d.ctl("status", "--json")
+    assert cp.returncode == 0, cp.stderr
+    journal = json.loads(cp.stdout)["journal"]
+    # The two queued messages are small: they live in the journal, not in files of their own.
+    assert journal["segments"] >= 1 and journal["bytes"] > 0, journal
+    assert not [p for p in (d.spool_dir / "queue").iterdir() if not p.name.endswith(".st")]
+    assert "spool journal: " in d.ctl("status").stdout
+
+
 def test_queue_list_human(queued):
     d, ids = queued
     cp = d.ctl("queue", "list")

@@ -136,6 +136,7 @@ fn status(gateway: &Gateway) -> Value {
     let config = &runtime.config;
     let c = &gateway.counters;
     let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
+    let (journal_segments, journal_bytes) = gateway.spool.journal_usage();
     json!({
         "hostname": config.server.hostname,
         "version": env!("CARGO_PKG_VERSION"),
@@ -149,6 +150,7 @@ fn status(gateway: &Gateway) -> Value {
         "messages": { "accepted": load(&c.messages_accepted), "rejected": load(&c.messages_rejected), "bytes_accepted": load(&c.bytes_accepted) },
         "recipients_rejected": load(&c.recipients_rejected),
         "queue": { "messages": gateway.queue.len(), "bytes": gateway.queue.total_size() },
+        "journal": { "segments": journal_segments, "bytes": journal_bytes },
         "unknown_recipients_by_client": gateway.harvest.top(10).iter()
             .map(|(ip, n)| json!({ "client": ip.to_string(), "count": n })).collect::<Vec<_>>(),
     })

@@ -250,6 +250,11 @@ fn print_status(value: &Value) {
         "  queue: {} message(s), {} bytes",
         q["messages"], q["bytes"]
     );
+    let j = &value["journal"];
+    println!(
+        "  spool journal: {} segment(s), {} bytes on disk",
+        j["segments"], j["bytes"]
+    );
 }
 
 fn print_queue(value: &Value) {
