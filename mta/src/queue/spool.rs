@@ -100,7 +100,8 @@ impl Spool {
         clear_drafts(&paths.tmp)?;
         let journal_dir = root.join("journal");
         let (journal, found) = Journal::open(&journal_dir).map_err(io_at(&journal_dir))?;
-        let mut recovered = recover(root, &paths.queue, &found.done)?;
+        let journaled: HashSet<QueueId> = found.messages.iter().map(|(id, ..)| *id).collect();
+        let mut recovered = recover(root, &paths.queue, &found.done, &journaled)?;
         let files: HashSet<QueueId> = recovered.iter().map(|m| m.id).collect();
         for (id, image, mut placed) in found.messages {
             if files.contains(&id) {
@@ -719,6 +720,7 @@ fn recover(
     root: &Path,
     queue: &Path,
     done: &HashSet<QueueId>,
+    journaled: &HashSet<QueueId>,
 ) -> Result<Vec<Recovered>, SpoolError> {
     let mut found = Vec::new();
     for entry in fs::read_dir(queue).map_err(io_at(queue))? {
@@ -743,6 +745,12 @@ fn recover(
                     content_len,
                     records: state::replay(&log),
                 });
+            }
+            Err(SpoolError::Corrupt { reason, .. }) if journaled.contains(&id) => {
+                // A copy out of the journal cut short by the crash; the journal copy (and
+                // the state log) still count.
+                log::warn!("spool: discarding an incomplete copy of {name}: {reason}");
+                let _ = fs::remove_file(&path);
             }
             Err(SpoolError::Corrupt { reason, .. }) => {
                 log::warn!("spool: setting aside {name}: {reason} (it was never acknowledged)");
@@ -796,7 +804,9 @@ impl Migration {
                         survivors.len()
                     ),
                     Err(e) => {
+                        // A full disk, say: the journal keeps the messages meanwhile.
                         log::error!("journal: cannot move messages out of a segment: {e}");
+                        std::thread::sleep(Duration::from_secs(10));
                         break;
                     }
                 }
@@ -807,6 +817,34 @@ impl Migration {
 
     fn migrate(&self, segment: u64, survivors: &[(QueueId, Placed)]) -> Result<(), SpoolError> {
         let mut moved = Vec::new();
+        let copied = self.copy_out(survivors, &mut moved).and_then(|()| {
+            self.committer
+                .sync_blocking()
+                .map_err(io_at(&self.paths.queue))
+        });
+        if let Err(e) = copied {
+            // Copies that are not durable must not outlive a failed round: a message delivered
+            // meanwhile would come back from its stray file after a restart.
+            for id in moved {
+                let _ = fs::remove_file(self.paths.queue.join(id.to_string()));
+            }
+            return Err(e);
+        }
+        for id in moved {
+            if !self.journal.mark_migrated(id, segment) {
+                // Delivered while being copied: the copy must not outlive it.
+                let _ = fs::remove_file(self.paths.queue.join(id.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes each survivor's image to `queue/ID` (not yet synced), noting it in `moved`.
+    fn copy_out(
+        &self,
+        survivors: &[(QueueId, Placed)],
+        moved: &mut Vec<QueueId>,
+    ) -> Result<(), SpoolError> {
         for &(id, _) in survivors {
             // Gone since the list was made, or already moved: nothing to copy.
             let Some((file, placed)) = self.journal.locate(id) else {
@@ -822,15 +860,6 @@ impl Migration {
                 return Err(io_at(&target)(e));
             }
             moved.push(id);
-        }
-        self.committer
-            .sync_blocking()
-            .map_err(io_at(&self.paths.queue))?;
-        for id in moved {
-            if !self.journal.mark_migrated(id, segment) {
-                // Delivered while being copied: the copy must not outlive it.
-                let _ = fs::remove_file(self.paths.queue.join(id.to_string()));
-            }
         }
         Ok(())
     }
@@ -1112,5 +1141,34 @@ mod tests {
         );
         spool.remove(survivor).await.expect("remove");
         assert!(!spool.queue_path(survivor).exists());
+    }
+
+    #[tokio::test]
+    async fn a_copy_cut_short_by_a_crash_yields_to_the_journal_copy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (spool, _) = Spool::open(dir.path(), SyncMode::Syncfs).expect("open");
+        let id = small(&spool, b"Subject: a\r\n\r\nbody\r\n").await;
+        spool.record(id, StateRecord::Hold).await.expect("record");
+        let path = spool.queue_path(id);
+        drop(spool);
+        // As if the migration thread had renamed a copy whose data never reached the disk.
+        fs::write(&path, b"BWQ1 torn").expect("write");
+        let (spool, found) = Spool::open(dir.path(), SyncMode::Syncfs).expect("reopen");
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].id, id);
+        assert_eq!(
+            found[0].records,
+            vec![StateRecord::Hold],
+            "the state log was lost"
+        );
+        assert!(!path.exists(), "the torn copy stayed");
+        assert!(
+            !dir.path().join("corrupt").exists(),
+            "a journal copy was set aside"
+        );
+        assert_eq!(
+            spool.read_content(id).await.expect("read"),
+            b"Subject: a\r\n\r\nbody\r\n"
+        );
     }
 }
