@@ -2,8 +2,12 @@
 hold/release/delete that persist."""
 
 import re
+import shutil
+import subprocess
 import threading
 import time
+
+import pytest
 
 from conftest import CRLF, RawSession, dot_stuff, expect, make_message, queue_id_of, send_mail
 
@@ -183,3 +187,75 @@ def test_hold_release_delete_persist(daemon):
     assert daemon.queue_entry(b) is None, "deleted message came back after restart"
     assert daemon.queue_entry(a)["state"] != "hold", "release lost on restart"
 
+
+
+# --------------------------------------------------------------------------------------------
+# Durability order, watched in the kernel: the 250 leaves only after the flush that covers
+# the message. (kill -9 cannot show this: the page cache survives a killed process, not a
+# power cut.)
+# --------------------------------------------------------------------------------------------
+
+def traced_syscalls(daemon, send, calls: str) -> list[str]:
+    """Runs send() while strace follows every thread of the daemon; returns strace's lines."""
+    if not shutil.which("strace"):
+        pytest.skip("strace is not installed (.ci/run installs it)")
+    out = daemon.dir / "strace.txt"
+    tracer = subprocess.Popen(["strace", "-f", "-qq", "-s", "4000", "-e", f"trace={calls}",
+                               "-o", str(out), "-p", str(daemon.pid)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        # strace attaches to each thread in turn; it prints nothing until attached.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not out.exists():
+            time.sleep(0.05)
+        time.sleep(0.5)
+        if tracer.poll() is not None:
+            pytest.skip(f"strace cannot attach here: {tracer.stderr.read().decode()[-300:]}")
+        send()
+        time.sleep(0.3)
+    finally:
+        tracer.terminate()
+        tracer.wait(10)
+    return out.read_text(errors="replace").splitlines()
+
+
+def first_index(lines: list[str], start: int, predicate, what: str) -> int:
+    for i in range(start, len(lines)):
+        if predicate(lines[i]):
+            return i
+    raise AssertionError(f"no {what} after line {start} of the strace output:\n" +
+                         "\n".join(lines[max(0, start - 5):start + 40]))
+
+
+def completed(call: str):
+    # "fdatasync(7) = 0" or, when another thread's line came between, "<... fdatasync resumed>) = 0"
+    return lambda line: ((f"{call}(" in line or f"<... {call} resumed>" in line)
+                         and line.rstrip().endswith("= 0"))
+
+
+def test_small_message_250_only_after_its_journal_write_is_flushed(daemon):
+    mid = f"<flushed-{time.time_ns()}@other.org>"
+    replies = []
+    lines = traced_syscalls(
+        daemon,
+        lambda: replies.append(send_mail(daemon.port, message=make_message(message_id=mid))),
+        "pwrite64,fdatasync,fsync,syncfs,write,sendto,sendmsg,writev")
+    assert replies and replies[0][0] == 250, replies
+    written = first_index(lines, 0, lambda l: "pwrite64(" in l and "BWJ1" in l and mid in l,
+                          "journal write holding the message")
+    flushed = first_index(lines, written, completed("fdatasync"), "fdatasync of the journal")
+    acked = first_index(lines, 0, lambda l: "queued as" in l, "250 reply")
+    assert written < flushed < acked, (written, flushed, acked)
+
+
+def test_large_message_250_only_after_its_file_is_synced(daemon):
+    payload = "y" * 76 + "\r\n"
+    message = make_message(subject="large", body=payload * 3000)  # ~230 KB: a file of its own
+    replies = []
+    lines = traced_syscalls(daemon, lambda: replies.append(send_mail(daemon.port, message=message)),
+                            "rename,renameat,renameat2,fdatasync,fsync,syncfs,write,sendto,sendmsg,writev")
+    assert replies and replies[0][0] == 250, replies
+    renamed = first_index(lines, 0, lambda l: "rename" in l and "/queue/" in l, "rename into queue/")
+    synced = first_index(lines, renamed, completed("syncfs"), "syncfs after the rename")
+    acked = first_index(lines, 0, lambda l: "queued as" in l, "250 reply")
+    assert renamed < synced < acked, (renamed, synced, acked)
