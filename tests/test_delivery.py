@@ -695,24 +695,18 @@ def send_spaced(d, count: int, gap: float, tag: str) -> list[str]:
     return ids
 
 
-def test_idle_connection_carries_the_next_messages(start_mta, capture_server, sink, tmp_path):
+@pytest.mark.parametrize("idle, messages, connections", [("3s", 5, 1), ("0s", 3, 3)],
+                         ids=["cached", "not-cached"])
+def test_idle_connection_carries_the_next_messages(start_mta, capture_server, sink, tmp_path,
+                                                   idle, messages, connections):
     cap, bounces = capture_server(), sink("bounces")
     d = start_mta(tmp_path, [route(["example.com"], [cap.address]), bounce_route(bounces)],
-                  delivery={"connection_idle_time": "3s"})
-    send_spaced(d, 5, 0.4, "cached")
-    cap.wait_for(5, timeout=20)
+                  delivery={"connection_idle_time": idle})
+    send_spaced(d, messages, 0.4, f"idle{idle}")
+    cap.wait_for(messages, timeout=20)
     wait_queue_empty(d, 10)
-    assert cap.connections == 1, f"5 spaced messages took {cap.connections} connections"
-
-
-def test_without_idle_time_each_message_connects(start_mta, capture_server, sink, tmp_path):
-    cap, bounces = capture_server(), sink("bounces")
-    d = start_mta(tmp_path, [route(["example.com"], [cap.address]), bounce_route(bounces)],
-                  delivery={"connection_idle_time": "0s"})
-    send_spaced(d, 3, 0.4, "uncached")
-    cap.wait_for(3, timeout=20)
-    wait_queue_empty(d, 10)
-    assert cap.connections == 3, f"3 spaced messages took {cap.connections} connections"
+    assert cap.connections == connections, \
+        f"{messages} spaced messages with connection_idle_time={idle} took {cap.connections} connections"
 
 
 def test_next_hop_closing_an_idle_connection_costs_no_deferral(start_mta, capture_server, sink,
