@@ -3,7 +3,9 @@
 - Full disk: the spool lives on a 2 MiB tmpfs mounted by the test (root only; unmounted in
   every path). While full, end of data is answered 452 4.3.1; nothing corrupt stays in the
   spool (every queued file decodes after a restart, no draft is left in tmp/); once the
-  queue drains to the next hop, mail is accepted again.
+  queue drains to the next hop, mail is accepted again. Twice: 200 KB messages (files of their
+  own) on the bare tmpfs, and 1 KB messages (the spool's journal) with a filler file taking
+  all but 24 KB.
 - FD exhaustion: bulwarkd runs with RLIMIT_NOFILE 64 and the test opens 300 connections; the
   daemon must not die or spin, and serves normally once they close.
 - Slowloris: SLOW idle connections (2,000 in CI, 10,000 with BULWARK_LONG=1) spread over
@@ -78,6 +80,43 @@ def test_full_spool_answers_452_keeps_nothing_corrupt_and_recovers(tmp_path, sta
         wait_queue_empty(daemon, timeout=60)
         assert next_hop.count() == accepted
         code, text = send_mail(daemon.port, message=big)
+        assert code == 250, f"after space returned: {code} {text}"
+        daemon.stop()
+
+
+@root_only
+def test_full_disk_under_the_journal_answers_452_and_recovers(tmp_path, start_mta, sink):
+    # Small messages go to the spool's journal, not to files of their own: fill the disk
+    # around the journal with a filler file, leaving room for a few of them.
+    with small_tmpfs(tmp_path / "fs") as fs:
+        next_hop = sink("next", start=False)
+        daemon = start_mta(tmp_path, routes=[route(["example.com"], [next_hop])],
+                           server={"spool_dir": str(fs / "spool")},
+                           delivery={"retry_initial": "1s", "retry_max": "1s"})
+        free = os.statvfs(fs).f_bavail * os.statvfs(fs).f_frsize
+        filler = fs / "filler"
+        with open(filler, "wb") as f:
+            f.write(b"\0" * max(0, free - 24 * 1024))
+        accepted, full_reply = 0, None
+        for i in range(100):
+            code, text = send_mail(daemon.port, message=make_message(subject=f"small {i}",
+                                                                     body="x" * 76 + "\n" + "y" * 900))
+            if code == 250:
+                accepted += 1
+                continue
+            full_reply = (code, text)
+            break
+        assert full_reply is not None, "the journal never hit the full disk"
+        assert full_reply[0] == 452 and full_reply[1].startswith("4.3.1"), full_reply
+        assert accepted >= 1
+        # A failed journal write is cut off: a restart recovers exactly what got 250.
+        daemon.restart()
+        assert len(daemon.queue_list()) == accepted
+        filler.unlink()
+        next_hop.start()
+        wait_queue_empty(daemon, timeout=60)
+        assert next_hop.count() == accepted
+        code, text = send_mail(daemon.port)
         assert code == 250, f"after space returned: {code} {text}"
         daemon.stop()
 

@@ -102,6 +102,15 @@ impl Committer {
     }
 }
 
+/// One error for every request of a batch; the OS error code survives (ENOSPC must still
+/// read as a full disk: 452 4.3.1, not 451).
+fn copy_error(error: &io::Error) -> io::Error {
+    match error.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(error.kind(), error.to_string()),
+    }
+}
+
 fn stopped() -> io::Error {
     io::Error::other("spool committer has stopped")
 }
@@ -138,11 +147,7 @@ impl Writer {
                 started.elapsed()
             );
             for done in batch.waiting {
-                let reply = match &outcome {
-                    Ok(()) => Ok(()),
-                    Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
-                };
-                let _ = done.send(reply);
+                let _ = done.send(outcome.as_ref().map(|_| ()).map_err(copy_error));
             }
             self.journal.reclaim();
         }
