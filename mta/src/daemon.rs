@@ -126,6 +126,11 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
     server::serve(gateway.clone(), listeners, stopped, DRAIN).await;
     // In-flight deliveries finish (and are recorded) so a restart duplicates nothing.
     let _ = tokio::time::timeout(DRAIN, gateway.delivery.shutdown()).await;
+    // The last deliveries' "done" records must reach the journal, or a clean restart would
+    // deliver those messages again.
+    if let Err(e) = gateway.spool.flush().await {
+        log::error!("spool: final flush failed: {e}");
+    }
     log::info!("bulwarkd stopped");
     Ok(())
 }

@@ -163,6 +163,15 @@ impl Spool {
             .map_err(io_at(&self.paths.queue))
     }
 
+    /// Waits until every record requested so far (including "done" records) is written and
+    /// flushed: for a clean stop.
+    pub async fn flush(&self) -> Result<(), SpoolError> {
+        self.committer
+            .sync()
+            .await
+            .map_err(io_at(&self.journal.dir))
+    }
+
     /// Segments in the journal and their bytes.
     pub fn journal_usage(&self) -> (usize, u64) {
         self.journal.usage()
