@@ -275,11 +275,13 @@ async fn send_data(client: &mut Client, content: &mut Content) -> Result<Respons
     let mut encoder = ContentEncoder::for_data();
     let mut out = Vec::with_capacity(PIECE + PIECE / 16);
     while let Some(piece) = content.next(PIECE).await.map_err(spool_error)? {
-        out.clear();
         encoder.encode(&piece, &mut out);
-        client.write(&out).await?;
+        if out.len() >= PIECE {
+            client.write(&out).await?;
+            out.clear();
+        }
     }
-    out.clear();
+    // The tail and the terminating dot leave together: a small message is one write.
     encoder.finish(&mut out);
     client.write(&out).await?;
     let timeout = client.data_timeout();
@@ -295,10 +297,7 @@ async fn send_bdat(client: &mut Client, content: &mut Content) -> Result<Respons
         let next = content.next(PIECE).await.map_err(spool_error)?;
         if let Some(chunk) = pending.take() {
             if next.is_some() {
-                client
-                    .write(format!("BDAT {}\r\n", chunk.len()).as_bytes())
-                    .await?;
-                client.write(&chunk).await?;
+                client.write(&bdat_chunk(&chunk, false)).await?;
                 let reply = client.read_response(client.command_timeout()).await?;
                 if !reply.is_positive() {
                     return Ok(reply);
@@ -317,12 +316,22 @@ async fn send_bdat(client: &mut Client, content: &mut Content) -> Result<Respons
         }
     }
     encoder.finish(&mut out);
-    client
-        .write(format!("BDAT {} LAST\r\n", out.len()).as_bytes())
-        .await?;
-    client.write(&out).await?;
+    client.write(&bdat_chunk(&out, true)).await?;
     let timeout = client.data_timeout();
     client.read_response(timeout).await
+}
+
+/// A BDAT command and its chunk, in one buffer so they leave in one write.
+fn bdat_chunk(chunk: &[u8], last: bool) -> Vec<u8> {
+    let command = format!(
+        "BDAT {}{}\r\n",
+        chunk.len(),
+        if last { " LAST" } else { "" }
+    );
+    let mut out = Vec::with_capacity(command.len() + chunk.len());
+    out.extend_from_slice(command.as_bytes());
+    out.extend_from_slice(chunk);
+    out
 }
 
 #[cfg(test)]
