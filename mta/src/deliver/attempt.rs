@@ -44,7 +44,8 @@ pub async fn send(
     }
 }
 
-fn all(recipients: &[usize], outcome: Outcome) -> Vec<(usize, Outcome)> {
+/// The same outcome for every recipient of a job.
+pub(crate) fn all(recipients: &[usize], outcome: Outcome) -> Vec<(usize, Outcome)> {
     recipients.iter().map(|&i| (i, outcome.clone())).collect()
 }
 

@@ -43,7 +43,7 @@ enum DestinationError {
 pub(crate) async fn run(context: Arc<Context>, name: String, destination: Destination) {
     let mut connected: Option<Connected> = None;
     let mut jobs_done = 0usize;
-    let mut next = context.next_job(&name).await;
+    let mut next = context.next_job(&name, None).await;
     while let Some(job) = next.take() {
         let report = run_job(&context, &destination, &mut connected, &job).await;
         let keep_going = !report.destination_failed && connected.is_some();
@@ -52,7 +52,7 @@ pub(crate) async fn run(context: Arc<Context>, name: String, destination: Destin
         if !keep_going || jobs_done >= destination.max_messages_per_connection {
             break;
         }
-        next = match context.next_job(&name).await {
+        next = match context.next_job(&name, None).await {
             Some(job) => Some(job),
             None => wait_for_job(&context, &name, &mut connected).await,
         };
@@ -79,7 +79,7 @@ async fn wait_for_job(
     if idle.is_zero() {
         return None;
     }
-    let job = context.next_job_waiting(name, idle).await?;
+    let job = context.next_job(name, Some(idle)).await?;
     if let Some(session) = connected.as_mut() {
         if !session.client.is_idle_and_open().await {
             log::debug!("delivery: {} closed the idle connection", session.relay);
@@ -102,18 +102,12 @@ pub(crate) async fn parked(context: Arc<Context>, job: Job, reason: String) {
                     .unwrap_or_default(),
                 Err(_) => Vec::new(),
             };
-            let results = job
-                .recipients
-                .iter()
-                .map(|&i| {
-                    (
-                        i,
-                        Outcome::Deferred {
-                            diagnostic: reason.clone(),
-                        },
-                    )
-                })
-                .collect();
+            let results = attempt::all(
+                &job.recipients,
+                Outcome::Deferred {
+                    diagnostic: reason.clone(),
+                },
+            );
             let applied =
                 outcome::apply(&context, &entry, &header, &job, results, None, false).await;
             JobReport {
@@ -170,36 +164,24 @@ async fn run_job(
         match connect(context, destination).await {
             Ok(session) => *connected = Some(session),
             Err(DestinationError::Temporary(error)) => {
-                let results = job
-                    .recipients
-                    .iter()
-                    .map(|&i| {
-                        (
-                            i,
-                            Outcome::Deferred {
-                                diagnostic: error.clone(),
-                            },
-                        )
-                    })
-                    .collect();
+                let results = attempt::all(
+                    &job.recipients,
+                    Outcome::Deferred {
+                        diagnostic: error.clone(),
+                    },
+                );
                 let applied =
                     outcome::apply(context, &entry, &content, job, results, None, false).await;
                 return report(applied, Some(error), true);
             }
             Err(DestinationError::Permanent { status, text }) => {
-                let results = job
-                    .recipients
-                    .iter()
-                    .map(|&i| {
-                        (
-                            i,
-                            Outcome::Bounced {
-                                status: status.to_string(),
-                                diagnostic: text.clone(),
-                            },
-                        )
-                    })
-                    .collect();
+                let results = attempt::all(
+                    &job.recipients,
+                    Outcome::Bounced {
+                        status: status.to_string(),
+                        diagnostic: text.clone(),
+                    },
+                );
                 let applied =
                     outcome::apply(context, &entry, &content, job, results, None, false).await;
                 return report(applied, Some(text), false);

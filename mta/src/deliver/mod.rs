@@ -88,26 +88,19 @@ pub(crate) struct Context {
 }
 
 impl Context {
-    async fn next_job(&self, destination: &str) -> Option<Job> {
-        let (reply, answer) = oneshot::channel();
-        let request = Event::NextJob {
-            destination: destination.to_string(),
-            wait: false,
-            reply,
-        };
-        self.events.send(request).ok()?;
-        answer.await.ok().flatten()
-    }
-
-    /// The next job for `destination`, waiting up to `idle` for one to be queued.
-    async fn next_job_waiting(&self, destination: &str, idle: Duration) -> Option<Job> {
+    /// The next job for `destination`; with `idle`, waits up to that long for one to be
+    /// queued (connection caching) instead of answering None at once.
+    async fn next_job(&self, destination: &str, idle: Option<Duration>) -> Option<Job> {
         let (reply, mut answer) = oneshot::channel();
         let request = Event::NextJob {
             destination: destination.to_string(),
-            wait: true,
+            wait: idle.is_some(),
             reply,
         };
         self.events.send(request).ok()?;
+        let Some(idle) = idle else {
+            return answer.await.ok().flatten();
+        };
         match tokio::time::timeout(idle, &mut answer).await {
             Ok(job) => job.ok().flatten(),
             Err(_) => {

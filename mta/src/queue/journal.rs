@@ -155,6 +155,15 @@ pub(crate) struct State {
     pub next_segment: u64,
 }
 
+impl State {
+    /// One message of `segment` no longer needs it (left the queue, or moved to a file).
+    fn release(&mut self, segment: u64) {
+        if let Some(s) = self.segments.get_mut(&segment) {
+            s.live = s.live.saturating_sub(1);
+        }
+    }
+}
+
 /// The journal's shared state; the writer thread (commit.rs) appends, sessions and delivery
 /// look messages up, removal updates the counts.
 pub(crate) struct Journal {
@@ -205,6 +214,11 @@ impl Journal {
         Ok((journal, Found { messages, done }))
     }
 
+    /// `journal/SSSSSSSSSSSSSSSS`, the name `segment_files` reads back.
+    fn segment_path(&self, sequence: u64) -> PathBuf {
+        self.dir.join(format!("{sequence:016X}"))
+    }
+
     pub fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -237,9 +251,7 @@ impl Journal {
         let mut state = self.lock();
         let placed = state.messages.remove(&id)?;
         if !placed.migrated {
-            if let Some(segment) = state.segments.get_mut(&placed.segment) {
-                segment.live = segment.live.saturating_sub(1);
-            }
+            state.release(placed.segment);
         }
         Some(placed)
     }
@@ -265,7 +277,7 @@ impl Journal {
         }
         self.seal_current(&mut state);
         let sequence = state.next_segment;
-        let path = self.dir.join(format!("{sequence:016X}"));
+        let path = self.segment_path(sequence);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -332,7 +344,7 @@ impl Journal {
             if segment.live > 0 || segment.sealed_at.is_none() {
                 return;
             }
-            let path = self.dir.join(format!("{oldest:016X}"));
+            let path = self.segment_path(oldest);
             if let Err(e) = fs::remove_file(&path) {
                 log::error!("journal: cannot delete {}: {e}", path.display());
                 return;
@@ -344,7 +356,7 @@ impl Journal {
 
     /// The oldest sealed segment whose queued messages should move to their own files now,
     /// and those messages.
-    pub fn due_for_migration(&self) -> Option<(u64, Vec<(QueueId, Placed)>)> {
+    pub fn due_for_migration(&self) -> Option<(u64, Vec<QueueId>)> {
         let state = self.lock();
         let (&oldest, segment) = state.segments.iter().next()?;
         let sealed_at = segment.sealed_at?;
@@ -360,7 +372,7 @@ impl Journal {
             .messages
             .iter()
             .filter(|(_, p)| p.segment == oldest && !p.migrated)
-            .map(|(id, p)| (*id, *p))
+            .map(|(id, _)| *id)
             .collect();
         Some((oldest, survivors))
     }
@@ -375,9 +387,7 @@ impl Journal {
             return true;
         }
         placed.migrated = true;
-        if let Some(s) = state.segments.get_mut(&segment) {
-            s.live = s.live.saturating_sub(1);
-        }
+        state.release(segment);
         true
     }
 

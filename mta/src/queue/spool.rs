@@ -22,7 +22,7 @@ use std::time::Duration;
 use super::commit::{Committer, SyncMode};
 use super::envelope::Envelope;
 use super::id::{IdGenerator, QueueId};
-use super::journal::{self, Journal, Placed};
+use super::journal::{self, Journal};
 use super::state::{self, StateRecord};
 
 const MAGIC: &[u8; 4] = b"BWQ1";
@@ -70,6 +70,23 @@ struct Paths {
     queue: PathBuf,
 }
 
+impl Paths {
+    /// `queue/ID`: a message with a file of its own.
+    fn message(&self, id: QueueId) -> PathBuf {
+        self.queue.join(id.to_string())
+    }
+
+    /// `queue/ID.st`: the message's state log.
+    fn state_log(&self, id: QueueId) -> PathBuf {
+        self.queue.join(format!("{id}.st"))
+    }
+
+    /// The replayed state log of `id` (empty when it has none).
+    fn read_state_log(&self, id: QueueId) -> Vec<StateRecord> {
+        state::replay(&fs::read(self.state_log(id)).unwrap_or_default())
+    }
+}
+
 pub struct Spool {
     paths: Arc<Paths>,
     ids: IdGenerator,
@@ -101,7 +118,7 @@ impl Spool {
         let journal_dir = root.join("journal");
         let (journal, found) = Journal::open(&journal_dir).map_err(io_at(&journal_dir))?;
         let journaled: HashSet<QueueId> = found.messages.iter().map(|(id, ..)| *id).collect();
-        let mut recovered = recover(root, &paths.queue, &found.done, &journaled)?;
+        let mut recovered = recover(root, &paths, &found.done, &journaled)?;
         let files: HashSet<QueueId> = recovered.iter().map(|m| m.id).collect();
         for (id, image, mut placed) in found.messages {
             if files.contains(&id) {
@@ -112,12 +129,11 @@ impl Spool {
             }
             match decode(&image) {
                 Ok((envelope, content)) => {
-                    let log = fs::read(paths.queue.join(format!("{id}.st"))).unwrap_or_default();
                     recovered.push(Recovered {
                         id,
                         envelope,
                         content_len: content.len() as u64,
-                        records: state::replay(&log),
+                        records: paths.read_state_log(id),
                     });
                     journal.adopt(id, placed);
                 }
@@ -228,32 +244,31 @@ impl Spool {
     }
 
     pub fn queue_path(&self, id: QueueId) -> PathBuf {
-        self.paths.queue.join(id.to_string())
-    }
-
-    fn state_path(&self, id: QueueId) -> PathBuf {
-        self.paths.queue.join(format!("{id}.st"))
+        self.paths.message(id)
     }
 
     /// Reads the whole content of a queued message, verifying its checksum.
     pub async fn read_content(&self, id: QueueId) -> Result<Vec<u8>, SpoolError> {
-        if let Some(image) = self.journal_image(id).await? {
-            let range = content_range(&image)?;
-            return Ok(image[range].to_vec());
+        if let Some(content) = self.journal_content(id).await? {
+            return Ok(content);
         }
         let path = self.queue_path(id);
         blocking(move || read_content_blocking(&path, id)).await
     }
 
-    /// The spool image of a message the journal holds, read and checked.
-    async fn journal_image(&self, id: QueueId) -> Result<Option<Vec<u8>>, SpoolError> {
+    /// The content of a message the journal holds, read and checked (every checksum; the
+    /// envelope is not parsed again, the queue index has it).
+    async fn journal_content(&self, id: QueueId) -> Result<Option<Vec<u8>>, SpoolError> {
         let Some((file, placed)) = self.journal.locate(id) else {
             return Ok(None);
         };
         let dir = self.journal.dir.clone();
-        blocking(move || journal::read_image(&file, &placed).map_err(io_at(&dir)))
-            .await
-            .map(Some)
+        let mut image =
+            blocking(move || journal::read_image(&file, &placed).map_err(io_at(&dir))).await?;
+        let range = content_range(&image)?;
+        image.truncate(range.end);
+        image.drain(..range.start);
+        Ok(Some(image))
     }
 
     /// Opens a queued message's content for delivery: in memory up to `memory_limit` bytes,
@@ -264,13 +279,10 @@ impl Spool {
         id: QueueId,
         memory_limit: u64,
     ) -> Result<Content, SpoolError> {
-        if let Some(mut image) = self.journal_image(id).await? {
-            let range = content_range(&image)?;
-            image.truncate(range.end);
-            image.drain(..range.start);
-            let len = image.len() as u64;
+        if let Some(content) = self.journal_content(id).await? {
+            let len = content.len() as u64;
             return Ok(Content {
-                source: Source::Memory(image),
+                source: Source::Memory(content),
                 path: self.journal.dir.clone(),
                 len,
                 expected_crc: 0,
@@ -308,7 +320,7 @@ impl Spool {
     /// Appends a state change to the message's log.
     pub async fn record(&self, id: QueueId, record: StateRecord) -> Result<(), SpoolError> {
         self.journal.note_state_log(id);
-        let path = self.state_path(id);
+        let path = self.paths.state_log(id);
         blocking(move || {
             let mut file = OpenOptions::new()
                 .create(true)
@@ -323,34 +335,30 @@ impl Spool {
 
     /// Removes a message for good (delivered, bounced or deleted by the operator).
     pub async fn remove(&self, id: QueueId) -> Result<(), SpoolError> {
-        let forgotten = self.journal.forget(id);
-        if let Some(forgot) = forgotten {
-            self.committer.finished(id);
-            if !forgot.migrated && !forgot.state_log {
-                // The usual case after a first-attempt delivery: nothing to unlink.
-                return Ok(());
-            }
-        }
-        let path = self.queue_path(id);
-        let state = self.state_path(id);
-        if let Some(forgot) = forgotten {
-            let migrated = forgot.migrated;
+        let Some(forgot) = self.journal.forget(id) else {
+            let (path, state) = (self.paths.message(id), self.paths.state_log(id));
             return blocking(move || {
-                if migrated {
-                    let _ = fs::remove_file(&path);
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        return Err(SpoolError::NotFound(id))
+                    }
+                    Err(e) => return Err(io_at(&path)(e)),
                 }
                 let _ = fs::remove_file(&state);
                 Ok(())
             })
             .await;
+        };
+        self.committer.finished(id);
+        if !forgot.migrated && !forgot.state_log {
+            // The usual case after a first-attempt delivery: nothing to unlink.
+            return Ok(());
         }
+        let (path, state) = (self.paths.message(id), self.paths.state_log(id));
         blocking(move || {
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    return Err(SpoolError::NotFound(id))
-                }
-                Err(e) => return Err(io_at(&path)(e)),
+            if forgot.migrated {
+                let _ = fs::remove_file(&path);
             }
             let _ = fs::remove_file(&state);
             Ok(())
@@ -554,7 +562,7 @@ impl Draft {
             // fdatasyncs share journal commits, and the batch then needs one directory sync.
             file.sync_data().map_err(io_at(&path))?;
         }
-        let target = self.paths.queue.join(self.id.to_string());
+        let target = self.paths.message(self.id);
         fs::rename(&path, &target).map_err(io_at(&target))?;
         self.committed = true;
         Ok(())
@@ -727,10 +735,11 @@ fn read_content_blocking(path: &Path, id: QueueId) -> Result<Vec<u8>, SpoolError
 /// (a removal whose unlink did not reach the disk) are deleted.
 fn recover(
     root: &Path,
-    queue: &Path,
+    paths: &Paths,
     done: &HashSet<QueueId>,
     journaled: &HashSet<QueueId>,
 ) -> Result<Vec<Recovered>, SpoolError> {
+    let queue = &paths.queue;
     let mut found = Vec::new();
     for entry in fs::read_dir(queue).map_err(io_at(queue))? {
         let entry = entry.map_err(io_at(queue))?;
@@ -742,17 +751,16 @@ fn recover(
         let path = entry.path();
         if done.contains(&id) {
             let _ = fs::remove_file(&path);
-            let _ = fs::remove_file(queue.join(format!("{name}.st")));
+            let _ = fs::remove_file(paths.state_log(id));
             continue;
         }
         match read_envelope(&path) {
             Ok((envelope, content_len)) => {
-                let log = fs::read(queue.join(format!("{name}.st"))).unwrap_or_default();
                 found.push(Recovered {
                     id,
                     envelope,
                     content_len,
-                    records: state::replay(&log),
+                    records: paths.read_state_log(id),
                 });
             }
             Err(SpoolError::Corrupt { reason, .. }) if journaled.contains(&id) => {
@@ -824,7 +832,7 @@ impl Migration {
         }
     }
 
-    fn migrate(&self, segment: u64, survivors: &[(QueueId, Placed)]) -> Result<(), SpoolError> {
+    fn migrate(&self, segment: u64, survivors: &[QueueId]) -> Result<(), SpoolError> {
         let mut moved = Vec::new();
         let copied = self.copy_out(survivors, &mut moved).and_then(|()| {
             self.committer
@@ -835,33 +843,29 @@ impl Migration {
             // Copies that are not durable must not outlive a failed round: a message delivered
             // meanwhile would come back from its stray file after a restart.
             for id in moved {
-                let _ = fs::remove_file(self.paths.queue.join(id.to_string()));
+                let _ = fs::remove_file(self.paths.message(id));
             }
             return Err(e);
         }
         for id in moved {
             if !self.journal.mark_migrated(id, segment) {
                 // Delivered while being copied: the copy must not outlive it.
-                let _ = fs::remove_file(self.paths.queue.join(id.to_string()));
+                let _ = fs::remove_file(self.paths.message(id));
             }
         }
         Ok(())
     }
 
     /// Writes each survivor's image to `queue/ID` (not yet synced), noting it in `moved`.
-    fn copy_out(
-        &self,
-        survivors: &[(QueueId, Placed)],
-        moved: &mut Vec<QueueId>,
-    ) -> Result<(), SpoolError> {
-        for &(id, _) in survivors {
+    fn copy_out(&self, survivors: &[QueueId], moved: &mut Vec<QueueId>) -> Result<(), SpoolError> {
+        for &id in survivors {
             // Gone since the list was made, or already moved: nothing to copy.
             let Some((file, placed)) = self.journal.locate(id) else {
                 continue;
             };
             let image = journal::read_image(&file, &placed).map_err(io_at(&self.journal.dir))?;
             let draft = self.paths.tmp.join(format!("{id}.migrating"));
-            let target = self.paths.queue.join(id.to_string());
+            let target = self.paths.message(id);
             let written = write_file(&draft, &image, self.mode == SyncMode::Fsync)
                 .and_then(|()| fs::rename(&draft, &target));
             if let Err(e) = written {
