@@ -991,23 +991,18 @@ def sink(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
-class CaptureServer:
-    """A minimal threaded SMTP server that records each transaction's DATA exactly as sent on
-    the wire (still dot-stuffed, up to and including the CRLF.CRLF terminator), in
-    `transactions`: dicts with mail, rcpts (the command lines) and data (bytes).
-    EHLO offers PIPELINING, 8BITMIME, SIZE, ENHANCEDSTATUSCODES; it accepts everything.
-    `connections` counts accepted connections; with `idle_close` set, a connection that sends
-    nothing for that many seconds gets 421 and is closed (as real servers' idle timeouts do)."""
+class ThreadedServer:
+    """A listening socket on host:port (IPv4) that runs `_session(conn)` in a thread of its
+    own for every connection it accepts; `connections` counts them. stop() ends the accept
+    loop and closes every connection. Subclasses write `_session` and watch `_stop`."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None,
-                 idle_close: float | None = None):
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None):
         self.host = host
         self.port = port or free_port()
-        self.idle_close = idle_close
         self.connections = 0
-        self.transactions: list[dict] = []
         self.lock = threading.Lock()
         self._stop = threading.Event()
+        self._open: list[socket.socket] = []
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
 
@@ -1015,7 +1010,7 @@ class CaptureServer:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def start(self) -> "CaptureServer":
+    def start(self):
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((self.host, self.port))
@@ -1030,6 +1025,9 @@ class CaptureServer:
         self._stop.set()
         if self._thread:
             self._thread.join(3)
+        with self.lock:
+            for conn in self._open:
+                conn.close()
         if self._sock:
             self._sock.close()
 
@@ -1043,7 +1041,26 @@ class CaptureServer:
                 return
             with self.lock:
                 self.connections += 1
+                self._open.append(conn)
             threading.Thread(target=self._session, args=(conn,), daemon=True).start()
+
+    def _session(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class CaptureServer(ThreadedServer):
+    """A minimal threaded SMTP server that records each transaction's DATA exactly as sent on
+    the wire (still dot-stuffed, up to and including the CRLF.CRLF terminator), in
+    `transactions`: dicts with mail, rcpts (the command lines) and data (bytes).
+    EHLO offers PIPELINING, 8BITMIME, SIZE, ENHANCEDSTATUSCODES; it accepts everything.
+    With `idle_close` set, a connection that sends nothing for that many seconds gets 421
+    and is closed (as real servers' idle timeouts do)."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None,
+                 idle_close: float | None = None):
+        super().__init__(host, port)
+        self.idle_close = idle_close
+        self.transactions: list[dict] = []
 
     def _session(self, conn: socket.socket) -> None:
         conn.settimeout(self.idle_close or 30)

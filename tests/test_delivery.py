@@ -4,7 +4,6 @@ destinations, TLS towards the next hop, what goes on the wire, the delivery log,
 Next hops are Postfix smtp-sink processes (see the `sink` fixture in conftest.py) or, where raw
 bytes matter, the CaptureServer. Every wait is bounded."""
 
-import os
 import re
 import signal
 import subprocess
@@ -13,9 +12,8 @@ import time
 import pytest
 
 from conftest import mid, send_message as send
-from conftest import (CRLF, RawSession, assert_no_new_messages, dot_stuff, expect, free_port,
-                      make_message, queue_id_of, route, run, send_mail, wait_queue_empty,
-                      wait_queue_len, wait_until)
+from conftest import (RawSession, expect, free_port, make_message, queue_id_of, route, run,
+                      send_mail, wait_queue_empty, wait_queue_len, wait_until)
 
 SENDER = "sender@other.org"
 
@@ -472,11 +470,8 @@ def test_dot_lines_arrive_unstuffed(start_mta, sink, tmp_path):
     d = start_mta(tmp_path, [route(["example.com"], [hop]), bounce_route(bounces)])
     m = mid("dots")
     body = "first\r\n.hidden\r\n..two dots\r\n.\r\nafter the dot line\r\n"
-    with RawSession(d.port) as s:
-        s.greeting()
-        s.ehlo()
-        queue_id_of(s.mail_transaction(SENDER, ["alice@example.com"],
-                                       make_message(body=body, message_id=m)))  # dot_stuff()s on the way in
+    # send_mail dot-stuffs on the way in.
+    queue_id_of(send_mail(d.port, SENDER, ["alice@example.com"], make_message(body=body, message_id=m)))
     got = hop.wait_for(1, timeout=20)[0]
     assert got.message_id == m
     content = got.content  # smtp-sink stores LF line ends, unstuffed
@@ -491,10 +486,7 @@ def test_long_and_8bit_message_arrives_intact(start_mta, sink, tmp_path):
     msg = make_message(body="\r\n".join(lines), message_id=m,
                        extra_headers=["MIME-Version: 1.0", "Content-Type: text/plain; charset=utf-8",
                                       "Content-Transfer-Encoding: 8bit"])
-    with RawSession(d.port) as s:
-        s.greeting()
-        s.ehlo()
-        queue_id_of(s.mail_transaction(SENDER, ["alice@example.com"], msg, mail_params="BODY=8BITMIME"))
+    queue_id_of(send_mail(d.port, SENDER, ["alice@example.com"], msg, mail_params="BODY=8BITMIME"))
     got = hop.wait_for(1, timeout=30)[0]
     body = got.content.split(b"\n\n", 1)[1]
     assert body == ("\n".join(lines) + "\n").encode(), "the body changed on the way through"
@@ -606,10 +598,7 @@ def test_8bit_to_a_next_hop_without_8bitmime_bounces(start_mta, sink, tmp_path):
     msg = make_message(body="caf\u00e9 cr\u00e8me", message_id=mid("8bit"),
                        extra_headers=["MIME-Version: 1.0", "Content-Type: text/plain; charset=utf-8",
                                       "Content-Transfer-Encoding: 8bit"])
-    with RawSession(d.port) as s:
-        s.greeting()
-        s.ehlo()
-        queue_id_of(s.mail_transaction(SENDER, ["alice@example.com"], msg, mail_params="BODY=8BITMIME"))
+    queue_id_of(send_mail(d.port, SENDER, ["alice@example.com"], msg, mail_params="BODY=8BITMIME"))
     r = _only_dsn_recipient(bounces, "alice@example.com")
     assert r.get("action") == "failed" and r.get("status") == "5.6.3", r
     assert hop.count() == 0
@@ -621,10 +610,7 @@ def test_ascii_declared_8bitmime_goes_as_7bit_to_a_hop_without_8bitmime(start_mt
     d = start_mta(tmp_path, [route(["example.com"], [hop]), bounce_route(bounces)])
     m = mid("ascii8")
     msg = make_message(body="plain ascii", message_id=m)
-    with RawSession(d.port) as s:
-        s.greeting()
-        s.ehlo()
-        queue_id_of(s.mail_transaction(SENDER, ["alice@example.com"], msg, mail_params="BODY=8BITMIME"))
+    queue_id_of(send_mail(d.port, SENDER, ["alice@example.com"], msg, mail_params="BODY=8BITMIME"))
     got = hop.wait_for(1, timeout=20)
     assert [x.message_id for x in got] == [m]
     assert "BODY=" not in (got[0].mail_args or "").upper(), got[0].mail_args
@@ -635,10 +621,7 @@ def test_utf8_address_to_a_next_hop_without_smtputf8_bounces(start_mta, sink, tm
     hop, bounces = sink("hop", options=["-e"]), sink("bounces")  # -e: no ESMTP at all
     d = start_mta(tmp_path, [route(["example.com"], [hop]), bounce_route(bounces)])
     msg = make_message(body="hello", message_id=mid("utf8"))
-    with RawSession(d.port) as s:
-        s.greeting()
-        s.ehlo()
-        queue_id_of(s.mail_transaction(SENDER, ["jos\u00e9@example.com"], msg, mail_params="SMTPUTF8"))
+    queue_id_of(send_mail(d.port, SENDER, ["jos\u00e9@example.com"], msg, mail_params="SMTPUTF8"))
     # RFC 6533: a UTF-8 address in a 7-bit report is written as utf-8 with \x{HEX} escapes.
     r = _only_dsn_recipient(bounces, "jos\\x{E9}@example.com")
     assert r.get("action") == "failed" and r.get("status") == "5.6.7", r

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 import time
 
 import pytest
 
-from conftest import (assert_no_new_messages, free_port, make_message, parse_dsn, route, send_mail,
+from conftest import (ThreadedServer, assert_no_new_messages, free_port, make_message, parse_dsn, route, send_mail,
                       wait_queue_empty, wait_queue_len, wait_until)
 
 LONG = os.environ.get("BULWARK_LONG") == "1"
@@ -75,47 +74,15 @@ def test_next_hop_down_then_back(tmp_path, start_mta, sink):
     assert notices.count() == N, "a failure notice after the next hop came back"
 
 
-class FaultyHop:
+class FaultyHop(ThreadedServer):
     """A next hop that misbehaves in one chosen way on every connection:
     `421` answers the greeting with 421; `hang` reads part of DATA and then neither reads nor
     answers; `close` reads part of DATA and closes. Counts the connections it saw."""
 
     def __init__(self, mode: str, port: int | None = None):
+        super().__init__(port=port)
         self.mode = mode
-        self.port = port or free_port()
-        self.connections = 0
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", self.port))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
-        self.stop_event = threading.Event()
-        self.open: list[socket.socket] = []
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self.thread.join(3)
-        for c in self.open:
-            c.close()
-        self.sock.close()
-
-    def _accept(self) -> None:
-        while not self.stop_event.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            self.connections += 1
-            self.open.append(conn)
-            threading.Thread(target=self._session, args=(conn,), daemon=True).start()
+        self.start()
 
     def _session(self, conn: socket.socket) -> None:
         conn.settimeout(30)
@@ -126,7 +93,7 @@ class FaultyHop:
                 return
             conn.sendall(b"220 faulty.test ESMTP\r\n")
             buf = b""
-            while not self.stop_event.is_set():
+            while not self._stop.is_set():
                 while b"\r\n" not in buf:
                     chunk = conn.recv(65536)
                     if not chunk:
@@ -142,7 +109,7 @@ class FaultyHop:
                     if self.mode == "close":
                         conn.close()
                         return
-                    self.stop_event.wait(60)  # hang: read nothing more, answer nothing
+                    self._stop.wait(60)  # hang: read nothing more, answer nothing
                     return
                 elif verb == b"QUIT":
                     conn.sendall(b"221 bye\r\n")
