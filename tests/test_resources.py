@@ -45,43 +45,61 @@ def small_tmpfs(path, size: str = "2m"):
         subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=20)
 
 
+def mta_with_spool_on(fs, tmp_path, start_mta, sink):
+    """A daemon whose spool is on `fs` and whose next hop is down (the queue only grows)."""
+    next_hop = sink("next", start=False)
+    daemon = start_mta(tmp_path, routes=[route(["example.com"], [next_hop])],
+                       server={"spool_dir": str(fs / "spool")},
+                       delivery={"retry_initial": "1s", "retry_max": "1s"})
+    return daemon, next_hop
+
+
+def send_until_full(daemon, message_for, tries: int, what: str) -> int:
+    """Sends message_for(i) until the daemon refuses one, which must be 452 4.3.1 (a full
+    spool); returns how many got 250 before that (at least one)."""
+    accepted, full_reply = 0, None
+    for i in range(tries):
+        code, text = send_mail(daemon.port, message=message_for(i))
+        if code == 250:
+            accepted += 1
+            continue
+        full_reply = (code, text)
+        break
+    assert full_reply is not None, f"{what} never filled up"
+    assert full_reply[0] == 452 and full_reply[1].startswith("4.3.1"), \
+        f"full spool answered {full_reply}, not 452 4.3.1"
+    assert accepted >= 1
+    return accepted
+
+
+def recovers_exactly_then_drains(daemon, next_hop, accepted: int, make_room, message=None) -> None:
+    """A restart on the full disk recovers exactly what was acknowledged; once make_room()
+    frees space and the next hop takes the mail, mail is accepted again."""
+    daemon.restart()
+    assert len(daemon.queue_list()) == accepted
+    make_room()
+    wait_queue_empty(daemon, timeout=60)
+    assert next_hop.count() == accepted
+    code, text = send_mail(daemon.port, message=message)
+    assert code == 250, f"after space returned: {code} {text}"
+    daemon.stop()
+
+
 @root_only
 def test_full_spool_answers_452_keeps_nothing_corrupt_and_recovers(tmp_path, start_mta, sink):
     with small_tmpfs(tmp_path / "fs") as fs:
-        next_hop = sink("next", start=False)  # down: the queue only grows
-        daemon = start_mta(tmp_path, routes=[route(["example.com"], [next_hop])],
-                           server={"spool_dir": str(fs / "spool")},
-                           delivery={"retry_initial": "1s", "retry_max": "1s"})
+        daemon, next_hop = mta_with_spool_on(fs, tmp_path, start_mta, sink)
         body = "x" * 76 + "\n"
         big = make_message(subject="filler", body=body * 2500)  # ~200 KB
-        accepted, full_reply = 0, None
-        for i in range(40):
-            code, text = send_mail(daemon.port, message=big)
-            if code == 250:
-                accepted += 1
-                continue
-            full_reply = (code, text)
-            break
-        assert full_reply is not None, "a 2 MiB spool never filled up"
-        assert full_reply[0] == 452 and full_reply[1].startswith("4.3.1"), \
-            f"full spool answered {full_reply}, not 452 4.3.1"
-        assert accepted >= 1
+        accepted = send_until_full(daemon, lambda i: big, 40, "a 2 MiB spool")
         # Still full: refused again, and the daemon is alive.
         code, text = send_mail(daemon.port, message=big)
         assert code == 452, f"second try on a full spool: {code} {text}"
         assert not list((fs / "spool" / "tmp").iterdir()), "a refused draft was left in tmp/"
-        # A restart on the full disk recovers exactly what was acknowledged, nothing corrupt.
-        daemon.restart()
-        assert len(daemon.queue_list()) == accepted
         corrupt = fs / "spool" / "corrupt"
+        # Space returns when the next hop takes the mail.
+        recovers_exactly_then_drains(daemon, next_hop, accepted, next_hop.start, message=big)
         assert not corrupt.exists() or not any(corrupt.iterdir()), list(corrupt.iterdir())
-        # Space returns when the next hop takes the mail; then mail is accepted again.
-        next_hop.start()
-        wait_queue_empty(daemon, timeout=60)
-        assert next_hop.count() == accepted
-        code, text = send_mail(daemon.port, message=big)
-        assert code == 250, f"after space returned: {code} {text}"
-        daemon.stop()
 
 
 @root_only
@@ -89,36 +107,21 @@ def test_full_disk_under_the_journal_answers_452_and_recovers(tmp_path, start_mt
     # Small messages go to the spool's journal, not to files of their own: fill the disk
     # around the journal with a filler file, leaving room for a few of them.
     with small_tmpfs(tmp_path / "fs") as fs:
-        next_hop = sink("next", start=False)
-        daemon = start_mta(tmp_path, routes=[route(["example.com"], [next_hop])],
-                           server={"spool_dir": str(fs / "spool")},
-                           delivery={"retry_initial": "1s", "retry_max": "1s"})
+        daemon, next_hop = mta_with_spool_on(fs, tmp_path, start_mta, sink)
         free = os.statvfs(fs).f_bavail * os.statvfs(fs).f_frsize
         filler = fs / "filler"
         with open(filler, "wb") as f:
             f.write(b"\0" * max(0, free - 24 * 1024))
-        accepted, full_reply = 0, None
-        for i in range(100):
-            code, text = send_mail(daemon.port, message=make_message(subject=f"small {i}",
-                                                                     body="x" * 76 + "\n" + "y" * 900))
-            if code == 250:
-                accepted += 1
-                continue
-            full_reply = (code, text)
-            break
-        assert full_reply is not None, "the journal never hit the full disk"
-        assert full_reply[0] == 452 and full_reply[1].startswith("4.3.1"), full_reply
-        assert accepted >= 1
+
+        def small(i):
+            return make_message(subject=f"small {i}", body="x" * 76 + "\n" + "y" * 900)
+        accepted = send_until_full(daemon, small, 100, "the journal's disk")
         # A failed journal write is cut off: a restart recovers exactly what got 250.
-        daemon.restart()
-        assert len(daemon.queue_list()) == accepted
-        filler.unlink()
-        next_hop.start()
-        wait_queue_empty(daemon, timeout=60)
-        assert next_hop.count() == accepted
-        code, text = send_mail(daemon.port)
-        assert code == 250, f"after space returned: {code} {text}"
-        daemon.stop()
+
+        def make_room():
+            filler.unlink()
+            next_hop.start()
+        recovers_exactly_then_drains(daemon, next_hop, accepted, make_room)
 
 
 def test_fd_exhaustion_daemon_survives_and_serves_again(tmp_path, start_daemon):
