@@ -168,9 +168,11 @@ def started():
         print(f"--- bulwarkd {d.name} log tail ---\n{d.log()[-3000:]}")
 
 
-def start(started, base, net, pin_dir, as_user=None, recipients=None, **over) -> NetnsDaemon:
+def start(started, base, net, pin_dir, as_user=None, recipients=None, daemon: dict | None = None,
+          **over) -> NetnsDaemon:
+    """A NetnsDaemon with [flow] from flow_toml(**over) and other settings from `daemon`."""
     d = NetnsDaemon(base, net, as_user=as_user, recipients=recipients,
-                    extra_toml=flow_toml(net, pin_dir, **over))
+                    extra_toml=flow_toml(net, pin_dir, **over), **(daemon or {}))
     started.append(d)
     return d.start()
 
@@ -306,10 +308,8 @@ def assert_only_client_1_blocked(d: NetnsDaemon, net: Net, who: str) -> None:
 def test_pregreet_talker_is_blocked(net, bpffs, started, tmp_path):
     """Talking before the greeting, pregreet_sessions times: the address is blocked in the
     kernel; the other client is untouched."""
-    d = NetnsDaemon(tmp_path, net, smtp={"greet_delay": "300ms"},
-                    extra_toml=flow_toml(net, bpffs, pregreet_sessions=2))
-    started.append(d)
-    d.start()
+    d = start(started, tmp_path, net, bpffs, daemon={"smtp": {"greet_delay": "300ms"}},
+              pregreet_sessions=2)
     codes = net.client(1, "pregreet", net.server_addr(1), PORT, 2)["codes"]
     assert codes == [554, 554], codes
     assert_only_client_1_blocked(d, net, "the early talker")
@@ -317,10 +317,7 @@ def test_pregreet_talker_is_blocked(net, bpffs, started, tmp_path):
 
 def test_protocol_error_flood_is_blocked(net, bpffs, started, tmp_path):
     """Sessions closed for too many errors, error_sessions times: the address is blocked."""
-    d = NetnsDaemon(tmp_path, net, limits={"max_errors": 3},
-                    extra_toml=flow_toml(net, bpffs, error_sessions=2))
-    started.append(d)
-    d.start()
+    d = start(started, tmp_path, net, bpffs, daemon={"limits": {"max_errors": 3}}, error_sessions=2)
     last = net.client(1, "errors", net.server_addr(1), PORT, 2)["last"]
     assert last == [421, 421], last
     assert_only_client_1_blocked(d, net, "the error flooder")
@@ -329,9 +326,7 @@ def test_protocol_error_flood_is_blocked(net, bpffs, started, tmp_path):
 def test_default_pin_dir_mounts_bpffs_when_missing(net, started, tmp_path):
     """`ip netns exec` gives the daemon a fresh /sys without a bpf file system: with the
     default pin_dir (/sys/fs/bpf/bulwark) it mounts one itself and attaches in the kernel."""
-    d = NetnsDaemon(tmp_path, net, extra_toml=flow_toml(net, None, interfaces=net.server_ifs))
-    started.append(d)
-    d.start()
+    d = start(started, tmp_path, net, None, interfaces=net.server_ifs)
     status = d.flow("status")
     assert status["enforcement"] == "xdp", status
     assert "mounted the bpf file system" in d.log(), d.log()[-2000:]
@@ -342,10 +337,8 @@ def test_auth_failures_get_the_address_blocked(net, bpffs, started, tmp_path):
     login tries PLAIN, then LOGIN: two failures per session.)"""
     from conftest import make_cert
     cert = make_cert(tmp_path / "tls")
-    d = NetnsDaemon(tmp_path, net, tls=True, tls_cert=cert, users={"alice": "right"},
-                    extra_toml=flow_toml(net, bpffs, auth_failures=4))
-    started.append(d)
-    d.start()
+    d = start(started, tmp_path, net, bpffs,
+              daemon={"tls": True, "tls_cert": cert, "users": {"alice": "right"}}, auth_failures=4)
     codes = net.client(1, "authfail", net.server_addr(1), PORT, 2)["codes"]
     assert codes == [535, 535], codes
     assert_only_client_1_blocked(d, net, "the guesser")
@@ -354,9 +347,7 @@ def test_auth_failures_get_the_address_blocked(net, bpffs, started, tmp_path):
 def test_kernel_maps_keep_working_after_dropping_to_the_service_user(net, bpffs, started, tmp_path):
     """Started as root with [server] user: XDP is attached first, then bulwarkd drops to the
     user and still updates the kernel blocklist through the map descriptors it kept."""
-    d = NetnsDaemon(tmp_path, net, server={"user": "nobody"}, extra_toml=flow_toml(net, bpffs))
-    started.append(d)
-    d.start()
+    d = start(started, tmp_path, net, bpffs, daemon={"server": {"user": "nobody"}})
     status = d.flow("status")
     assert status["enforcement"] == "xdp", status
     uid = int(next(l.split()[1] for l in open(f"/proc/{d.proc.pid}/status") if l.startswith("Uid:")))
