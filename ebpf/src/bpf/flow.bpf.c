@@ -158,6 +158,27 @@ static __always_inline int syn_to_watched_port(struct tcphdr *tcp)
 	return bpf_map_lookup_elem(&bw_ports, &port) != NULL;
 }
 
+// The verdict for a SYN from a source that is `allowed` or else looked up in `block_map`
+// under `lpm` (its LPM key) and rate-limited under `key` (the source as 16 bytes).
+static __always_inline int verdict(void *allow_map, void *block_map, void *lpm, __u8 key[16])
+{
+	if (bpf_map_lookup_elem(allow_map, lpm)) {
+		count(C_PASS_ALLOW);
+		return XDP_PASS;
+	}
+	__u64 now = bpf_ktime_get_ns();
+	if (blocked(bpf_map_lookup_elem(block_map, lpm), now)) {
+		count(C_DROP_BLOCK);
+		return XDP_DROP;
+	}
+	if (!rate_ok(key, now)) {
+		count(C_DROP_RATE);
+		return XDP_DROP;
+	}
+	count(C_PASS_RATE);
+	return XDP_PASS;
+}
+
 static __always_inline int decide_v4(struct iphdr *ip, void *end)
 {
 	if (ip->protocol != IPPROTO_TCP || ip->ihl < 5)
@@ -168,25 +189,11 @@ static __always_inline int decide_v4(struct iphdr *ip, void *end)
 	count(C_SEEN);
 	struct lpm_v4 lpm = { .prefixlen = 32 };
 	__builtin_memcpy(lpm.addr, &ip->saddr, 4);
-	if (bpf_map_lookup_elem(&bw_allow4, &lpm)) {
-		count(C_PASS_ALLOW);
-		return XDP_PASS;
-	}
-	__u64 now = bpf_ktime_get_ns();
-	if (blocked(bpf_map_lookup_elem(&bw_block4, &lpm), now)) {
-		count(C_DROP_BLOCK);
-		return XDP_DROP;
-	}
 	__u8 key[16] = { 0 };
 	key[10] = 0xff;
 	key[11] = 0xff;
 	__builtin_memcpy(&key[12], &ip->saddr, 4);
-	if (!rate_ok(key, now)) {
-		count(C_DROP_RATE);
-		return XDP_DROP;
-	}
-	count(C_PASS_RATE);
-	return XDP_PASS;
+	return verdict(&bw_allow4, &bw_block4, &lpm, key);
 }
 
 static __always_inline int decide_v6(struct ipv6hdr *ip, void *end)
@@ -201,23 +208,9 @@ static __always_inline int decide_v6(struct ipv6hdr *ip, void *end)
 	count(C_SEEN);
 	struct lpm_v6 lpm = { .prefixlen = 128 };
 	__builtin_memcpy(lpm.addr, &ip->saddr, 16);
-	if (bpf_map_lookup_elem(&bw_allow6, &lpm)) {
-		count(C_PASS_ALLOW);
-		return XDP_PASS;
-	}
-	__u64 now = bpf_ktime_get_ns();
-	if (blocked(bpf_map_lookup_elem(&bw_block6, &lpm), now)) {
-		count(C_DROP_BLOCK);
-		return XDP_DROP;
-	}
 	__u8 key[16] = { 0 };
 	__builtin_memcpy(key, &ip->saddr, 8);
-	if (!rate_ok(key, now)) {
-		count(C_DROP_RATE);
-		return XDP_DROP;
-	}
-	count(C_PASS_RATE);
-	return XDP_PASS;
+	return verdict(&bw_allow6, &bw_block6, &lpm, key);
 }
 
 SEC("xdp")
