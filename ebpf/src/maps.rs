@@ -41,6 +41,18 @@ pub struct BlockEntry {
     pub hits: u64,
 }
 
+impl BlockEntry {
+    /// An entry of bw_block4 / bw_block6 as the kernel program keeps it.
+    fn from_map(addr: IpAddr, prefix_len: u32, value: BlockValue) -> Self {
+        BlockEntry {
+            addr,
+            prefix: prefix_len as u8,
+            expires_ns: value[0],
+            hits: value[1],
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceStat {
     /// The source: an IPv4 address, or an IPv6 /64 (shown as its network address).
@@ -174,25 +186,13 @@ impl FlowMaps {
     }
 
     pub(crate) fn blocked(&self) -> Vec<BlockEntry> {
-        let v4 = self
-            .block4
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(k, v)| BlockEntry {
-                addr: IpAddr::V4(Ipv4Addr::from(k.data())),
-                prefix: k.prefix_len() as u8,
-                expires_ns: v[0],
-                hits: v[1],
+        let v4 =
+            self.block4.iter().filter_map(Result::ok).map(|(k, v)| {
+                BlockEntry::from_map(Ipv4Addr::from(k.data()).into(), k.prefix_len(), v)
             });
-        let v6 = self
-            .block6
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(k, v)| BlockEntry {
-                addr: IpAddr::V6(Ipv6Addr::from(k.data())),
-                prefix: k.prefix_len() as u8,
-                expires_ns: v[0],
-                hits: v[1],
+        let v6 =
+            self.block6.iter().filter_map(Result::ok).map(|(k, v)| {
+                BlockEntry::from_map(Ipv6Addr::from(k.data()).into(), k.prefix_len(), v)
             });
         v4.chain(v6).collect()
     }
