@@ -218,6 +218,13 @@ fn key(path: &[&str]) -> Vec<Segment> {
     path.iter().map(|k| Segment::Key(k.to_string())).collect()
 }
 
+/// `a.b[index]`: one element of a list.
+fn element(path: &[&str], index: usize) -> Vec<Segment> {
+    let mut segments = key(path);
+    segments.push(Segment::Index(index));
+    segments
+}
+
 fn indexed(table: &str, index: usize, field: &str) -> Vec<Segment> {
     vec![
         Segment::Key(table.to_string()),
@@ -331,11 +338,7 @@ fn validate_relay(config: &mut Config, found: &mut Found) {
     for (i, domain) in config.relay.domains.iter_mut().enumerate() {
         if domain.contains('*') || domain.is_empty() {
             found.push((
-                vec![
-                    Segment::Key("relay".into()),
-                    Segment::Key("domains".into()),
-                    Segment::Index(i),
-                ],
+                element(&["relay", "domains"], i),
                 format!("{domain:?} is not a domain (wildcards would make an open relay)"),
             ));
         }
@@ -344,11 +347,7 @@ fn validate_relay(config: &mut Config, found: &mut Found) {
     for (i, net) in config.relay.trusted_networks.iter().enumerate() {
         if net.prefix_len() == 0 {
             found.push((
-                vec![
-                    Segment::Key("relay".into()),
-                    Segment::Key("trusted_networks".into()),
-                    Segment::Index(i),
-                ],
+                element(&["relay", "trusted_networks"], i),
                 format!("{net} trusts the whole Internet: that is an open relay"),
             ));
         }
@@ -594,11 +593,7 @@ fn validate_flow(config: &Config, found: &mut Found) {
     for (i, name) in flow.interfaces.iter().enumerate() {
         if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
             found.push((
-                vec![
-                    Segment::Key("flow".into()),
-                    Segment::Key("interfaces".into()),
-                    Segment::Index(i),
-                ],
+                element(&["flow", "interfaces"], i),
                 format!("{name:?} is not an interface name"),
             ));
         }
@@ -606,11 +601,7 @@ fn validate_flow(config: &Config, found: &mut Found) {
     for (i, net) in flow.allow.iter().enumerate() {
         if net.prefix_len() == 0 {
             found.push((
-                vec![
-                    Segment::Key("flow".into()),
-                    Segment::Key("allow".into()),
-                    Segment::Index(i),
-                ],
+                element(&["flow", "allow"], i),
                 format!("{net} would exempt the whole Internet from flow control"),
             ));
         }
