@@ -35,6 +35,10 @@ pub enum StartError {
     #[error(transparent)]
     Control(#[from] admin::server::ControlError),
     #[error(transparent)]
+    ControlHttps(#[from] admin::https::ControlListenError),
+    #[error(transparent)]
+    Metrics(#[from] admin::metrics::MetricsBindError),
+    #[error(transparent)]
     Runtime(#[from] crate::gateway::RuntimeError),
     #[error(transparent)]
     Resolver(crate::route::ResolverSetupError),
@@ -91,6 +95,14 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
         log::info!("listening on {address} ({:?})", bound.config.role);
     }
     let control = admin::server::bind(&config.server.control_socket)?;
+    let control_https = match &config.control {
+        Some(settings) => Some(admin::https::bind(settings).await?),
+        None => None,
+    };
+    let metrics = match &config.metrics {
+        Some(settings) => Some(admin::metrics::bind(settings.listen).await?),
+        None => None,
+    };
     let resolver = HickoryResolver::new(&config.dns).map_err(StartError::Resolver)?;
     // eBPF is loaded and attached while still privileged; the map file descriptors keep
     // working after the drop below.
@@ -112,11 +124,27 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
     let reload_source = source.clone();
     let reload: admin::server::ReloadFn =
         Arc::new(move || reload_now(&reload_gateway, &reload_source));
-    tokio::spawn(admin::server::serve(
-        control,
-        gateway.clone(),
-        reload.clone(),
-    ));
+    let executor = Arc::new(admin::server::Control {
+        gateway: gateway.clone(),
+        reload: reload.clone(),
+        config_file: match &source {
+            ConfigSource::File(path) => Some(path.clone()),
+            ConfigSource::BuiltIn => None,
+        },
+    });
+    tokio::spawn(admin::server::serve(control, executor.clone()));
+    if let Some((listener, acceptor)) = control_https {
+        if let Ok(address) = listener.local_addr() {
+            log::info!("control over HTTPS (mutual TLS) on {address}");
+        }
+        tokio::spawn(admin::https::serve(listener, acceptor, executor));
+    }
+    if let Some(listener) = metrics {
+        if let Ok(address) = listener.local_addr() {
+            log::info!("Prometheus metrics on http://{address}/metrics");
+        }
+        tokio::spawn(admin::metrics::serve(listener, gateway.clone()));
+    }
 
     let (stop, stopped) = watch::channel(false);
     spawn_signal_handlers(stop, reload)?;

@@ -1,8 +1,18 @@
-//! The control socket behind `bulwarkctl`: a unix stream socket (mode 0660, so the daemon's
-//! user and group may manage it) carrying one JSON request line and one JSON response line
-//! per connection. `protocol` is shared by both ends; `server` runs in the daemon; `client`
-//! in the CLI.
+//! The control protocol behind `bulwarkctl` and the console. Transports: a unix stream socket
+//! (mode 0660, one JSON request line and one JSON response line per connection) and, with
+//! `[control] listen`, HTTPS with mutual TLS (`https`, `POST /control`). `protocol` is shared
+//! by every end; `server` executes requests in the daemon; `client` is the CLI's socket side;
+//! `remote` is the console's federation client; `enroll` makes their certificates; `metrics`
+//! serves Prometheus text; `config_edit` the remote configuration requests; `users` the
+//! console's users file.
 
 pub mod client;
+pub mod config_edit;
+pub mod enroll;
+mod http;
+pub mod https;
+pub mod metrics;
 pub mod protocol;
+pub mod remote;
 pub mod server;
+pub mod users;

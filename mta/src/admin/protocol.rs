@@ -39,6 +39,16 @@ pub enum Request {
         target: String,
     },
     FlowList,
+    /// The configuration file's text.
+    ConfigGet,
+    /// Checks `text` as a configuration file: `problems` with line and column, nothing changed.
+    ConfigValidate {
+        text: String,
+    },
+    /// Validates `text`, replaces the file (the old one kept as `FILE.previous`) and reloads.
+    ConfigPut {
+        text: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -19,6 +19,14 @@ use crate::queue::{QueueId, QueueState, SpoolError, StateRecord};
 /// Reloads the configuration (the daemon's SIGHUP path); returns a message on failure.
 pub type ReloadFn = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
+/// What every control transport (unix socket, HTTPS) executes requests against.
+pub struct Control {
+    pub gateway: Arc<Gateway>,
+    pub reload: ReloadFn,
+    /// The configuration file (none when running on the built-in default): `config-*` requests.
+    pub config_file: Option<PathBuf>,
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("control socket {path}: {source}")]
 pub struct ControlError {
@@ -45,11 +53,11 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     Ok(listener)
 }
 
-pub async fn serve(listener: UnixListener, gateway: Arc<Gateway>, reload: ReloadFn) {
+pub async fn serve(listener: UnixListener, control: Arc<Control>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(handle(stream, gateway.clone(), reload.clone()));
+                tokio::spawn(handle(stream, control.clone()));
             }
             Err(e) => {
                 log::warn!("control socket accept: {e}");
@@ -59,14 +67,14 @@ pub async fn serve(listener: UnixListener, gateway: Arc<Gateway>, reload: Reload
     }
 }
 
-async fn handle(stream: UnixStream, gateway: Arc<Gateway>, reload: ReloadFn) {
+async fn handle(stream: UnixStream, control: Arc<Control>) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
     let mut line = String::new();
     let read = tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line)).await;
     let response = match read {
         Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
-            Ok(request) => execute(request, &gateway, &reload).await,
+            Ok(request) => control.execute(request).await,
             Err(e) => Response::error(format!("malformed request: {e}")),
         },
         _ => Response::error("no request received"),
@@ -76,8 +84,26 @@ async fn handle(stream: UnixStream, gateway: Arc<Gateway>, reload: ReloadFn) {
     let _ = write.write_all(&out).await;
 }
 
+impl Control {
+    pub async fn execute(&self, request: Request) -> Response {
+        match request {
+            Request::ConfigGet => super::config_edit::get(self.config_file.as_deref()),
+            Request::ConfigValidate { text } => {
+                super::config_edit::validate(self.config_file.as_deref(), &text)
+            }
+            Request::ConfigPut { text } => {
+                super::config_edit::put(self.config_file.as_deref(), &text, &self.reload)
+            }
+            other => execute(other, &self.gateway, &self.reload).await,
+        }
+    }
+}
+
 async fn execute(request: Request, gateway: &Gateway, reload: &ReloadFn) -> Response {
     match request {
+        Request::ConfigGet | Request::ConfigValidate { .. } | Request::ConfigPut { .. } => {
+            Response::error("configuration requests need the control context")
+        }
         Request::Status => Response::ok(status(gateway)),
         Request::QueueList => Response::ok(json!(gateway.queue.list())),
         Request::QueueShow { id, body } => show(gateway, &id, body).await,

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use bulwark::admin::client::call;
 use bulwark::admin::protocol::Request;
+use bulwark::admin::users::{self, Role};
 use bulwark::daemon::ConfigSource;
 use clap::{Parser, Subcommand};
 use serde_json::Value;
@@ -44,6 +45,71 @@ enum Command {
     Flow {
         #[command(subcommand)]
         command: FlowCommand,
+    },
+    /// The web console's users (the users file; no daemon needed).
+    Console {
+        #[command(subcommand)]
+        command: ConsoleCommand,
+    },
+    /// The control federation's certificates.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConsoleCommand {
+    /// Console users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+        /// The users file (default: `[console] users_file` of the configuration).
+        #[arg(long, global = true, value_name = "PATH")]
+        users_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user or replace one's password and role; the password is read from stdin.
+    Add {
+        name: String,
+        #[arg(long, value_enum)]
+        role: Role,
+        /// A recipient domain a quarantine manager manages (repeat for several).
+        #[arg(long = "domain")]
+        domains: Vec<String>,
+        /// Give the user a TOTP second factor; prints its secret and otpauth URI.
+        #[arg(long)]
+        totp: bool,
+    },
+    Remove {
+        name: String,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// Make (or reuse) the CA, this node's server certificate and the console's client
+    /// certificate under DIR; prints the [control] and [[console.node]] settings.
+    Enroll {
+        /// The node's name (also the first name in its certificate).
+        #[arg(long)]
+        name: String,
+        /// Further host names or IP addresses the console reaches the node by.
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Where the certificates live.
+        #[arg(long, default_value = "/etc/bulwark/control")]
+        dir: PathBuf,
+        /// The node's [control] listen address, for the printed settings.
+        #[arg(long, default_value = "0.0.0.0:9443")]
+        listen: String,
     },
 }
 
@@ -120,6 +186,20 @@ enum QueueCommand {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let local = match &args.command {
+        Command::Console { command } => Some(console_command(command, &args.config)),
+        Command::Node { command } => Some(node_command(command)),
+        _ => None,
+    };
+    if let Some(outcome) = local {
+        return match outcome {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("bulwarkctl: {message}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let socket = match socket_path(&args) {
         Ok(path) => path,
         Err(message) => {
@@ -133,6 +213,7 @@ fn main() -> ExitCode {
             if json { print_json } else { print_status },
         ),
         Command::Reload => (Request::Reload, print_done),
+        Command::Console { .. } | Command::Node { .. } => return ExitCode::SUCCESS,
         Command::Flow { command } => match flow_request(command, &args.config) {
             Ok(Some(pair)) => pair,
             Ok(None) => return ExitCode::SUCCESS,
@@ -178,6 +259,120 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn users_file(explicit: &Option<PathBuf>, config: &Option<PathBuf>) -> Result<PathBuf, String> {
+    if let Some(path) = explicit {
+        return Ok(path.clone());
+    }
+    let config = ConfigSource::choose(config.clone())
+        .load()
+        .map_err(|e| e.to_string())?;
+    config
+        .console
+        .map(|console| console.users_file)
+        .ok_or_else(|| "the configuration has no [console] section: give --users-file".into())
+}
+
+fn console_command(command: &ConsoleCommand, config: &Option<PathBuf>) -> Result<(), String> {
+    let ConsoleCommand::User {
+        command,
+        users_file: explicit,
+    } = command;
+    let path = users_file(explicit, config)?;
+    let mut list = users::load(&path).map_err(|e| e.to_string())?;
+    match command {
+        UserCommand::Add {
+            name,
+            role,
+            domains,
+            totp,
+        } => {
+            let user = new_user(name, *role, domains, *totp)?;
+            list.retain(|u| u.name != user.name);
+            list.push(user);
+        }
+        UserCommand::Remove { name } => {
+            let before = list.len();
+            list.retain(|u| &u.name != name);
+            if list.len() == before {
+                return Err(users::UsersError::NoSuchUser(name.clone()).to_string());
+            }
+        }
+        UserCommand::List { json } => {
+            print_users(&list, *json);
+            return Ok(());
+        }
+    }
+    users::save(&path, &list).map_err(|e| e.to_string())
+}
+
+fn new_user(name: &str, role: Role, domains: &[String], totp: bool) -> Result<users::User, String> {
+    if !users::valid_name(name) {
+        return Err(users::UsersError::BadName(name.into()).to_string());
+    }
+    if role == Role::Quarantine && domains.is_empty() {
+        return Err(users::UsersError::NoDomains.to_string());
+    }
+    let mut password = String::new();
+    std::io::stdin()
+        .read_line(&mut password)
+        .map_err(|e| format!("reading the password from stdin: {e}"))?;
+    let password = password.trim_end_matches(['\r', '\n']);
+    if password.len() < 8 {
+        return Err("the password (read from stdin) must have at least 8 characters".into());
+    }
+    let secret = if totp {
+        Some(users::new_totp_secret().map_err(|e| e.to_string())?)
+    } else {
+        None
+    };
+    if let Some(secret) = &secret {
+        println!("totp secret: {secret}");
+        println!("otpauth://totp/Bulwark:{name}?secret={secret}&issuer=Bulwark");
+    }
+    Ok(users::User {
+        name: name.to_string(),
+        role,
+        password: users::hash_password(password).map_err(|e| e.to_string())?,
+        totp: secret,
+        domains: domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+    })
+}
+
+fn print_users(list: &[users::User], json: bool) {
+    if json {
+        let shown: Vec<Value> = list
+            .iter()
+            .map(|u| serde_json::json!({ "name": u.name, "role": u.role, "totp": u.totp.is_some(), "domains": u.domains }))
+            .collect();
+        print_json(&Value::Array(shown));
+        return;
+    }
+    for u in list {
+        let totp = if u.totp.is_some() { " totp" } else { "" };
+        println!("{} {:?}{totp} {}", u.name, u.role, u.domains.join(","));
+    }
+}
+
+fn node_command(command: &NodeCommand) -> Result<(), String> {
+    let NodeCommand::Enroll {
+        name,
+        hosts,
+        dir,
+        listen,
+    } = command;
+    let done = bulwark::admin::enroll::enroll(dir, name, hosts).map_err(|e| e.to_string())?;
+    let host = hosts.first().unwrap_or(name);
+    let port = listen.rsplit_once(':').map_or("9443", |(_, p)| p);
+    println!("# on node {name}:\n[control]\nlisten = {listen:?}\nca = {:?}\ncertificate = {:?}\nprivate_key = {:?}\n",
+        done.ca, done.node_certificate, done.node_private_key);
+    println!("# on the console:\n[console]\nclient_certificate = {:?}\nclient_private_key = {:?}\nca = {:?}\n",
+        done.console_certificate, done.console_private_key, done.ca);
+    println!(
+        "[[console.node]]\nname = {name:?}\naddress = \"{host}:{port}\"\nserver_name = {name:?}"
+    );
+    Ok(())
 }
 
 fn request_needs_ids(request: &Request) -> bool {

@@ -49,6 +49,9 @@ pub fn builtin_default() -> Config {
         flow: Default::default(),
         pipeline: Default::default(),
         rules: Vec::new(),
+        control: None,
+        metrics: None,
+        console: None,
     }
 }
 

@@ -244,6 +244,7 @@ fn validate(config: &mut Config, base: &Path) -> Found {
     validate_routes(config, base, &mut found);
     validate_flow(config, &mut found);
     validate_rules(config, &mut found);
+    validate_console(config, &mut found);
     resolve_paths(config, base);
     if config.limits.max_message_size == 0 {
         found.push((
@@ -258,6 +259,52 @@ fn validate(config: &mut Config, base: &Path) -> Found {
         ));
     }
     found
+}
+
+fn validate_console(config: &Config, found: &mut Found) {
+    let Some(console) = &config.console else {
+        return;
+    };
+    if console.certificate.is_some() != console.private_key.is_some() {
+        found.push((
+            key(&["console", "certificate"]),
+            "certificate and private_key go together".into(),
+        ));
+    }
+    if console.certificate.is_none() && config.tls.is_none() {
+        found.push((
+            key(&["console", "listen"]),
+            "the console serves HTTPS only: set certificate/private_key or a [tls] section".into(),
+        ));
+    }
+    for (i, node) in console.nodes.iter().enumerate() {
+        if console.nodes[..i]
+            .iter()
+            .any(|other| other.name == node.name)
+        {
+            found.push((
+                indexed_in(&["console", "node"], i, "name"),
+                format!("node {:?} is listed twice", node.name),
+            ));
+        }
+        if node
+            .address
+            .rsplit_once(':')
+            .is_none_or(|(_, port)| port.parse::<u16>().is_err())
+        {
+            found.push((
+                indexed_in(&["console", "node"], i, "address"),
+                format!("{:?} is not host:port", node.address),
+            ));
+        }
+    }
+}
+
+fn indexed_in(tables: &[&str], index: usize, field: &str) -> Vec<Segment> {
+    let mut path = key(tables);
+    path.push(Segment::Index(index));
+    path.push(Segment::Key(field.to_string()));
+    path
 }
 
 fn validate_rules(config: &Config, found: &mut Found) {
@@ -454,6 +501,34 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     }
     if let Some(auth) = &mut config.auth {
         resolve(&mut auth.users_file);
+    }
+    if let Some(control) = &mut config.control {
+        for path in [
+            &mut control.ca,
+            &mut control.certificate,
+            &mut control.private_key,
+        ] {
+            resolve(path);
+        }
+    }
+    if let Some(console) = &mut config.console {
+        let paths = [
+            &mut console.users_file,
+            &mut console.client_certificate,
+            &mut console.client_private_key,
+            &mut console.ca,
+        ];
+        for path in paths {
+            resolve(path);
+        }
+        let optional = [
+            &mut console.certificate,
+            &mut console.private_key,
+            &mut console.audit_log,
+        ];
+        for path in optional.into_iter().flatten() {
+            resolve(path);
+        }
     }
     for route in &mut config.routes {
         if let Some(ca_file) = &mut route.ca_file {

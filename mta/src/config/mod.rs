@@ -7,6 +7,7 @@
 //! `packaging/bulwark.toml` documents every option below.
 
 mod builtin;
+mod console;
 mod duration;
 mod load;
 mod pipeline;
@@ -20,6 +21,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 pub use builtin::{builtin_default, DEFAULT_CONFIG_PATH};
+pub use console::{ConsoleConfig, ConsoleNode, ControlConfig, MetricsConfig};
 pub use load::{load_file, load_str, ConfigError, Problem};
 pub use pipeline::{Direction, DirectionScope, OnError, PipelineConfig, RuleAction, RuleConfig};
 pub use size::parse as parse_size;
@@ -54,6 +56,12 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     #[serde(default, rename = "rule")]
     pub rules: Vec<RuleConfig>,
+    #[serde(default)]
+    pub control: Option<ControlConfig>,
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
+    #[serde(default)]
+    pub console: Option<ConsoleConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1,0 +1,99 @@
+//! `config-get`, `config-validate`, `config-put`: the configuration file edited remotely.
+//!
+//! Invariant: a text is written only when it validates exactly as `bulwarkd --check-config`
+//! would (same loader, same base directory for relative paths); the previous file is kept as
+//! `FILE.previous` and the new one replaces it atomically (write to a temporary, rename), then
+//! the daemon reloads. A reload that still fails (e.g. a certificate unreadable at that moment)
+//! restores the previous file, so the file on disk is always the one in force.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use super::protocol::Response;
+use super::server::ReloadFn;
+use crate::config::{self, ConfigError};
+
+fn no_file() -> Response {
+    Response::error("bulwarkd runs on the built-in default: there is no configuration file to edit")
+}
+
+pub fn get(file: Option<&Path>) -> Response {
+    let Some(file) = file else { return no_file() };
+    match std::fs::read_to_string(file) {
+        Ok(text) => Response::ok(json!({ "path": file.display().to_string(), "text": text })),
+        Err(e) => Response::error(format!("cannot read {}: {e}", file.display())),
+    }
+}
+
+/// The problems `text` has as this node's configuration file (empty: valid).
+fn problems(file: &Path, text: &str) -> Result<Vec<config::Problem>, String> {
+    let base = file.parent().unwrap_or(Path::new("."));
+    match config::load_str(text, &file.display().to_string(), base) {
+        Ok(_) => Ok(Vec::new()),
+        Err(ConfigError::Invalid { problems, .. }) => Ok(problems),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn problems_json(problems: &[config::Problem]) -> serde_json::Value {
+    json!(problems
+        .iter()
+        .map(|p| json!({ "line": p.line, "column": p.column, "key": p.key_path, "message": p.message }))
+        .collect::<Vec<_>>())
+}
+
+pub fn validate(file: Option<&Path>, text: &str) -> Response {
+    let Some(file) = file else { return no_file() };
+    match problems(file, text) {
+        Ok(found) => {
+            Response::ok(json!({ "valid": found.is_empty(), "problems": problems_json(&found) }))
+        }
+        Err(e) => Response::error(e),
+    }
+}
+
+pub fn put(file: Option<&Path>, text: &str, reload: &ReloadFn) -> Response {
+    let Some(file) = file else { return no_file() };
+    match problems(file, text) {
+        Ok(found) if found.is_empty() => {}
+        Ok(found) => {
+            return Response {
+                ok: false,
+                error: Some(format!("the configuration has {} problem(s)", found.len())),
+                result: json!({ "valid": false, "problems": problems_json(&found) }),
+            }
+        }
+        Err(e) => return Response::error(e),
+    }
+    let previous = sibling(file, "previous");
+    if let Err(e) = replace(file, &previous, text) {
+        return Response::error(e);
+    }
+    match reload() {
+        Ok(()) => {
+            log::info!(path:% = file.display(); "configuration replaced over the control protocol and reloaded");
+            Response::ok(json!({ "valid": true, "reloaded": true }))
+        }
+        Err(e) => {
+            let restored = std::fs::rename(&previous, file).is_ok();
+            log::error!(path:% = file.display(), restored = restored; "new configuration did not reload: {e}");
+            Response::error(format!("reload failed, previous file restored: {e}"))
+        }
+    }
+}
+
+fn sibling(file: &Path, suffix: &str) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(".");
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+fn replace(file: &Path, previous: &Path, text: &str) -> Result<(), String> {
+    let staged = sibling(file, "new");
+    let fail = |what: &str, e: std::io::Error| format!("{what}: {e}");
+    std::fs::write(&staged, text).map_err(|e| fail(&staged.display().to_string(), e))?;
+    std::fs::copy(file, previous).map_err(|e| fail(&previous.display().to_string(), e))?;
+    std::fs::rename(&staged, file).map_err(|e| fail(&file.display().to_string(), e))
+}
