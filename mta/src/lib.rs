@@ -15,4 +15,5 @@ pub mod queue;
 pub mod route;
 pub mod service;
 pub mod smtp;
+pub mod track;
 pub mod transport;

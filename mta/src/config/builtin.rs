@@ -47,6 +47,10 @@ pub fn builtin_default() -> Config {
         delivery: Default::default(),
         dns: Default::default(),
         flow: Default::default(),
+        tracking: super::TrackingConfig {
+            dir: state.join("tracking"),
+            ..Default::default()
+        },
     }
 }
 

@@ -9,6 +9,7 @@
 mod builtin;
 mod duration;
 mod load;
+mod tracking;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,6 +20,7 @@ use serde::Deserialize;
 
 pub use builtin::{builtin_default, DEFAULT_CONFIG_PATH};
 pub use load::{load_file, load_str, ConfigError, Problem};
+pub use tracking::TrackingConfig;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -46,6 +48,8 @@ pub struct Config {
     pub dns: DnsConfig,
     #[serde(default)]
     pub flow: FlowConfig,
+    #[serde(default)]
+    pub tracking: TrackingConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
