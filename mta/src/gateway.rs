@@ -21,6 +21,7 @@ use crate::policy::{CalloutCache, Chain, HarvestTracker, RecipientsError};
 use crate::queue::{QueueIndex, Spool};
 use crate::smtp::auth::{Users, UsersError};
 use crate::smtp::tls::{load_server_config, TlsError};
+use crate::track::Tracker;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -74,6 +75,8 @@ pub struct Gateway {
     pub delivery: DeliveryHandle,
     /// Connection-rate limits and abuse blocks (kernel or userspace).
     pub flow: Flow,
+    /// Message tracking: every message's events (`bulwarkctl track`).
+    pub tracker: Arc<Tracker>,
 }
 
 impl Gateway {
@@ -83,6 +86,7 @@ impl Gateway {
         queue: QueueIndex,
         delivery: DeliveryHandle,
         flow: Flow,
+        tracker: Arc<Tracker>,
     ) -> Result<Self, RuntimeError> {
         let harvest = Arc::new(HarvestTracker::new(Duration::from_secs(60)));
         let callouts = Arc::new(CalloutCache::default());
@@ -99,6 +103,7 @@ impl Gateway {
             started: Instant::now(),
             delivery,
             flow,
+            tracker,
         })
     }
 

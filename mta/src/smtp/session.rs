@@ -678,6 +678,7 @@ impl Session {
                     self.info.client.ip(),
                     envelope.message_id.as_deref().unwrap_or("-"),
                 );
+                crate::track::received_and_queued(&self.gateway.tracker, id, &envelope, size);
                 let counters = &self.gateway.counters;
                 Counters::bump(&counters.messages_accepted);
                 counters.bytes_accepted.fetch_add(size, Ordering::Relaxed);
