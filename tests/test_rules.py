@@ -262,3 +262,34 @@ def test_rules_reload_on_sighup_and_a_bad_rule_keeps_the_old_ones(gateway):
     cp = d.ctl("reload")
     assert cp.returncode != 0 and "invalid regex" in (cp.stdout + cp.stderr), cp
     assert transaction(d, ["alice@example.com"], subject="beta")[0] == 550
+
+
+def test_tracking_follows_verdicts_splits_copies_and_discards(gateway):
+    from test_tracking import kinds, track, wait_for_event
+    d, hop, other = gateway(
+        {"name": "net policy", "to": ["example.net"], "subject": "split", "action": "tag", "tag": "[NET]"},
+        {"name": "journal", "subject": "split", "action": "copy", "copy_to": ["archive@other.org"]},
+        {"name": "drop", "subject": "drop me", "action": "discard", "reason": "noise"},
+        {"name": "refuse", "subject": "refuse me", "action": "reject", "reason": "policy"},
+    )
+    m = mid("track-split")
+    qid = queue_id_of(transaction(d, ["alice@example.com", "bob@example.net"], subject="split",
+                                  message_id=m))
+    hop.wait_for(2)
+    other.wait_for(1)
+    events = wait_for_event(d, qid, "delivered")
+    names = kinds(events)
+    assert names.index("received") < names.index("verdict") < names.index("queued"), names
+    verdicts = [e for e in events if e["event"] == "verdict"]
+    assert any("rule:net policy" in str(e) for e in verdicts), verdicts
+    # Asking by id shows the split copy and the journaling copy (linked by `from`).
+    assert "split" in names and "copied" in names, names
+    # The Message-ID finds all of them too.
+    by_mid = track(d, "--message-id", m.strip("<>"))
+    assert len({e["queue_id"] for e in by_mid}) >= 3, by_mid
+    dropped = queue_id_of(transaction(d, ["alice@example.com"], subject="drop me"))
+    assert "discarded" in kinds(wait_for_event(d, dropped, "discarded"))
+    code, _ = transaction(d, ["alice@example.com"], subject="refuse me", sender="refused@other.org")
+    assert code == 550
+    refused = track(d, "--sender", "refused@other.org")
+    assert "rejected" in kinds(refused), refused

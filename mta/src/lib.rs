@@ -17,4 +17,5 @@ pub mod route;
 pub mod rules;
 pub mod service;
 pub mod smtp;
+pub mod track;
 pub mod transport;

@@ -11,6 +11,7 @@ mod duration;
 mod load;
 mod pipeline;
 mod size;
+mod tracking;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,6 +24,7 @@ pub use builtin::{builtin_default, DEFAULT_CONFIG_PATH};
 pub use load::{load_file, load_str, ConfigError, Problem};
 pub use pipeline::{Direction, DirectionScope, OnError, PipelineConfig, RuleAction, RuleConfig};
 pub use size::parse as parse_size;
+pub use tracking::TrackingConfig;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -54,6 +56,8 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     #[serde(default, rename = "rule")]
     pub rules: Vec<RuleConfig>,
+    #[serde(default)]
+    pub tracking: TrackingConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
