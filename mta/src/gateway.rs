@@ -1,5 +1,5 @@
-//! The running daemon's shared state: the spool and queue, the reloadable runtime (config,
-//! filter chain, TLS, users) and the counters the control socket reports.
+//! The running daemon's shared state: the spool and queue, the quarantine, the reloadable
+//! runtime (config, filter chain, TLS, users) and the counters the control socket reports.
 //!
 //! # Reload contract
 //! `reload` builds a complete new [`Runtime`] from the new config and swaps it in only if
@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::deliver::DeliveryHandle;
 use crate::flow::Flow;
 use crate::policy::{CalloutCache, Chain, HarvestTracker, RecipientsError};
+use crate::quarantine::Quarantine;
 use crate::queue::{QueueIndex, Spool};
 use crate::smtp::auth::{Users, UsersError};
 use crate::smtp::tls::{load_server_config, TlsError};
@@ -74,6 +75,8 @@ pub struct Gateway {
     pub delivery: DeliveryHandle,
     /// Connection-rate limits and abuse blocks (kernel or userspace).
     pub flow: Flow,
+    /// Messages the pipeline stopped (`[quarantine]`), opened at start.
+    pub quarantine: Arc<Quarantine>,
 }
 
 impl Gateway {
@@ -83,6 +86,7 @@ impl Gateway {
         queue: QueueIndex,
         delivery: DeliveryHandle,
         flow: Flow,
+        quarantine: Arc<Quarantine>,
     ) -> Result<Self, RuntimeError> {
         let harvest = Arc::new(HarvestTracker::new(Duration::from_secs(60)));
         let callouts = Arc::new(CalloutCache::default());
@@ -99,6 +103,7 @@ impl Gateway {
             started: Instant::now(),
             delivery,
             flow,
+            quarantine,
         })
     }
 

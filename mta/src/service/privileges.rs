@@ -74,6 +74,12 @@ pub fn wanted(server: &ServerConfig) -> Result<Option<Identity>, PrivilegeError>
     }))
 }
 
+/// Hands another directory the daemon writes (the quarantine) to `who`, recursively: call it
+/// before `drop_to`.
+pub fn hand_over(dir: &Path, who: &Identity) -> Result<(), PrivilegeError> {
+    chown_tree(dir, who)
+}
+
 /// Hands `spool_dir` (recursively) and `control_socket` to `who`, then becomes `who`.
 pub fn drop_to(
     who: &Identity,
