@@ -9,6 +9,8 @@
 mod builtin;
 mod duration;
 mod load;
+mod pipeline;
+mod size;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,6 +21,8 @@ use serde::Deserialize;
 
 pub use builtin::{builtin_default, DEFAULT_CONFIG_PATH};
 pub use load::{load_file, load_str, ConfigError, Problem};
+pub use pipeline::{Direction, DirectionScope, OnError, PipelineConfig, RuleAction, RuleConfig};
+pub use size::parse as parse_size;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -46,6 +50,10 @@ pub struct Config {
     pub dns: DnsConfig,
     #[serde(default)]
     pub flow: FlowConfig,
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RuleConfig>,
     #[serde(default)]
     pub quarantine: QuarantineConfig,
 }

@@ -42,6 +42,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::config::Direction;
 use crate::config::QuarantineConfig;
 use crate::queue::{Envelope, QueueId, SpoolError};
 
@@ -78,21 +79,14 @@ impl QuarantineError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, QuarantineError::NotFound(_))
     }
-}
 
-/// Where the message was going, as the pipeline decided it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    Inbound,
-    Outbound,
-}
-
-impl Direction {
-    pub fn as_str(self) -> &'static str {
+    /// True when the disk is full: the SMTP side answers 452 4.3.1 instead of 451.
+    pub fn is_disk_full(&self) -> bool {
+        let full = |e: &std::io::Error| matches!(e.raw_os_error(), Some(code) if code == libc::ENOSPC || code == libc::EDQUOT);
         match self {
-            Direction::Inbound => "inbound",
-            Direction::Outbound => "outbound",
+            QuarantineError::Io { source, .. } => full(source),
+            QuarantineError::Spool { source, .. } => source.is_disk_full(),
+            _ => false,
         }
     }
 }
