@@ -489,3 +489,47 @@ def test_retention_purges_a_quarantined_message(filtering):
     assert quarantine_ids(d) == [qid]
     wait_until(lambda: quarantine_ids(d) == [], 15, what="the quarantined message purged")
     assert not (quarantine_dir(d) / "messages" / f"{qid}.eml").exists()
+
+
+def test_the_250_of_a_quarantined_message_leaves_only_after_both_files_are_synced(filtering):
+    """Durability order in the kernel (kill -9 cannot show it: the page cache survives a killed
+    process, not a power cut): message fsync, rename, directory fsync, then the same for the
+    record, then the 250."""
+    import shutil
+    if not shutil.which("strace"):
+        pytest.skip("strace is not installed (.ci/run installs it)")
+    d, _ = filtering(INVOICE_RULE)
+    out = d.dir / "strace.txt"
+    tracer = subprocess.Popen(["strace", "-f", "-qq", "-y", "-s", "300", "-e",
+                               "trace=fsync,fdatasync,rename,renameat,renameat2,write,sendto,sendmsg,writev",
+                               "-o", str(out), "-p", str(d.pid)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    replies = []
+    try:
+        wait_until(out.exists, 10, what="strace attached")
+        time.sleep(0.5)
+        if tracer.poll() is not None:
+            pytest.skip(f"strace cannot attach here: {tracer.stderr.read().decode()[-300:]}")
+        replies.append(send_subject(d, "invoice strace", tag="strace"))
+        time.sleep(0.3)
+    finally:
+        tracer.terminate()
+        tracer.wait(10)
+    qid = replies[0][0]
+    lines = out.read_text(errors="replace").splitlines()
+
+    def at(start: int, what: str, *needles: str) -> int:
+        for i in range(start, len(lines)):
+            if all(n in lines[i] for n in needles) and (
+                    lines[i].rstrip().endswith("= 0") or "queued as" in lines[i]):
+                return i
+        raise AssertionError(f"no {what} after line {start}:\n" + "\n".join(lines[start:start + 40]))
+
+    message_synced = at(0, "fsync of the message", "fsync(", f"/quarantine/tmp/{qid}.eml")
+    message_renamed = at(message_synced, "rename of the message", "rename", f"/quarantine/messages/{qid}.eml")
+    dir_synced = at(message_renamed, "fsync of messages/", "fsync(", "/quarantine/messages>")
+    record_synced = at(dir_synced, "fsync of the record", "fsync(", f"/quarantine/tmp/{qid}.json")
+    record_renamed = at(record_synced, "rename of the record", "rename", f"/quarantine/messages/{qid}.json")
+    dir_synced_again = at(record_renamed, "second fsync of messages/", "fsync(", "/quarantine/messages>")
+    acked = at(0, "the 250 reply", "queued as")
+    assert dir_synced_again < acked, (message_synced, record_renamed, dir_synced_again, acked)
