@@ -5,6 +5,7 @@ add_header, copy, redirect), the per-recipient split, and config errors with lin
 Real SMTP clients (RawSession, the conftest helpers) talk to a real bulwarkd; next hops are
 Postfix smtp-sink processes. Every wait is bounded."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -293,3 +294,26 @@ def test_tracking_follows_verdicts_splits_copies_and_discards(gateway):
     assert code == 550
     refused = track(d, "--sender", "refused@other.org")
     assert "rejected" in kinds(refused), refused
+
+
+def test_timeline_of_a_message_quarantined_released_and_delivered(gateway):
+    from test_quarantine import quarantine_ids, quarantine_release
+    from test_tracking import kinds, track, wait_for_event
+    d, hop, _ = gateway({"name": "invoices", "subject": "(?i)invoice", "action": "quarantine",
+                         "reason": "macro invoice"})
+    m = mid("timeline")
+    code, text = transaction(d, ["alice@example.com"], subject="Invoice 42", message_id=m)
+    assert code == 250
+    qid = queue_id_of((code, text))
+    assert quarantine_ids(d) == [qid]
+    assert quarantine_release(d, qid).returncode == 0
+    hop.wait_for(1)
+    events = wait_for_event(d, qid, "delivered")
+    names = kinds(events)
+    for earlier, later in [("received", "verdict"), ("verdict", "quarantined"),
+                           ("quarantined", "released"), ("released", "copied"), ("copied", "delivered")]:
+        assert names.index(earlier) < names.index(later), names
+    quarantined = next(e for e in events if e["event"] == "quarantined")
+    assert "rule:invoices" in json.dumps(quarantined) and "macro invoice" in json.dumps(quarantined)
+    # Asked by Message-ID (without brackets), the same timeline.
+    assert "delivered" in kinds(track(d, "--message-id", m.strip("<>")))

@@ -18,6 +18,7 @@ use crate::pipeline::{
     apply_to_envelope, rewrite_header, CopyRequest, Group, GroupVerdict, Modification, Step,
 };
 use crate::policy::SessionInfo;
+use crate::quarantine::{QuarantineError, Why};
 use crate::queue::{
     unix_now, Draft, DraftSnapshot, Envelope, QueueId, Recipient, RecipientOutcome, SpoolError,
 };
@@ -28,13 +29,16 @@ use crate::track::{Event, EventKind, Tracker};
 pub enum DisposalError {
     #[error(transparent)]
     Spool(#[from] SpoolError),
-    #[error("quarantine: {0}")]
-    Quarantine(String),
+    #[error(transparent)]
+    Quarantine(#[from] QuarantineError),
 }
 
 impl DisposalError {
     pub fn is_disk_full(&self) -> bool {
-        matches!(self, DisposalError::Spool(e) if e.is_disk_full())
+        match self {
+            DisposalError::Spool(e) => e.is_disk_full(),
+            DisposalError::Quarantine(e) => e.is_disk_full(),
+        }
     }
 }
 
@@ -108,7 +112,16 @@ pub async fn take(
         .iter()
         .filter(|g| g.final_verdict() == GroupVerdict::Quarantine)
     {
-        quarantine(gateway, session, &source, &message.envelope, group).await?;
+        let keeps_id = taken.quarantined.is_empty();
+        quarantine(
+            gateway,
+            session,
+            &source,
+            &message.envelope,
+            group,
+            keeps_id,
+        )
+        .await?;
         taken
             .quarantined
             .push(group_addresses(&message.envelope, group));
@@ -435,17 +448,55 @@ fn original_recipients(envelope: &Envelope) -> String {
     value
 }
 
+/// Stores one quarantined group durably: the message as received (our Received: first), the
+/// envelope with the group's recipients, and the deciding stage's reason. The first group keeps
+/// the message's id (the one in the 250 reply); a second quarantined group gets its own.
 async fn quarantine(
-    _gateway: &Gateway,
-    _session: &SessionInfo,
-    _source: &Source<'_>,
-    _envelope: &Envelope,
+    gateway: &Gateway,
+    session: &SessionInfo,
+    source: &Source<'_>,
+    envelope: &Envelope,
     group: &Group,
+    keeps_id: bool,
 ) -> Result<(), DisposalError> {
-    Err(DisposalError::Quarantine(format!(
-        "no quarantine store for {}",
-        group.decided_by.as_deref().unwrap_or("pipeline")
-    )))
+    let id = if keeps_id {
+        source.id
+    } else {
+        gateway.spool.new_id()
+    };
+    let mut own = envelope.clone();
+    own.recipients = group
+        .recipients
+        .iter()
+        .filter_map(|&i| envelope.recipients.get(i).cloned())
+        .collect();
+    let why = Why {
+        stage: group
+            .decided_by
+            .clone()
+            .unwrap_or_else(|| "pipeline".into()),
+        reason: group.reason.clone().unwrap_or_else(|| "quarantined".into()),
+        score: group.score,
+        direction: session.direction(),
+    };
+    let snapshot = source.snapshot.clone();
+    let write = Box::new(move |file: &mut std::fs::File| snapshot.copy_to(file));
+    let stage = why.stage.clone();
+    gateway
+        .quarantine
+        .store(id, &own, why, write)
+        .await
+        .map_err(DisposalError::Quarantine)?;
+    let quarantined = EventKind::Quarantined {
+        stage,
+        reason: group.reason.clone(),
+    };
+    let recipients = own.recipients.iter().map(|r| r.address.as_str());
+    gateway.tracker.record(
+        Event::new(id, own.message_id.as_deref(), quarantined)
+            .with_envelope(&own.sender, recipients),
+    );
+    Ok(())
 }
 
 /// Rejected groups of a message that was otherwise accepted: their recipients are reported to
