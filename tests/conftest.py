@@ -502,7 +502,7 @@ class Daemon:
 
     def __init__(self, base: Path, name: str | None = None, *, tls_cert=None, listeners=None,
                  server=None, relay=None, limits=None, smtp=None, tls=None, auth=None,
-                 users=None, recipients=None, extra_toml: str = "", env=None):
+                 users=None, recipients=None, quarantine=None, extra_toml: str = "", env=None):
         Daemon._counter += 1
         self.name = name or f"d{Daemon._counter}"
         self.dir = Path(base) / self.name
@@ -546,8 +546,12 @@ class Daemon:
             "recipients": recipients or None,
             "limits": {"command_timeout": "30s", "data_timeout": "30s", **(limits or {})},
             "smtp": {"greet_delay": "0s", **(smtp or {})},
+            # Each daemon its own store: the default (/var/lib/bulwark/quarantine) is the host's.
+            "quarantine": {"dir": str(self.dir / "quarantine"), **(quarantine or {})},
         }
         self.extra_toml = extra_toml
+        if "[tracking]" not in (extra_toml or ""):
+            self.doc["tracking"] = {"dir": str(self.dir / "tracking")}
         self._hold_mail_unless_routed(extra_toml or "")
         self.write_config()
 

@@ -4,7 +4,8 @@
 //! by every end; `server` executes requests in the daemon; `client` is the CLI's socket side;
 //! `remote` is the console's federation client; `enroll` makes their certificates; `metrics`
 //! serves Prometheus text; `config_edit` the remote configuration requests; `users` the
-//! console's users file.
+//! console's users file; `quarantine` answers
+//! the quarantine's requests.
 
 pub mod client;
 pub mod config_edit;
@@ -13,6 +14,7 @@ mod http;
 pub mod https;
 pub mod metrics;
 pub mod protocol;
+mod quarantine;
 pub mod remote;
 pub mod server;
 pub mod users;
