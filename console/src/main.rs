@@ -109,6 +109,7 @@ async fn run(args: Args) -> Result<(), StartError> {
             let service =
                 TowerToHyperService::new(router.layer(axum::Extension(app::Peer(peer.ip()))));
             let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(30))
                 .serve_connection(TokioIo::new(tls), service);
             let _ = connection.await;
