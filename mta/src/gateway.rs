@@ -7,7 +7,7 @@
 //! keep the runtime they started with, so a reload never disturbs a session in progress.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -17,11 +17,17 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::deliver::DeliveryHandle;
 use crate::flow::Flow;
+use crate::pipeline::stages::{self, StagesError};
+use crate::pipeline::Pipeline;
 use crate::policy::{CalloutCache, Chain, HarvestTracker, RecipientsError};
-use crate::queue::{QueueIndex, Spool};
+use crate::queue::{
+    unix_now, Draft, Envelope, QueueEntry, QueueId, QueueIndex, Recipient, RecipientOutcome, Spool,
+    SpoolError,
+};
 use crate::smtp::auth::{Users, UsersError};
 use crate::smtp::tls::{load_server_config, TlsError};
 use crate::track::Tracker;
+use crate::track::{self, Event, EventKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -31,12 +37,16 @@ pub enum RuntimeError {
     Users(#[from] UsersError),
     #[error(transparent)]
     Recipients(#[from] RecipientsError),
+    #[error(transparent)]
+    Pipeline(#[from] StagesError),
 }
 
 /// Everything a reload replaces.
 pub struct Runtime {
     pub config: Arc<Config>,
     pub chain: Chain,
+    /// The content filters at end of data.
+    pub pipeline: Pipeline,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub users: Option<Arc<Users>>,
 }
@@ -121,6 +131,67 @@ impl Gateway {
         Ok(())
     }
 
+    /// Commits `draft` with `envelope` and hands it to delivery: after `Ok` the message is
+    /// durable, in the queue index and scheduled. Its tracking events (by `origin`) are
+    /// recorded before the submit, so they precede every delivery event.
+    pub async fn enqueue(
+        &self,
+        draft: Draft,
+        envelope: Envelope,
+        origin: Origin<'_>,
+    ) -> Result<QueueId, SpoolError> {
+        let size = draft.content_len();
+        let id = self.spool.commit(draft, &envelope).await?;
+        origin.record(&self.tracker, id, &envelope, size);
+        self.queue.insert(id, QueueEntry::new(id, envelope, size));
+        self.delivery.submit(id);
+        Ok(id)
+    }
+
+    /// Queues a message this gateway wrote (a delivery status notice) from the null sender;
+    /// its timeline starts with a `generated` event naming the message `about`.
+    pub async fn queue_notice(
+        &self,
+        to: &str,
+        hostname: &str,
+        message: &[u8],
+        about: QueueId,
+        reason: &str,
+    ) -> Result<QueueId, SpoolError> {
+        let mut draft = self.spool.begin();
+        draft.write(message).await?;
+        let parsed = mail_parser::MessageParser::default().parse_headers(message);
+        let envelope = Envelope {
+            sender: String::new(),
+            recipients: vec![Recipient {
+                address: to.to_string(),
+                notify: None,
+                orcpt: None,
+                outcome: RecipientOutcome::Pending,
+            }],
+            received_at: unix_now(),
+            client_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            helo: hostname.to_string(),
+            auth_user: None,
+            tls: None,
+            body: Default::default(),
+            smtputf8: false,
+            eight_bit: !message.is_ascii(),
+            dsn_ret: None,
+            dsn_envid: None,
+            message_id: parsed
+                .as_ref()
+                .and_then(|m| m.message_id())
+                .map(str::to_string),
+            subject: parsed
+                .as_ref()
+                .and_then(|m| m.subject())
+                .map(str::to_string),
+        };
+        self.enqueue(draft, envelope, Origin::Generated { about, reason })
+            .await
+    }
+
     pub fn greet_passed_recently(&self, ip: IpAddr) -> bool {
         let passed = self.greet_passed.lock().unwrap_or_else(|p| p.into_inner());
         passed
@@ -152,12 +223,61 @@ fn build_runtime(
         .map(|auth| Users::load(&auth.users_file).map(Arc::new))
         .transpose()?;
     let chain = Chain::from_config(&config, harvest, callouts)?;
+    let pipeline = stages::from_config(&config)?;
     Ok(Runtime {
         config: Arc::new(config),
         chain,
+        pipeline,
         tls,
         users,
     })
+}
+
+/// Where a queued message came from, which decides the first events of its timeline.
+#[derive(Debug, Clone, Copy)]
+pub enum Origin<'a> {
+    /// A client's message with no filter in the way: `received`, then `queued`.
+    Client,
+    /// A client's message after the pipeline (which recorded `received` and the verdicts).
+    Filtered,
+    /// Part of the recipients of message `from`.
+    Split { from: QueueId },
+    /// A copy of message `from` (a `copy` rule).
+    Copy { from: QueueId, by: &'a str },
+    /// A message this gateway wrote about message `about` (a notice).
+    Generated { about: QueueId, reason: &'a str },
+    /// Let out of the quarantine or otherwise put back by an operator (already tracked).
+    Requeued,
+}
+
+impl Origin<'_> {
+    fn record(self, tracker: &Tracker, id: QueueId, envelope: &Envelope, size: u64) {
+        let mid = envelope.message_id.as_deref();
+        let recipients = || envelope.recipients.iter().map(|r| r.address.as_str());
+        let first = match self {
+            Origin::Client => return track::received_and_queued(tracker, id, envelope, size),
+            Origin::Filtered | Origin::Requeued => None,
+            Origin::Split { from } => Some(EventKind::Split {
+                from,
+                recipients: recipients().map(str::to_string).collect(),
+            }),
+            Origin::Copy { from, by } => Some(EventKind::Copied {
+                from,
+                reason: Some(by.to_string()),
+            }),
+            Origin::Generated { about, reason } => Some(EventKind::Generated {
+                from: about,
+                reason: reason.to_string(),
+            }),
+        };
+        if let Some(kind) = first {
+            tracker.record(Event::new(id, mid, kind).with_envelope(&envelope.sender, recipients()));
+        }
+        let queued = EventKind::Queued {
+            recipients: envelope.recipients.len(),
+        };
+        tracker.record(Event::new(id, mid, queued));
+    }
 }
 
 /// Concurrent sessions per client address, across all listeners.

@@ -243,6 +243,7 @@ fn validate(config: &mut Config, base: &Path) -> Found {
     validate_recipient_checks(config, base, &mut found);
     validate_routes(config, base, &mut found);
     validate_flow(config, &mut found);
+    validate_rules(config, &mut found);
     validate_tracking(config, &mut found);
     resolve_paths(config, base);
     if config.limits.max_message_size == 0 {
@@ -258,6 +259,18 @@ fn validate(config: &mut Config, base: &Path) -> Found {
         ));
     }
     found
+}
+
+fn validate_rules(config: &Config, found: &mut Found) {
+    for (i, rule) in config.rules.iter().enumerate() {
+        for (field, index, message) in rule.problems() {
+            let mut path = indexed("rule", i, field);
+            if let Some(index) = index {
+                path.push(Segment::Index(index));
+            }
+            found.push((path, message));
+        }
+    }
 }
 
 fn validate_server(config: &Config, found: &mut Found) {

@@ -9,6 +9,8 @@
 mod builtin;
 mod duration;
 mod load;
+mod pipeline;
+mod size;
 mod tracking;
 
 use std::net::SocketAddr;
@@ -20,6 +22,8 @@ use serde::Deserialize;
 
 pub use builtin::{builtin_default, DEFAULT_CONFIG_PATH};
 pub use load::{load_file, load_str, ConfigError, Problem};
+pub use pipeline::{Direction, DirectionScope, OnError, PipelineConfig, RuleAction, RuleConfig};
+pub use size::parse as parse_size;
 pub use tracking::TrackingConfig;
 
 /// The whole configuration file.
@@ -48,6 +52,10 @@ pub struct Config {
     pub dns: DnsConfig,
     #[serde(default)]
     pub flow: FlowConfig,
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RuleConfig>,
     #[serde(default)]
     pub tracking: TrackingConfig,
 }

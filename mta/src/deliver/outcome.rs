@@ -3,16 +3,13 @@
 //! delay warning, "relayed" when the next hop could not take our DSN request), and remove the
 //! message once no recipient is pending.
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use super::attempt::Outcome;
 use super::dsn::{self, Action, Reported};
 use super::engine::{backoff, Job};
 use super::Context;
-use crate::queue::{
-    unix_now, Envelope, QueueEntry, QueueId, Recipient, RecipientOutcome, StateRecord,
-};
+use crate::queue::{unix_now, QueueEntry, QueueId, Recipient, RecipientOutcome, StateRecord};
 use crate::track::{Event, EventKind, Tracker};
 
 /// What is left to retry, and when.
@@ -328,11 +325,12 @@ async fn send_notices(
             original: content,
             now: unix_now() as i64,
         });
-        let generated = EventKind::Generated {
-            from: id,
-            reason: format!("delivery status notice ({})", action.as_str()),
-        };
-        match inject(context, &to, &hostname, &message, generated).await {
+        let reason = format!("delivery status notice ({})", action.as_str());
+        match context
+            .gateway
+            .queue_notice(&to, &hostname, &message, id, &reason)
+            .await
+        {
             Ok(notice) => {
                 log::info!("delivery: id={id}: {action:?} notice {notice} queued for <{to}>");
                 track_notice(context, id, entry, action, notice);
@@ -359,60 +357,4 @@ fn track_notice(
         .gateway
         .tracker
         .record(Event::new(id, message_id, sent));
-}
-
-/// Queues a locally generated message from the null sender; `generated` (naming the message
-/// it is about) starts its timeline.
-async fn inject(
-    context: &Context,
-    to: &str,
-    hostname: &str,
-    message: &[u8],
-    generated: EventKind,
-) -> Result<QueueId, crate::queue::SpoolError> {
-    let gateway = &context.gateway;
-    let mut draft = gateway.spool.begin();
-    draft.write(message).await?;
-    let size = draft.content_len();
-    let parsed = mail_parser::MessageParser::default().parse_headers(message);
-    let envelope = Envelope {
-        sender: String::new(),
-        recipients: vec![Recipient {
-            address: to.to_string(),
-            notify: None,
-            orcpt: None,
-            outcome: RecipientOutcome::Pending,
-        }],
-        received_at: unix_now(),
-        client_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        helo: hostname.to_string(),
-        auth_user: None,
-        tls: None,
-        body: Default::default(),
-        smtputf8: false,
-        eight_bit: message.iter().any(|&b| b >= 0x80),
-        dsn_ret: None,
-        dsn_envid: None,
-        message_id: parsed
-            .as_ref()
-            .and_then(|m| m.message_id())
-            .map(str::to_string),
-        subject: parsed
-            .as_ref()
-            .and_then(|m| m.subject())
-            .map(str::to_string),
-    };
-    let id = gateway.spool.commit(draft, &envelope).await?;
-    let message_id = envelope.message_id.as_deref();
-    let recipients = envelope.recipients.iter().map(|r| r.address.as_str());
-    let queued = EventKind::Queued { recipients: 1 };
-    gateway
-        .tracker
-        .record(Event::new(id, message_id, generated).with_envelope("", recipients));
-    gateway.tracker.record(Event::new(id, message_id, queued));
-    gateway
-        .queue
-        .insert(id, crate::queue::QueueEntry::new(id, envelope, size));
-    context.submit(id);
-    Ok(id)
 }
