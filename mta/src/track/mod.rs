@@ -124,7 +124,7 @@ impl Tracker {
             dir: dir.to_path_buf(),
             source,
         };
-        let store = Store::open(dir).map_err(open)?;
+        let store = Store::open_for_writing(dir).map_err(open)?;
         let reader = Store::open(dir).map_err(open)?;
         let (inbox, commands) = mpsc::sync_channel(capacity);
         let tracker = Tracker {
