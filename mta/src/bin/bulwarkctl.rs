@@ -10,6 +10,7 @@ use bulwark::daemon::ConfigSource;
 use bulwark::quarantine::Filter;
 use bulwark::track::{Query, Timeline};
 use clap::{Parser, Subcommand};
+use serde::Deserialize;
 use serde_json::Value;
 
 #[derive(Parser)]
@@ -866,25 +867,22 @@ fn parse_since(text: &str) -> Result<u64, String> {
         .map_err(|e| format!("--since {text:?}: {e} (use seconds or e.g. 30m, 2h, 1d)"))
 }
 
-fn timeline(value: &Value) -> Timeline {
-    let timeline: Timeline = match serde_json::from_value(value.clone()) {
-        Ok(timeline) => timeline,
-        Err(e) => {
-            eprintln!("bulwarkctl: bulwarkd sent a timeline this bulwarkctl cannot read: {e}");
-            Timeline::default()
-        }
-    };
-    if timeline.truncated {
-        eprintln!(
-            "bulwarkctl: only the first {} events are shown; narrow the query",
-            timeline.events.len()
-        );
+fn warn_if_truncated(value: &Value) {
+    if value["truncated"].as_bool() == Some(true) {
+        let shown = value["events"].as_array().map_or(0, Vec::len);
+        eprintln!("bulwarkctl: only the first {shown} events are shown; narrow the query");
     }
-    timeline
 }
 
 fn print_track(value: &Value) {
-    let timeline = timeline(value);
+    warn_if_truncated(value);
+    let timeline = match Timeline::deserialize(value) {
+        Ok(timeline) => timeline,
+        Err(e) => {
+            eprintln!("bulwarkctl: bulwarkd sent a timeline this bulwarkctl cannot read: {e}");
+            return;
+        }
+    };
     if timeline.events.is_empty() {
         println!("No events");
     }
@@ -894,7 +892,7 @@ fn print_track(value: &Value) {
 }
 
 fn print_track_json(value: &Value) {
-    timeline(value);
+    warn_if_truncated(value);
     print_json(&value["events"]);
 }
 
