@@ -54,23 +54,15 @@ impl Nodes {
             .list
             .iter()
             .filter(|n| only.is_none_or(|name| n.name == name));
-        let asks = chosen.map(|node| self.ask(node, request));
-        futures_join(asks).await
+        let mut asks: Vec<_> = chosen
+            .map(|node| Box::pin(self.ask(node, request)))
+            .collect();
+        join_all(&mut asks).await
     }
 }
 
-async fn futures_join<F: std::future::Future<Output = NodeAnswer>>(
-    asks: impl Iterator<Item = F>,
-) -> Vec<NodeAnswer> {
-    let mut pinned: Vec<_> = asks.map(Box::pin).collect();
-    let mut answers = Vec::with_capacity(pinned.len());
-    // Awaiting in order is still concurrent: every future was created (and its timeout
-    // started) before the first await, and each is polled by the join below.
-    let joined = join_all(&mut pinned).await;
-    answers.extend(joined);
-    answers
-}
-
+/// Polls every ask on each wake-up until all are done: the nodes are asked concurrently, and
+/// the answers keep the nodes' order.
 async fn join_all<F: std::future::Future<Output = NodeAnswer> + Unpin>(
     futures: &mut [F],
 ) -> Vec<NodeAnswer> {
