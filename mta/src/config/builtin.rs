@@ -47,6 +47,7 @@ pub fn builtin_default() -> Config {
         delivery: Default::default(),
         dns: Default::default(),
         flow: Default::default(),
+        milters: Vec::new(),
     }
 }
 

@@ -9,6 +9,7 @@
 mod builtin;
 mod duration;
 mod load;
+mod milter;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,6 +20,7 @@ use serde::Deserialize;
 
 pub use builtin::{builtin_default, DEFAULT_CONFIG_PATH};
 pub use load::{load_file, load_str, ConfigError, Problem};
+pub use milter::{MilterAddress, MilterConfig, MilterDefaultAction, MilterDirection};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -46,6 +48,9 @@ pub struct Config {
     pub dns: DnsConfig,
     #[serde(default)]
     pub flow: FlowConfig,
+    /// External mail filters, asked in this order (`[[milter]]`).
+    #[serde(default, rename = "milter")]
+    pub milters: Vec<MilterConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
