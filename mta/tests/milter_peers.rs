@@ -109,8 +109,11 @@ fn start_clamav(dir: &Path) -> Option<(Vec<Peer>, u16)> {
     };
     let hex: String = EICAR.bytes().map(|b| format!("{b:02x}")).collect();
     std::fs::create_dir_all(dir.join("db")).expect("db dir");
-    std::fs::write(dir.join("db/eicar.ndb"), format!("Eicar-Test-Signature:0:*:{hex}\n"))
-        .expect("signature");
+    std::fs::write(
+        dir.join("db/eicar.ndb"),
+        format!("Eicar-Test-Signature:0:*:{hex}\n"),
+    )
+    .expect("signature");
     let socket = dir.join("clamd.sock");
     let d = dir.display();
     std::fs::write(
@@ -134,10 +137,18 @@ fn start_clamav(dir: &Path) -> Option<(Vec<Peer>, u16)> {
     )
     .expect("milter.conf");
     let clamd_conf = dir.join("clamd.conf");
-    let clamd = spawn(&clamd, &["-c", clamd_conf.to_str()?], &dir.join("clamd.log"));
+    let clamd = spawn(
+        &clamd,
+        &["-c", clamd_conf.to_str()?],
+        &dir.join("clamd.log"),
+    );
     wait_for("clamd", Duration::from_secs(60), || socket.exists());
     let milter_conf = dir.join("milter.conf");
-    let milter = spawn(&milter, &["-c", milter_conf.to_str()?], &dir.join("milter.log"));
+    let milter = spawn(
+        &milter,
+        &["-c", milter_conf.to_str()?],
+        &dir.join("milter.log"),
+    );
     wait_for("clamav-milter", Duration::from_secs(30), || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
@@ -153,23 +164,35 @@ async fn clamav_milter_rejects_eicar_and_passes_clean_mail_on_one_connection() {
     let milter = Milter::new(milter_config(&format!("inet:{port}@127.0.0.1")));
     let lists = milter.macro_lists().clone();
     let clean = milter
-        .check(&facts(&lists, "CLEAN1"), &mut Body(Some(b"hello\r\n".to_vec())))
+        .check(
+            &facts(&lists, "CLEAN1"),
+            &mut Body(Some(b"hello\r\n".to_vec())),
+        )
         .await
         .expect("clean verdict");
     assert!(
-        matches!(clean.verdict, MilterVerdict::Accept | MilterVerdict::Continue),
+        matches!(
+            clean.verdict,
+            MilterVerdict::Accept | MilterVerdict::Continue
+        ),
         "{clean:?}"
     );
     assert!(clean.reusable, "clamav-milter answered end of message");
     assert_eq!(milter.idle_connections(), 1);
     let infected = format!("see attachment\r\n{EICAR}\r\n");
     let virus = milter
-        .check(&facts(&lists, "VIRUS1"), &mut Body(Some(infected.into_bytes())))
+        .check(
+            &facts(&lists, "VIRUS1"),
+            &mut Body(Some(infected.into_bytes())),
+        )
         .await
         .expect("virus verdict");
     let MilterVerdict::Reject(reply) = &virus.verdict else {
         panic!("EICAR not rejected: {virus:?}");
     };
     assert_eq!(reply.code / 100, 5, "{reply:?}");
-    assert!(reply.text.contains("Eicar") || reply.text.starts_with("5."), "{reply:?}");
+    assert!(
+        reply.text.contains("Eicar") || reply.text.starts_with("5."),
+        "{reply:?}"
+    );
 }

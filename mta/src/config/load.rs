@@ -243,6 +243,7 @@ fn validate(config: &mut Config, base: &Path) -> Found {
     validate_recipient_checks(config, base, &mut found);
     validate_routes(config, base, &mut found);
     validate_flow(config, &mut found);
+    validate_rules(config, &mut found);
     validate_milters(config, &mut found);
     resolve_paths(config, base);
     if config.limits.max_message_size == 0 {
@@ -258,6 +259,18 @@ fn validate(config: &mut Config, base: &Path) -> Found {
         ));
     }
     found
+}
+
+fn validate_rules(config: &Config, found: &mut Found) {
+    for (i, rule) in config.rules.iter().enumerate() {
+        for (field, index, message) in rule.problems() {
+            let mut path = indexed("rule", i, field);
+            if let Some(index) = index {
+                path.push(Segment::Index(index));
+            }
+            found.push((path, message));
+        }
+    }
 }
 
 fn validate_server(config: &Config, found: &mut Found) {
@@ -593,10 +606,7 @@ mod shipped_example {
         let config = load(&good).expect("valid milter");
         let milter = &config.milters[0];
         assert_eq!(milter.command_timeout, std::time::Duration::from_secs(5));
-        assert_eq!(
-            milter.default_action,
-            crate::config::MilterDefaultAction::Tempfail
-        );
+        assert_eq!(milter.default_action, crate::config::OnError::Tempfail);
         assert_eq!(milter.rcpt_macros, ["i", "{rcpt_addr}", "{rcpt_host}"]);
         let bad = format!("{base}[[milter]]\nname = \"a\"\naddress = \"unix:/s\"\nconnect_timeout = 0\n[[milter]]\nname = \"a\"\naddress = \"unix:/t\"\n");
         let error = load(&bad).expect_err("two problems");

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::duration;
+use super::{duration, DirectionScope, OnError};
 
 /// Where a milter listens: `inet:PORT@HOST` or `unix:PATH` (Postfix's and Sendmail's syntax).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,39 +70,18 @@ impl<'de> Deserialize<'de> for MilterAddress {
     }
 }
 
-/// Which mail a milter sees; outbound = the client is trusted or authenticated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum MilterDirection {
-    Inbound,
-    Outbound,
-    #[default]
-    Any,
-}
-
-/// What happens to the message when the milter cannot be reached, hangs or breaks the
-/// protocol (Postfix's `milter_default_action`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum MilterDefaultAction {
-    /// 451 4.7.1: the client retries later.
-    #[default]
-    Tempfail,
-    /// Deliver as if the milter had said continue.
-    Accept,
-    /// 550 5.7.1.
-    Reject,
-}
-
 #[derive(Debug, Clone, Deserialize)]
 pub struct MilterConfig {
     /// Names the stage in logs and in `X-Bulwark-Unscanned`.
     pub name: String,
     pub address: MilterAddress,
+    /// Which mail it sees; outbound = the client is trusted or authenticated.
     #[serde(default)]
-    pub direction: MilterDirection,
+    pub direction: DirectionScope,
+    /// What happens to the message when the milter cannot be reached, hangs or breaks the
+    /// protocol (Postfix's `milter_default_action`): tempfail, accept or reject.
     #[serde(default)]
-    pub default_action: MilterDefaultAction,
+    pub default_action: OnError,
     #[serde(default = "default_connect_timeout", with = "duration")]
     pub connect_timeout: Duration,
     /// Waiting for one reply; a progress reply from the milter restarts it.

@@ -10,6 +10,8 @@ mod builtin;
 mod duration;
 mod load;
 mod milter;
+mod pipeline;
+mod size;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,7 +22,9 @@ use serde::Deserialize;
 
 pub use builtin::{builtin_default, DEFAULT_CONFIG_PATH};
 pub use load::{load_file, load_str, ConfigError, Problem};
-pub use milter::{MilterAddress, MilterConfig, MilterDefaultAction, MilterDirection};
+pub use milter::{MilterAddress, MilterConfig};
+pub use pipeline::{Direction, DirectionScope, OnError, PipelineConfig, RuleAction, RuleConfig};
+pub use size::parse as parse_size;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -48,6 +52,10 @@ pub struct Config {
     pub dns: DnsConfig,
     #[serde(default)]
     pub flow: FlowConfig,
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RuleConfig>,
     /// External mail filters, asked in this order (`[[milter]]`).
     #[serde(default, rename = "milter")]
     pub milters: Vec<MilterConfig>,

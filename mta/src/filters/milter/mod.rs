@@ -13,13 +13,17 @@
 //!
 //! Layout: `protocol` (framing, commands, typed replies; fuzzed as `milter_reply`),
 //! `client` (connections, timeouts, the idle pool), `conversation` (the steps of one
-//! message, the negotiated skips, the outcome).
+//! message, the negotiated skips, the outcome), `stage` (the pipeline stage: facts and macros
+//! from the pipeline's context in, verdict and modifications out).
 
 pub mod client;
 pub mod conversation;
 pub mod protocol;
+mod stage;
 
 use crate::config::MilterConfig;
+
+pub use stage::MilterStage;
 
 pub use client::MilterError;
 pub use conversation::{
@@ -167,12 +171,7 @@ mod tests {
 
     /// Negotiates `steps`, then answers each command that expects a reply with the next
     /// packet of `eom_replies` at end of message and `c` elsewhere; records commands.
-    async fn serve(
-        listener: UnixListener,
-        steps: u32,
-        eom_replies: Vec<Vec<u8>>,
-        log: CommandLog,
-    ) {
+    async fn serve(listener: UnixListener, steps: u32, eom_replies: Vec<Vec<u8>>, log: CommandLog) {
         let (mut stream, _) = listener.accept().await.unwrap();
         while let Some((cmd, data)) = read_packet(&mut stream).await {
             log.lock().unwrap().push((cmd, data.clone()));

@@ -1,0 +1,33 @@
+//! The stages of the pipeline, built from the configuration, in the order they run: content
+//! scanners first (anti-virus, milters, anti-spam) so that the rules, last, can act on what
+//! they found (`virus`, `spam_score_over`).
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::rules::{CompileError, RuleSet};
+
+use super::{Pipeline, Stage};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StagesError {
+    #[error("rule[{index}].{}: {}", .error.field, .error.message)]
+    Rule { index: usize, error: CompileError },
+}
+
+/// Builds the pipeline for `config`.
+pub fn from_config(config: &Config) -> Result<Pipeline, StagesError> {
+    let mut stages: Vec<Arc<dyn Stage>> = Vec::new();
+    // Anti-virus, milters and anti-spam stages are added here, before the rules.
+    for milter in &config.milters {
+        stages.push(Arc::new(crate::filters::milter::MilterStage::new(
+            milter.clone(),
+        )));
+    }
+    let rules = RuleSet::compile(&config.rules, config.pipeline.stage_timeout)
+        .map_err(|(index, error)| StagesError::Rule { index, error })?;
+    if !rules.is_empty() {
+        stages.push(Arc::new(rules));
+    }
+    Ok(Pipeline::new(stages, config.pipeline.time_budget))
+}
