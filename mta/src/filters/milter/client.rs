@@ -104,6 +104,13 @@ impl Connection {
             Response::Options(negotiated) => connection.negotiated = negotiated,
             other => return Err(unexpected(&other, "negotiation")),
         }
+        let agreed = &connection.negotiated;
+        log::info!(
+            milter = config.name.as_str(), address:% = config.address, version = agreed.version,
+            actions = agreed.actions, steps = agreed.steps;
+            "milter connected: name={} address={} version={} actions={:#x} steps={:#x}",
+            config.name, config.address, agreed.version, agreed.actions, agreed.steps
+        );
         connection.replies_this_message = 0;
         Ok(connection)
     }
