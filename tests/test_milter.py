@@ -207,7 +207,7 @@ def test_negotiated_skips_macros_and_connection_reuse(gateway, peers):
     assert mail_ids == ids, (mail_ids, ids)
     rcpt = next(m for stage, m in macros if stage == "R")
     assert rcpt["{rcpt_addr}"] == "alice@example.com" and rcpt["{rcpt_host}"] == "example.com"
-    assert "steps=0x3c2" in d.log() or "steps=0x342" in d.log() or "steps=" in d.log()
+    assert "steps=0x3c2" in d.log(), "the negotiated steps are logged"
 
 
 def test_reply_codes_tempfail_and_discard(gateway, peers):
@@ -375,8 +375,7 @@ def test_spamass_milter_adds_its_headers_and_rejects_gtube(gateway, peers):
     peers.start("spamd", [spamd, "-L", "--listen", f"127.0.0.1:{spamd_port}", "-m", "2", "-u", "nobody",
                           "--pidfile", peers.base / "spamd.pid"],
                 lambda: listening(spamd_port), timeout=120)
-    peers.start("spamass-milter", [spamass, "-p", f"inet:{port}@127.0.0.1", "-r", "15", "-f" if False else "-i",
-                                   "10.255.255.254", "--", "-d", "127.0.0.1", "-p", spamd_port],
+    peers.start("spamass-milter", [spamass, "-p", f"inet:{port}@127.0.0.1", "-r", "15", "--", "-d", "127.0.0.1", "-p", spamd_port],
                 lambda: listening(port), timeout=20)
     d, hop = gateway(milter("spamassassin", f"inet:{port}@127.0.0.1", command_timeout="60s"))
     code, text = transaction(d, ["alice@example.com"], plain(subject="gtube", body=GTUBE))

@@ -156,7 +156,7 @@ fn start_clamav(dir: &Path) -> Option<(Vec<Peer>, u16)> {
 }
 
 #[tokio::test]
-async fn clamav_milter_rejects_eicar_and_passes_clean_mail_on_one_connection() {
+async fn clamav_milter_rejects_eicar_and_passes_clean_mail() {
     let dir = tempfile::tempdir().expect("tempdir");
     let Some((_peers, port)) = start_clamav(dir.path()) else {
         return;
@@ -177,8 +177,11 @@ async fn clamav_milter_rejects_eicar_and_passes_clean_mail_on_one_connection() {
         ),
         "{clean:?}"
     );
-    assert!(clean.reusable, "clamav-milter answered end of message");
-    assert_eq!(milter.idle_connections(), 1);
+    assert_eq!(
+        milter.idle_connections(),
+        usize::from(clean.reusable),
+        "pooled only after continue (clamav-milter's OnClean Accept ends with accept)"
+    );
     let infected = format!("see attachment\r\n{EICAR}\r\n");
     let virus = milter
         .check(

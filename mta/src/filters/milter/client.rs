@@ -45,6 +45,13 @@ pub enum MilterError {
     Content(Box<dyn std::error::Error + Send + Sync>),
 }
 
+impl MilterError {
+    /// The connection was found closed or reset (not a slow or misbehaving milter).
+    pub fn is_dead_connection(&self) -> bool {
+        matches!(self, MilterError::Closed | MilterError::Io(_))
+    }
+}
+
 trait Duplex: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Duplex for T {}
 

@@ -6,8 +6,8 @@
 //! SMFIR_SKIP. The result is a verdict plus the modifications the milter asked for at end of
 //! message, in the order it asked, each checked against the actions it negotiated. A reject at
 //! RCPT refuses that recipient only. A milter error is returned as `Err`, never guessed into a
-//! verdict: the stage applies `default_action`. `done` says whether the connection may be
-//! reused (only after a whole message, reset with SMFIC_QUIT_NC).
+//! verdict: the stage applies `default_action`. `reusable` says whether the connection may be
+//! reused: only after a whole message that ended in *continue*, reset with SMFIC_QUIT_NC.
 
 use std::collections::HashMap;
 
@@ -195,9 +195,14 @@ pub async fn converse(
         return Ok(outcome);
     }
     end_of_message(&mut talk, &mut outcome).await?;
-    protocol::encode(command::QUIT_NC, &[], talk.connection.buffer());
-    talk.connection.flush().await?;
-    outcome.reusable = true;
+    // libmilter accepts QUIT_NC only after *continue* at end of message: after accept,
+    // reject, tempfail or discard it is back in its HELO state, where QUIT_NC and the next
+    // CONNECT are silently ignored (engine.c's state table) and the next message would hang.
+    if outcome.verdict == MilterVerdict::Continue {
+        protocol::encode(command::QUIT_NC, &[], talk.connection.buffer());
+        talk.connection.flush().await?;
+        outcome.reusable = true;
+    }
     Ok(outcome)
 }
 

@@ -6,10 +6,11 @@
 //! and requested modifications ([`MilterOutcome`]), or a [`MilterError`] when the milter is
 //! unreachable, hangs past `command_timeout`, closes the connection or breaks the protocol —
 //! the caller then applies the milter's `default_action`; nothing here guesses a verdict.
-//! Connections are reused across messages (reset with SMFIC_QUIT_NC after a whole message);
-//! a connection that failed is dropped, so the next message reconnects. A pooled connection
-//! that turns out to be dead before the milter answered anything is retried once on a fresh
-//! connection, so an idle timeout on the milter's side never costs a message its verdict.
+//! Connections are reused across messages (reset with SMFIC_QUIT_NC after a whole message
+//! that ended in continue; libmilter cannot be reset after any other end); a connection that
+//! failed is dropped, so the next message reconnects. A pooled connection found closed
+//! before the milter answered anything is retried once on a fresh connection, so an idle
+//! timeout on the milter's side never costs a message its verdict; a timeout is not retried.
 //!
 //! Layout: `protocol` (framing, commands, typed replies; fuzzed as `milter_reply`),
 //! `client` (connections, timeouts, the idle pool), `conversation` (the steps of one
@@ -81,7 +82,7 @@ impl Milter {
         let first = conversation::converse(&mut connection, facts, &mut tracked).await;
         let untouched = connection.replies_this_message == 0 && !tracked.touched;
         let (connection, result) = match first {
-            Err(error) if reused && untouched => {
+            Err(error) if reused && untouched && error.is_dead_connection() => {
                 log::debug!(milter = self.config.name.as_str(), error:% = error;
                     "pooled milter connection was dead, reconnecting");
                 let mut fresh = client::Connection::open(&self.config).await?;
@@ -335,8 +336,9 @@ mod tests {
             ))
         );
         assert!(
-            outcome.reusable,
-            "a verdict at end of message still allows QUIT_NC"
+            !outcome.reusable,
+            "libmilter cannot take QUIT_NC after a reject at end of message"
         );
+        assert_eq!(milter.idle_connections(), 0);
     }
 }
