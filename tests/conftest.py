@@ -548,6 +548,8 @@ class Daemon:
             "smtp": {"greet_delay": "0s", **(smtp or {})},
         }
         self.extra_toml = extra_toml
+        if "[tracking]" not in (extra_toml or ""):
+            self.doc["tracking"] = {"dir": str(self.dir / "tracking")}
         self._hold_mail_unless_routed(extra_toml or "")
         self.write_config()
 

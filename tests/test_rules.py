@@ -216,3 +216,80 @@ def test_bad_rules_are_config_errors_with_line_and_column(tmp_path):
     assert f"{config}:11:1: rule[0].subject: invalid regex: unclosed group" in out, out
     assert f"{config}:16:1: rule[1].action: action = \"tag\" needs tag" in out, out
     assert len(out.strip().splitlines()) == 2, out
+
+
+def test_30mb_message_through_a_header_rule_stays_under_60mb_rss(gateway):
+    """A rule that changes a header makes the pipeline rewrite the message into a fresh draft:
+    streamed from the first draft's file, never held whole."""
+    from conftest import CRLF
+    d, hop, _ = gateway({"name": "mark", "action": "add_header", "add_header": "X-Policy: checked"},
+                        {"name": "tag", "subject": "large", "action": "tag", "tag": "[BIG]"})
+    size = 30 * 1024 * 1024
+    line = b"m" * 76 + CRLF
+    body = line * (size // len(line))
+    with RawSession(d.port, timeout=60) as s:
+        s.greeting()
+        s.ehlo()
+        expect(s.cmd(f"MAIL FROM:<{SENDER}> SIZE={size + 1000}"), 250)
+        expect(s.cmd("RCPT TO:<alice@example.com>"), 250)
+        expect(s.cmd("DATA"), 354)
+        s.send(b"Subject: large\r\n\r\n")
+        for off in range(0, len(body), 1 << 20):
+            s.sock.sendall(body[off:off + (1 << 20)])
+        s.send(b".\r\n")
+        code, text = s.read_reply(timeout=60)
+    assert code == 250, (code, text)
+    got = hop.wait_for(1, timeout=60)[0]
+    hwm_mb = d.vm_hwm_kb() / 1024
+    assert hwm_mb < 60, f"bulwarkd peak RSS {hwm_mb:.1f} MB after a 30 MB message through a rule"
+    assert got.subject == "[BIG] large"
+    assert got.msg["X-Policy"] == "checked"
+    assert len(got.content) >= len(body) * 77 // 78
+
+
+def test_rules_reload_on_sighup_and_a_bad_rule_keeps_the_old_ones(gateway):
+    d, hop, _ = gateway({"name": "first", "subject": "alpha", "action": "reject"})
+    assert transaction(d, ["alice@example.com"], subject="alpha")[0] == 550
+    assert transaction(d, ["alice@example.com"], subject="beta")[0] == 250
+    d.extra_toml = d.extra_toml.replace('subject = "alpha"', 'subject = "beta"')
+    d.write_config()
+    d.ctl("reload")
+    wait_until(lambda: transaction(d, ["alice@example.com"], subject="beta")[0] == 550, 10,
+               what="the reloaded rule to reject 'beta'")
+    assert transaction(d, ["alice@example.com"], subject="alpha")[0] == 250
+    d.extra_toml = d.extra_toml.replace('subject = "beta"', 'subject = "(beta"')
+    d.write_config()
+    cp = d.ctl("reload")
+    assert cp.returncode != 0 and "invalid regex" in (cp.stdout + cp.stderr), cp
+    assert transaction(d, ["alice@example.com"], subject="beta")[0] == 550
+
+
+def test_tracking_follows_verdicts_splits_copies_and_discards(gateway):
+    from test_tracking import kinds, track, wait_for_event
+    d, hop, other = gateway(
+        {"name": "net policy", "to": ["example.net"], "subject": "split", "action": "tag", "tag": "[NET]"},
+        {"name": "journal", "subject": "split", "action": "copy", "copy_to": ["archive@other.org"]},
+        {"name": "drop", "subject": "drop me", "action": "discard", "reason": "noise"},
+        {"name": "refuse", "subject": "refuse me", "action": "reject", "reason": "policy"},
+    )
+    m = mid("track-split")
+    qid = queue_id_of(transaction(d, ["alice@example.com", "bob@example.net"], subject="split",
+                                  message_id=m))
+    hop.wait_for(2)
+    other.wait_for(1)
+    events = wait_for_event(d, qid, "delivered")
+    names = kinds(events)
+    assert names.index("received") < names.index("verdict") < names.index("queued"), names
+    verdicts = [e for e in events if e["event"] == "verdict"]
+    assert any("rule:net policy" in str(e) for e in verdicts), verdicts
+    # Asking by id shows the split copy and the journaling copy (linked by `from`).
+    assert "split" in names and "copied" in names, names
+    # The Message-ID finds all of them too.
+    by_mid = track(d, "--message-id", m.strip("<>"))
+    assert len({e["queue_id"] for e in by_mid}) >= 3, by_mid
+    dropped = queue_id_of(transaction(d, ["alice@example.com"], subject="drop me"))
+    assert "discarded" in kinds(wait_for_event(d, dropped, "discarded"))
+    code, _ = transaction(d, ["alice@example.com"], subject="refuse me", sender="refused@other.org")
+    assert code == 550
+    refused = track(d, "--sender", "refused@other.org")
+    assert "rejected" in kinds(refused), refused

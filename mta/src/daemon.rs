@@ -20,9 +20,12 @@ use crate::queue::{QueueIndex, Spool};
 use crate::route::HickoryResolver;
 use crate::service::{notify, privileges};
 use crate::smtp::server;
+use crate::track::{TrackError, Tracker};
 
 /// How long sessions may take to finish after SIGTERM.
 const DRAIN: Duration = Duration::from_secs(30);
+/// How long the last tracking events may take to reach the store at shutdown.
+const TRACKING_FLUSH: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -42,6 +45,8 @@ pub enum StartError {
     Signals(std::io::Error),
     #[error(transparent)]
     Privileges(#[from] privileges::PrivilegeError),
+    #[error("message tracking cannot start: {0}")]
+    Tracking(#[from] TrackError),
 }
 
 /// Where the configuration came from: reloads read the same place.
@@ -97,14 +102,17 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
     let flow = Flow::start(&config);
     // Everything that needs root (ports below 1024, eBPF) is done: become the service user.
     if let Some(identity) = privileges::wanted(&config.server)? {
+        privileges::hand_over_dir(&identity, &config.tracking.dir)?;
         privileges::drop_to(
             &identity,
             &config.server.spool_dir,
             &config.server.control_socket,
         )?;
     }
+    let tracker = Arc::new(Tracker::open(&config.tracking)?);
+    log::info!("tracking: events in {}", config.tracking.dir.display());
     let (delivery, inbox) = DeliveryHandle::channel();
-    let gateway = Arc::new(Gateway::new(config, spool, queue, delivery, flow)?);
+    let gateway = Arc::new(Gateway::new(config, spool, queue, delivery, flow, tracker)?);
     deliver::start(gateway.clone(), inbox, Arc::new(resolver));
     spawn_flow_housekeeping(gateway.clone());
 
@@ -131,6 +139,8 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
     if let Err(e) = gateway.spool.flush().await {
         log::error!("spool: final flush failed: {e}");
     }
+    let tracker = gateway.tracker.clone();
+    let _ = tokio::task::spawn_blocking(move || tracker.flush(TRACKING_FLUSH)).await;
     log::info!("bulwarkd stopped");
     Ok(())
 }

@@ -18,4 +18,5 @@ pub mod route;
 pub mod rules;
 pub mod service;
 pub mod smtp;
+pub mod track;
 pub mod transport;

@@ -39,6 +39,8 @@ pub enum Request {
         target: String,
     },
     FlowList,
+    /// A message timeline (`bulwarkctl track`).
+    Track(crate::track::Query),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use bulwark::admin::client::call;
 use bulwark::admin::protocol::Request;
 use bulwark::daemon::ConfigSource;
+use bulwark::track::{Query, Timeline};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 
@@ -44,6 +45,27 @@ enum Command {
     Flow {
         #[command(subcommand)]
         command: FlowCommand,
+    },
+    /// A message's timeline: received, verdicts, queued, delivery attempts and outcomes.
+    /// Filters combine; with none, the last hour.
+    Track {
+        /// The queue id of the "250 ... queued as ID" reply (also shows the messages split or
+        /// copied from it, and those sharing its Message-ID).
+        #[arg(long, value_name = "ID")]
+        id: Option<String>,
+        /// The Message-ID, with or without angle brackets.
+        #[arg(long = "message-id", value_name = "MID")]
+        message_id: Option<String>,
+        #[arg(long, value_name = "S")]
+        sender: Option<String>,
+        #[arg(long, value_name = "R")]
+        recipient: Option<String>,
+        /// Only events this recent, e.g. 90s, 30m, 2h, 1d (or seconds).
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
+        /// A JSON array of events.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -133,6 +155,33 @@ fn main() -> ExitCode {
             if json { print_json } else { print_status },
         ),
         Command::Reload => (Request::Reload, print_done),
+        Command::Track {
+            id,
+            message_id,
+            sender,
+            recipient,
+            since,
+            json,
+        } => {
+            let since_seconds = match since.as_deref().map(parse_since).transpose() {
+                Ok(seconds) => seconds,
+                Err(message) => {
+                    eprintln!("bulwarkctl: {message}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let query = Query {
+                id,
+                message_id,
+                sender,
+                recipient,
+                since_seconds,
+            };
+            (
+                Request::Track(query),
+                if json { print_track_json } else { print_track },
+            )
+        }
         Command::Flow { command } => match flow_request(command, &args.config) {
             Ok(Some(pair)) => pair,
             Ok(None) => return ExitCode::SUCCESS,
@@ -254,6 +303,11 @@ fn print_status(value: &Value) {
     println!(
         "  spool journal: {} segment(s), {} bytes on disk",
         j["segments"], j["bytes"]
+    );
+    let t = &value["tracking"];
+    println!(
+        "  tracking: {} event(s) recorded, {} written, {} dropped, {} write failure(s)",
+        t["recorded"], t["written"], t["dropped"], t["write_failures"]
     );
 }
 
@@ -381,6 +435,47 @@ fn parse_duration(text: &str) -> Result<u64, String> {
     humantime::parse_duration(text)
         .map(|d| d.as_secs().max(1))
         .map_err(|e| format!("--for {text:?}: {e} (use seconds or e.g. 30m, 1h)"))
+}
+
+fn parse_since(text: &str) -> Result<u64, String> {
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(seconds);
+    }
+    humantime::parse_duration(text)
+        .map(|d| d.as_secs())
+        .map_err(|e| format!("--since {text:?}: {e} (use seconds or e.g. 30m, 2h, 1d)"))
+}
+
+fn timeline(value: &Value) -> Timeline {
+    let timeline: Timeline = match serde_json::from_value(value.clone()) {
+        Ok(timeline) => timeline,
+        Err(e) => {
+            eprintln!("bulwarkctl: bulwarkd sent a timeline this bulwarkctl cannot read: {e}");
+            Timeline::default()
+        }
+    };
+    if timeline.truncated {
+        eprintln!(
+            "bulwarkctl: only the first {} events are shown; narrow the query",
+            timeline.events.len()
+        );
+    }
+    timeline
+}
+
+fn print_track(value: &Value) {
+    let timeline = timeline(value);
+    if timeline.events.is_empty() {
+        println!("No events");
+    }
+    for entry in &timeline.events {
+        println!("{}", entry.line());
+    }
+}
+
+fn print_track_json(value: &Value) {
+    timeline(value);
+    print_json(&value["events"]);
 }
 
 fn print_flow_status(v: &Value) {

@@ -49,6 +49,10 @@ pub fn builtin_default() -> Config {
         flow: Default::default(),
         pipeline: Default::default(),
         rules: Vec::new(),
+        tracking: super::TrackingConfig {
+            dir: state.join("tracking"),
+            ..Default::default()
+        },
         milters: Vec::new(),
     }
 }

@@ -244,6 +244,7 @@ fn validate(config: &mut Config, base: &Path) -> Found {
     validate_routes(config, base, &mut found);
     validate_flow(config, &mut found);
     validate_rules(config, &mut found);
+    validate_tracking(config, &mut found);
     validate_milters(config, &mut found);
     resolve_paths(config, base);
     if config.limits.max_message_size == 0 {
@@ -441,6 +442,18 @@ fn validate_routes(config: &Config, base: &Path, found: &mut Found) {
     }
 }
 
+fn validate_tracking(config: &Config, found: &mut Found) {
+    if config.tracking.retention.is_zero() {
+        found.push((
+            key(&["tracking", "retention"]),
+            "must be greater than 0 (events would be purged as they are written)".into(),
+        ));
+    }
+    if config.tracking.dir.as_os_str().is_empty() {
+        found.push((key(&["tracking", "dir"]), "must name a directory".into()));
+    }
+}
+
 fn validate_milters(config: &Config, found: &mut Found) {
     for (i, milter) in config.milters.iter().enumerate() {
         if milter.name.trim().is_empty() {
@@ -473,6 +486,7 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     };
     resolve(&mut config.server.spool_dir);
     resolve(&mut config.server.control_socket);
+    resolve(&mut config.tracking.dir);
     if let Some(tls) = &mut config.tls {
         resolve(&mut tls.certificate);
         resolve(&mut tls.private_key);
@@ -591,6 +605,27 @@ trusted_networks = ["10.1.0.0/24"]
         let config = load(&text).expect("valid");
         assert_eq!(config.limits.command_timeout.as_secs(), 120);
         assert_eq!(config.limits.data_timeout.as_secs(), 7);
+    }
+
+    #[test]
+    fn tracking_defaults_paths_and_problems() {
+        let config = load(MINIMAL).expect("valid");
+        assert_eq!(
+            config.tracking.dir,
+            PathBuf::from("/var/lib/bulwark/tracking")
+        );
+        assert_eq!(config.tracking.retention.as_secs(), 14 * 24 * 3600);
+        let text = MINIMAL.to_string() + "\n[tracking]\ndir = \"track\"\nretention = \"2d\"\n";
+        let config = load(&text).expect("valid");
+        assert_eq!(
+            config.tracking.dir,
+            PathBuf::from("/track"),
+            "relative to the file"
+        );
+        assert_eq!(config.tracking.retention.as_secs(), 2 * 24 * 3600);
+        let text = MINIMAL.to_string() + "\n[tracking]\nretention = 0\n";
+        let err = load(&text).expect_err("zero retention");
+        assert_eq!(err.problems()[0].key_path, "tracking.retention", "{err}");
     }
 }
 

@@ -12,6 +12,7 @@ mod load;
 mod milter;
 mod pipeline;
 mod size;
+mod tracking;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -25,6 +26,7 @@ pub use load::{load_file, load_str, ConfigError, Problem};
 pub use milter::{MilterAddress, MilterConfig};
 pub use pipeline::{Direction, DirectionScope, OnError, PipelineConfig, RuleAction, RuleConfig};
 pub use size::parse as parse_size;
+pub use tracking::TrackingConfig;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -56,6 +58,8 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     #[serde(default, rename = "rule")]
     pub rules: Vec<RuleConfig>,
+    #[serde(default)]
+    pub tracking: TrackingConfig,
     /// External mail filters, asked in this order (`[[milter]]`).
     #[serde(default, rename = "milter")]
     pub milters: Vec<MilterConfig>,

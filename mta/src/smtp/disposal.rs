@@ -13,14 +13,15 @@
 use std::sync::Arc;
 
 use crate::deliver::dsn;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Origin};
 use crate::pipeline::{
-    apply_to_envelope, rewrite_header, CopyRequest, Group, GroupVerdict, Modification,
+    apply_to_envelope, rewrite_header, CopyRequest, Group, GroupVerdict, Modification, Step,
 };
 use crate::policy::SessionInfo;
 use crate::queue::{
     unix_now, Draft, DraftSnapshot, Envelope, QueueId, Recipient, RecipientOutcome, SpoolError,
 };
+use crate::track::{Event, EventKind, Tracker};
 
 /// Why the message could not be taken (the client gets 451 or 452 and retries).
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +67,8 @@ pub async fn take(
     groups: Vec<Group>,
 ) -> Result<Taken, DisposalError> {
     let id = message.draft.id();
+    let size = message.draft.content_len();
+    record_received(&gateway.tracker, id, &message.envelope, size, &groups);
     let mut taken = Taken::default();
     let fast_path = groups.len() == 1
         && groups
@@ -77,7 +80,9 @@ pub async fn take(
         apply_to_envelope(&mut envelope, &groups[0].modifications);
         let recipients = addresses(&envelope);
         if !envelope.recipients.is_empty() {
-            gateway.enqueue(message.draft, envelope).await?;
+            gateway
+                .enqueue(message.draft, envelope, Origin::Filtered)
+                .await?;
             taken.queued.push((id, recipients));
         }
         return Ok(taken);
@@ -127,13 +132,79 @@ pub async fn take(
                     taken.queued.push(queued);
                 }
             }
-            GroupVerdict::Discard => taken.discarded.push(recipients),
-            GroupVerdict::Reject(_) => taken.rejected.push(recipients),
+            GroupVerdict::Discard => {
+                record_end(&gateway.tracker, id, &message.envelope, group);
+                taken.discarded.push(recipients)
+            }
+            GroupVerdict::Reject(_) => {
+                record_end(&gateway.tracker, id, &message.envelope, group);
+                taken.rejected.push(recipients)
+            }
             GroupVerdict::Quarantine | GroupVerdict::Tempfail(_) => {}
         }
     }
     notify_rejected(gateway, hostname, &source, &message.envelope, &groups).await;
     Ok(taken)
+}
+
+/// The message's first events: what the client sent and what each stage said (a stage that
+/// answered before a split is recorded once).
+pub fn record_received(
+    tracker: &Tracker,
+    id: QueueId,
+    envelope: &Envelope,
+    size: u64,
+    groups: &[Group],
+) {
+    let mid = envelope.message_id.as_deref();
+    let received = EventKind::Received {
+        client: envelope.client_addr.to_string(),
+        helo: envelope.helo.clone(),
+        tls: envelope.tls.clone(),
+        auth_user: envelope.auth_user.clone(),
+        size,
+    };
+    let recipients = envelope.recipients.iter().map(|r| r.address.as_str());
+    tracker.record(Event::new(id, mid, received).with_envelope(&envelope.sender, recipients));
+    let mut seen: Vec<&Step> = Vec::new();
+    for step in groups.iter().flat_map(|g| g.steps.iter()) {
+        if seen.contains(&step) {
+            continue;
+        }
+        seen.push(step);
+        let verdict = EventKind::Verdict {
+            stage: step.stage.clone(),
+            verdict: step.verdict.to_string(),
+            reason: step.reason.clone(),
+            score: step.score,
+        };
+        tracker.record(Event::new(id, mid, verdict));
+    }
+}
+
+/// A group's end that is not a queued copy: rejected, discarded (quarantine records its own).
+pub fn record_end(tracker: &Tracker, id: QueueId, envelope: &Envelope, group: &Group) {
+    let mid = envelope.message_id.as_deref();
+    let stage = group
+        .decided_by
+        .clone()
+        .unwrap_or_else(|| "pipeline".to_string());
+    let kind = match group.final_verdict() {
+        GroupVerdict::Discard => EventKind::Discarded {
+            stage,
+            reason: group.reason.clone(),
+        },
+        GroupVerdict::Reject(reply) | GroupVerdict::Tempfail(reply) => EventKind::Rejected {
+            stage,
+            reply: format!("{} {}", reply.code, reply.text),
+        },
+        GroupVerdict::Accept | GroupVerdict::Quarantine => return,
+    };
+    let recipients = group_addresses(envelope, group);
+    tracker.record(
+        Event::new(id, mid, kind)
+            .with_envelope(&envelope.sender, recipients.iter().map(String::as_str)),
+    );
 }
 
 /// The received message, readable as many times as copies need.
@@ -205,7 +276,12 @@ async fn queue_group(
         }
     };
     let recipients = addresses(&own);
-    let id = gateway.enqueue(draft, own).await?;
+    let origin = if keeps_id {
+        Origin::Filtered
+    } else {
+        Origin::Split { from: source.id }
+    };
+    let id = gateway.enqueue(draft, own, origin).await?;
     Ok(Some((id, recipients)))
 }
 
@@ -331,7 +407,11 @@ async fn queue_copy(
             outcome: RecipientOutcome::Pending,
         })
         .collect();
-    Ok(gateway.enqueue(draft, copy).await?)
+    let origin = Origin::Copy {
+        from: source.id,
+        by: &request.by,
+    };
+    Ok(gateway.enqueue(draft, copy, origin).await?)
 }
 
 /// `<a@x>, <b@y>` folded so no line exceeds 78 characters much (RFC 5322 2.1.1).
@@ -410,7 +490,13 @@ async fn notify_rejected(
         now: unix_now() as i64,
     });
     match gateway
-        .queue_notice(&envelope.sender, hostname, &notice)
+        .queue_notice(
+            &envelope.sender,
+            hostname,
+            &notice,
+            source.id,
+            "notice for recipients refused by a filter",
+        )
         .await
     {
         Ok(notice_id) => log::info!(
