@@ -98,6 +98,7 @@ fn facts<'a>(lists: &'a [Vec<String>; 7], queue_id: &str) -> MessageFacts<'a> {
             ("j".to_string(), "mx.test".to_string()),
         ]),
         macro_lists: lists,
+        reply_budget: 1 << 20,
     }
 }
 

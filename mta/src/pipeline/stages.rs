@@ -22,6 +22,7 @@ pub fn from_config(config: &Config) -> Result<Pipeline, StagesError> {
     for milter in &config.milters {
         stages.push(Arc::new(crate::filters::milter::MilterStage::new(
             milter.clone(),
+            config.limits.max_message_size,
         )));
     }
     let rules = RuleSet::compile(&config.rules, config.pipeline.stage_timeout)

@@ -41,6 +41,8 @@ pub enum MilterError {
     Unexpected { reply: String, step: &'static str },
     #[error("the milter shut the connection down")]
     Shutdown,
+    #[error("the milter's requests exceed {0} bytes for one message")]
+    TooMuch(usize),
     #[error("reading the message: {0}")]
     Content(Box<dyn std::error::Error + Send + Sync>),
 }
@@ -62,6 +64,8 @@ pub struct Connection {
     pub negotiated: Negotiated,
     /// Replies read since the connection was taken for the current message.
     pub replies_this_message: usize,
+    /// Bytes of replies read since the connection was taken for the current message.
+    pub bytes_this_message: usize,
     command_timeout: Duration,
 }
 
@@ -104,6 +108,7 @@ impl Connection {
                 macros: Default::default(),
             },
             replies_this_message: 0,
+            bytes_this_message: 0,
             command_timeout: config.command_timeout,
         };
         protocol::encode_options(connection.buffer());
@@ -168,6 +173,7 @@ impl Connection {
             let length = protocol::packet_length(prefix)?;
             let mut packet = vec![0u8; length];
             read_exact_or_closed(&mut self.stream, &mut packet).await?;
+            self.bytes_this_message += length;
             Ok::<_, MilterError>(protocol::decode_reply(&packet)?)
         };
         tokio::time::timeout(timeout, read)
@@ -213,6 +219,7 @@ impl ConnectionPool {
         match reused {
             Some(mut connection) => {
                 connection.replies_this_message = 0;
+                connection.bytes_this_message = 0;
                 Ok((connection, true))
             }
             None => Ok((Connection::open(config).await?, false)),

@@ -43,6 +43,9 @@ pub struct MessageFacts<'a> {
     pub macros: HashMap<String, String>,
     /// The macros sent per stage unless the milter asked for its own list.
     pub macro_lists: &'a [Vec<String>; 7],
+    /// Bytes of replies the milter may send about this message (a replaced body and added
+    /// headers included); more is an error, so a hostile milter cannot exhaust memory.
+    pub reply_budget: usize,
 }
 
 /// The milter's decision about the message.
@@ -343,6 +346,9 @@ async fn end_of_message(
     let mut new_body: Option<Vec<u8>> = None;
     loop {
         let response = talk.connection.exchange("end of message").await?;
+        if talk.connection.bytes_this_message > talk.facts.reply_budget {
+            return Err(MilterError::TooMuch(talk.facts.reply_budget));
+        }
         let negotiated = &talk.connection.negotiated;
         let modification = match response {
             Response::Quarantine(reason) => {

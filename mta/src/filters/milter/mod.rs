@@ -204,6 +204,7 @@ mod tests {
             headers: vec![("Subject".into(), "hi".into())],
             macros: HashMap::from([("i".to_string(), "QID1".to_string())]),
             macro_lists: lists,
+            reply_budget: 1 << 20,
         }
     }
 
@@ -340,5 +341,23 @@ mod tests {
             "libmilter cannot take QUIT_NC after a reject at end of message"
         );
         assert_eq!(milter.idle_connections(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_milter_flooding_modifications_is_an_error_not_an_allocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flood.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let chunk = packet(b'b', &vec![b'x'; 100_000]);
+        let replies = vec![chunk; 12];
+        tokio::spawn(serve(listener, 0, replies, log));
+        let milter = Milter::new(config(&path));
+        let lists = milter.macro_lists().clone();
+        let error = milter
+            .check(&facts(&lists), &mut Chunks(vec![b"body\r\n".to_vec()]))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, MilterError::TooMuch(_)), "{error}");
     }
 }

@@ -24,12 +24,18 @@ use crate::pipeline::{
 
 pub struct MilterStage {
     milter: Milter,
+    reply_budget: usize,
 }
 
 impl MilterStage {
-    pub fn new(config: MilterConfig) -> Self {
+    /// `max_message_size` bounds what the milter may send back (a body twice that size plus
+    /// headers is already refused).
+    pub fn new(config: MilterConfig, max_message_size: u64) -> Self {
+        let reply_budget =
+            usize::try_from(max_message_size.saturating_mul(2)).unwrap_or(usize::MAX);
         MilterStage {
             milter: Milter::new(config),
+            reply_budget,
         }
     }
 }
@@ -65,6 +71,7 @@ impl Stage for MilterStage {
             headers: super::header_fields(cx.content.header()),
             macros: macros(cx, &client_name),
             macro_lists: self.milter.macro_lists(),
+            reply_budget: self.reply_budget,
         };
         let mut body = BodyReader(cx.content.body_reader());
         let outcome = self
