@@ -438,5 +438,6 @@ def test_rspamd_milter_rejects_gtube_and_adds_its_headers(gateway, peers):
     assert "stage=rspamd verdict=reject" in d.log()
     qid = queue_id_of(transaction(d, ["alice@example.com"], plain(subject="ham", body="see you at lunch")))
     got = hop.wait_for(1)[0]
+    assert "stage=rspamd verdict=continue" in d.log(), "rspamd's accept leaves later stages their say"
     assert got.msg.get("X-Spamd-Result"), got.raw[:1200]
     assert got.msg.get("X-Rspamd-Queue-Id") == qid, "the i macro reached rspamd"

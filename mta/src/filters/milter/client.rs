@@ -8,6 +8,7 @@
 //! Every wait is bounded: `connect_timeout` for the connection and its negotiation,
 //! `command_timeout` for each reply, restarted by each SMFIR_PROGRESS.
 
+use std::os::fd::AsFd;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -67,6 +68,8 @@ pub struct Connection {
     /// Bytes of replies read since the connection was taken for the current message.
     pub bytes_this_message: usize,
     command_timeout: Duration,
+    /// The TCP socket (a duplicate descriptor) for TCP_QUICKACK; None on a unix socket.
+    tcp: Option<socket2::Socket>,
 }
 
 impl Connection {
@@ -85,6 +88,7 @@ impl Connection {
             address: config.address.to_string(),
             source,
         };
+        let mut quickack = None;
         let stream: Box<dyn Duplex> = match &config.address {
             MilterAddress::Inet { host, port } => {
                 let tcp = TcpStream::connect((host.as_str(), *port))
@@ -92,6 +96,8 @@ impl Connection {
                     .map_err(connect_error)?;
                 // Without it a milter round trip waits ~40 ms on delayed ACK (issue #18).
                 tcp.set_nodelay(true).map_err(connect_error)?;
+                let fd = tcp.as_fd().try_clone_to_owned().map_err(connect_error)?;
+                quickack = Some(socket2::Socket::from(fd));
                 Box::new(tcp)
             }
             MilterAddress::Unix(path) => {
@@ -110,6 +116,7 @@ impl Connection {
             replies_this_message: 0,
             bytes_this_message: 0,
             command_timeout: config.command_timeout,
+            tcp: quickack,
         };
         protocol::encode_options(connection.buffer());
         match connection.exchange("negotiation").await? {
@@ -166,6 +173,13 @@ impl Connection {
     }
 
     async fn read_response(&mut self) -> Result<Response, MilterError> {
+        // A milter that writes a reply in several small packets (modifications, then the
+        // verdict) without TCP_NODELAY waits for our ACK of the first before sending the
+        // next; a delayed ACK costs it ~40 ms each. Linux clears QUICKACK by itself, so it is
+        // set again before each read.
+        if let Some(tcp) = &self.tcp {
+            tcp.set_tcp_quickack(true)?;
+        }
         let timeout = self.command_timeout;
         let read = async {
             let mut prefix = [0u8; 4];

@@ -1,8 +1,9 @@
 //! A milter as a pipeline [`Stage`]: the message's facts become the milter's commands and
 //! macros, its replies become the stage's [`Decision`].
 //!
-//! Contract: one milter reply maps to one verdict (continue, accept, reject, tempfail,
-//! discard; a reply code keeps the milter's code and text; SMFIR_QUARANTINE becomes
+//! Contract: one milter reply maps to one verdict (continue and accept → `Continue`, since a
+//! milter's accept only ends that milter's part, as in Postfix; reject, tempfail, discard; a
+//! reply code keeps the milter's code and text; SMFIR_QUARANTINE becomes
 //! `Verdict::Quarantine` with the milter's reason unless the milter also refused the
 //! message) and each modification request to one [`Modification`], in the milter's order.
 //! A recipient refused at RCPT gets its own group with the milter's reply, the others go on.
@@ -147,8 +148,9 @@ fn answer(cx: &Context<'_>, outcome: MilterOutcome) -> Answer {
         ),
         (MilterVerdict::Discard, _) => (Verdict::Discard, None),
         (_, Some(reason)) => (Verdict::Quarantine, Some(reason)),
-        (MilterVerdict::Accept, None) => (Verdict::Accept, None),
-        (MilterVerdict::Continue, None) => (Verdict::Continue, None),
+        // A milter's accept ends *its* say on the message (Postfix and Sendmail still ask the
+        // other milters); the pipeline's Accept would skip every later stage, rules included.
+        (MilterVerdict::Accept | MilterVerdict::Continue, None) => (Verdict::Continue, None),
     };
     let refuses_all = matches!(
         decision.verdict,
