@@ -42,7 +42,15 @@ BULWARKD = Path(os.environ.get("BULWARKD", REPO / "target" / "release" / "bulwar
 BULWARKCTL = BULWARKD.parent / "bulwarkctl"
 RESULTS = REPO / "bench" / "RESULTS.md"
 FP_DIR = Path(os.environ.get("FP_DIR", "/tmp/filter-peers"))
-BULWARK_PORT, BULWARK_SINK = 2625, 2626
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# Not bench.py's 2625/2626: another engineer's bench may hold those on a shared machine.
+BULWARK_PORT, BULWARK_SINK = free_port(), free_port()
 POSTFIX_PORT, POSTFIX_SINK = 2525, 2526
 SESSIONS = 20
 
