@@ -226,17 +226,21 @@ def test_reply_codes_tempfail_and_discard(gateway, peers):
     assert hop.count() == 0, "rejected, tempfailed and discarded mail is not delivered"
 
 
-def test_quarantine_reply_is_the_quarantine_verdict(gateway, peers):
+def test_quarantine_reply_holds_the_message_in_the_quarantine(gateway, peers):
     address, _ = test_milter(peers, "quarantine")
     d, hop = gateway(milter("peer", address))
     code, text = transaction(d, ["alice@example.com"], plain(tag="quar"))
-    log = d.log()
-    assert 'stage=peer verdict=quarantine reason="held by milter_peer"' in log, log[-2000:]
-    # Held, never delivered: 250 once the quarantine store has it (mta/src/quarantine/), 4xx
-    # while this build has no store (the client keeps the message).
-    assert code == 250 or 400 <= code < 500, (code, text)
+    assert code == 250, (code, text)
+    qid = queue_id_of((code, text))
+    assert 'stage=peer verdict=quarantine reason="held by milter_peer"' in d.log(), d.log()[-2000:]
+    cp = d.ctl("quarantine", "list", "--json")
+    assert cp.returncode == 0, cp.stderr
+    entries = json.loads(cp.stdout)
+    assert [e["id"] for e in entries] == [qid], entries
+    entry = entries[0]
+    assert entry["stage"] == "peer" and entry["reason"] == "held by milter_peer", entry
     time.sleep(1.0)
-    assert hop.count() == 0
+    assert hop.count() == 0, "held, not delivered"
 
 
 # ------------------------------------------------------------------ broken milters

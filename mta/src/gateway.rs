@@ -1,5 +1,5 @@
-//! The running daemon's shared state: the spool and queue, the reloadable runtime (config,
-//! filter chain, TLS, users) and the counters the control socket reports.
+//! The running daemon's shared state: the spool and queue, the quarantine, the reloadable
+//! runtime (config, filter chain, TLS, users) and the counters the control socket reports.
 //!
 //! # Reload contract
 //! `reload` builds a complete new [`Runtime`] from the new config and swaps it in only if
@@ -20,6 +20,7 @@ use crate::flow::Flow;
 use crate::pipeline::stages::{self, StagesError};
 use crate::pipeline::Pipeline;
 use crate::policy::{CalloutCache, Chain, HarvestTracker, RecipientsError};
+use crate::quarantine::Quarantine;
 use crate::queue::{
     unix_now, Draft, Envelope, QueueEntry, QueueId, QueueIndex, Recipient, RecipientOutcome, Spool,
     SpoolError,
@@ -87,6 +88,8 @@ pub struct Gateway {
     pub flow: Flow,
     /// Message tracking: every message's events (`bulwarkctl track`).
     pub tracker: Arc<Tracker>,
+    /// Messages the pipeline stopped (`[quarantine]`), opened at start.
+    pub quarantine: Arc<Quarantine>,
 }
 
 impl Gateway {
@@ -97,6 +100,7 @@ impl Gateway {
         delivery: DeliveryHandle,
         flow: Flow,
         tracker: Arc<Tracker>,
+        quarantine: Arc<Quarantine>,
     ) -> Result<Self, RuntimeError> {
         let harvest = Arc::new(HarvestTracker::new(Duration::from_secs(60)));
         let callouts = Arc::new(CalloutCache::default());
@@ -114,6 +118,7 @@ impl Gateway {
             delivery,
             flow,
             tracker,
+            quarantine,
         })
     }
 

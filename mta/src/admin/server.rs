@@ -12,6 +12,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use super::protocol::{Request, Response, MAX_REQUEST};
+use super::quarantine;
 use crate::flow;
 use crate::gateway::Gateway;
 use crate::queue::{QueueId, QueueState, SpoolError, StateRecord};
@@ -106,6 +107,12 @@ async fn execute(request: Request, gateway: &Gateway, reload: &ReloadFn) -> Resp
         Request::FlowBlock { target, seconds } => flow_block(gateway, &target, seconds),
         Request::FlowUnblock { target } => flow_unblock(gateway, &target),
         Request::Track(query) => track(gateway, query).await,
+        Request::QuarantineList { filter } => quarantine::list(gateway, &filter),
+        Request::QuarantineShow { id, raw } => quarantine::show(gateway, &id, raw),
+        Request::QuarantineRelease { ids, to } => {
+            quarantine::release(gateway, &ids, to.as_deref()).await
+        }
+        Request::QuarantineDelete { ids } => quarantine::delete(gateway, &ids).await,
     }
 }
 
@@ -154,12 +161,13 @@ fn status(gateway: &Gateway) -> Value {
         "queue": { "messages": gateway.queue.len(), "bytes": gateway.queue.total_size() },
         "journal": { "segments": journal_segments, "bytes": journal_bytes },
         "tracking": gateway.tracker.status(),
+        "spool": { "recovery_problems": gateway.spool.recovery_problems() },
         "unknown_recipients_by_client": gateway.harvest.top(10).iter()
             .map(|(ip, n)| json!({ "client": ip.to_string(), "count": n })).collect::<Vec<_>>(),
     })
 }
 
-fn parse_ids(ids: &[String]) -> Result<Vec<QueueId>, Response> {
+pub(super) fn parse_ids(ids: &[String]) -> Result<Vec<QueueId>, Response> {
     ids.iter()
         .map(|id| {
             id.to_ascii_uppercase()
@@ -205,7 +213,8 @@ async fn change_state(gateway: &Gateway, ids: &[String], record: StateRecord) ->
             missing.push(id.to_string());
             continue;
         }
-        if let Err(e) = gateway.spool.record(*id, record.clone()).await {
+        // Durable before the reply: a power cut must not undo what the operator was told.
+        if let Err(e) = gateway.spool.record_durably(*id, record.clone()).await {
             return Response::error(e.to_string());
         }
         gateway.queue.apply(*id, &record);

@@ -60,6 +60,8 @@ pub struct Config {
     pub rules: Vec<RuleConfig>,
     #[serde(default)]
     pub tracking: TrackingConfig,
+    #[serde(default)]
+    pub quarantine: QuarantineConfig,
     /// External mail filters, asked in this order (`[[milter]]`).
     #[serde(default, rename = "milter")]
     pub milters: Vec<MilterConfig>,
@@ -581,6 +583,33 @@ impl Default for FlowConfig {
             error_sessions: default_error_sessions(),
             block_seconds: default_block_seconds(),
             pin_dir: default_pin_dir(),
+        }
+    }
+}
+
+/// `[quarantine]`: where stopped messages are kept and for how long (see `crate::quarantine`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct QuarantineConfig {
+    /// The store: one raw message, one record per entry, and a rebuildable search index.
+    #[serde(default = "default_quarantine_dir")]
+    pub dir: PathBuf,
+    /// Entries older than this are purged (released or not).
+    #[serde(default = "default_quarantine_retention", with = "duration")]
+    pub retention: Duration,
+}
+
+fn default_quarantine_dir() -> PathBuf {
+    PathBuf::from("/var/lib/bulwark/quarantine")
+}
+fn default_quarantine_retention() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
+}
+
+impl Default for QuarantineConfig {
+    fn default() -> Self {
+        Self {
+            dir: default_quarantine_dir(),
+            retention: default_quarantine_retention(),
         }
     }
 }

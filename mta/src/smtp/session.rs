@@ -691,12 +691,7 @@ impl Session {
                     client_addr:% = self.info.client.ip();
                     "filter: id={id}: cannot commit the message: {e}"
                 );
-                let reply = if e.is_disk_full() {
-                    reply::DISK_FULL
-                } else {
-                    reply::LOCAL_ERROR
-                };
-                self.stream.reply(&reply);
+                self.stream.reply(&reply::not_stored(e.is_disk_full()));
             }
         }
     }
@@ -750,11 +745,7 @@ impl Session {
         let anomalies = receiving.decoder.anomalies;
         if let Some(e) = &receiving.spool_error {
             log::error!("spool: {e}");
-            return Some(if e.is_disk_full() {
-                reply::DISK_FULL
-            } else {
-                reply::LOCAL_ERROR
-            });
+            return Some(reply::not_stored(e.is_disk_full()));
         }
         if receiving.too_big {
             return Some(reply::TOO_BIG);
@@ -829,12 +820,7 @@ impl Session {
             }
             Err(e) => {
                 log::error!("spool commit failed: {e}");
-                let reply = if e.is_disk_full() {
-                    reply::DISK_FULL
-                } else {
-                    reply::LOCAL_ERROR
-                };
-                self.stream.reply(&reply);
+                self.stream.reply(&reply::not_stored(e.is_disk_full()));
             }
         }
     }

@@ -124,7 +124,7 @@ impl Tracker {
             dir: dir.to_path_buf(),
             source,
         };
-        let store = Store::open(dir).map_err(open)?;
+        let store = Store::open_for_writing(dir).map_err(open)?;
         let reader = Store::open(dir).map_err(open)?;
         let (inbox, commands) = mpsc::sync_channel(capacity);
         let tracker = Tracker {
@@ -196,10 +196,8 @@ impl Counters {
     }
 }
 
-/// The session's two events once a message is safe in the spool: what the client sent
-/// (with the envelope, so the message is found by sender and recipient), then `queued`.
-pub fn received_and_queued(tracker: &Tracker, id: QueueId, envelope: &Envelope, size: u64) {
-    let message_id = envelope.message_id.as_deref();
+/// What the client sent, with the envelope so the message is found by sender and recipient.
+pub fn received_event(id: QueueId, envelope: &Envelope, size: u64) -> Event {
     let received = EventKind::Received {
         client: envelope.client_addr.to_string(),
         helo: envelope.helo.clone(),
@@ -208,12 +206,17 @@ pub fn received_and_queued(tracker: &Tracker, id: QueueId, envelope: &Envelope, 
         size,
     };
     let recipients = envelope.recipients.iter().map(|r| r.address.as_str());
-    tracker
-        .record(Event::new(id, message_id, received).with_envelope(&envelope.sender, recipients));
+    Event::new(id, envelope.message_id.as_deref(), received)
+        .with_envelope(&envelope.sender, recipients)
+}
+
+/// The session's two events once a message is safe in the spool: `received`, then `queued`.
+pub fn received_and_queued(tracker: &Tracker, id: QueueId, envelope: &Envelope, size: u64) {
+    tracker.record(received_event(id, envelope, size));
     let queued = EventKind::Queued {
         recipients: envelope.recipients.len(),
     };
-    tracker.record(Event::new(id, message_id, queued));
+    tracker.record(Event::new(id, envelope.message_id.as_deref(), queued));
 }
 
 #[cfg(test)]
