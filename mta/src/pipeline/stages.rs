@@ -19,6 +19,12 @@ pub enum StagesError {
 pub fn from_config(config: &Config) -> Result<Pipeline, StagesError> {
     let mut stages: Vec<Arc<dyn Stage>> = Vec::new();
     // Anti-virus, milters and anti-spam stages are added here, before the rules.
+    for milter in &config.milters {
+        stages.push(Arc::new(crate::filters::milter::MilterStage::new(
+            milter.clone(),
+            config.limits.max_message_size,
+        )));
+    }
     let rules = RuleSet::compile(&config.rules, config.pipeline.stage_timeout)
         .map_err(|(index, error)| StagesError::Rule { index, error })?;
     if !rules.is_empty() {
