@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::deliver::DeliveryHandle;
+use crate::filters::antivirus::{self, Antivirus, AntivirusError};
 use crate::flow::Flow;
 use crate::policy::{CalloutCache, Chain, HarvestTracker, RecipientsError};
 use crate::queue::{QueueIndex, Spool};
@@ -30,6 +31,8 @@ pub enum RuntimeError {
     Users(#[from] UsersError),
     #[error(transparent)]
     Recipients(#[from] RecipientsError),
+    #[error("antivirus: {0}")]
+    Antivirus(#[from] AntivirusError),
 }
 
 /// Everything a reload replaces.
@@ -38,6 +41,8 @@ pub struct Runtime {
     pub chain: Chain,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub users: Option<Arc<Users>>,
+    /// `[antivirus]`, with its clamd monitor and update poller running while it lives.
+    pub antivirus: Option<Arc<Antivirus>>,
 }
 
 #[derive(Default, Serialize)]
@@ -147,12 +152,26 @@ fn build_runtime(
         .map(|auth| Users::load(&auth.users_file).map(Arc::new))
         .transpose()?;
     let chain = Chain::from_config(&config, harvest, callouts)?;
+    let antivirus = config.antivirus.as_ref().map(start_antivirus).transpose()?;
     Ok(Runtime {
         config: Arc::new(config),
         chain,
         tls,
         users,
+        antivirus,
     })
+}
+
+/// Builds the scanner and starts its background tasks (they end when it is dropped).
+fn start_antivirus(
+    config: &crate::config::AntivirusConfig,
+) -> Result<Arc<Antivirus>, AntivirusError> {
+    let av = Arc::new(Antivirus::from_config(config)?);
+    if tokio::runtime::Handle::try_current().is_ok() {
+        antivirus::spawn_monitor(Arc::downgrade(&av));
+        antivirus::update::spawn_poller(Arc::downgrade(&av));
+    }
+    Ok(av)
 }
 
 /// Concurrent sessions per client address, across all listeners.
