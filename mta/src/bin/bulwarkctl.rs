@@ -205,7 +205,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn av_request(command: AvCommand) -> Result<(Request, fn(&Value)), String> {
+fn av_request(command: AvCommand) -> Result<Call, String> {
     Ok(match command {
         AvCommand::Status { json } => (
             Request::AvStatus,
