@@ -7,7 +7,7 @@
 //! keep the runtime they started with, so a reload never disturbs a session in progress.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -18,8 +18,13 @@ use crate::config::Config;
 use crate::deliver::DeliveryHandle;
 use crate::filters::antivirus::{self, Antivirus, AntivirusError};
 use crate::flow::Flow;
+use crate::pipeline::stages::{self, StagesError};
+use crate::pipeline::Pipeline;
 use crate::policy::{CalloutCache, Chain, HarvestTracker, RecipientsError};
-use crate::queue::{QueueIndex, Spool};
+use crate::queue::{
+    unix_now, Draft, Envelope, QueueEntry, QueueId, QueueIndex, Recipient, RecipientOutcome, Spool,
+    SpoolError,
+};
 use crate::smtp::auth::{Users, UsersError};
 use crate::smtp::tls::{load_server_config, TlsError};
 
@@ -31,6 +36,8 @@ pub enum RuntimeError {
     Users(#[from] UsersError),
     #[error(transparent)]
     Recipients(#[from] RecipientsError),
+    #[error(transparent)]
+    Pipeline(#[from] StagesError),
     #[error("antivirus: {0}")]
     Antivirus(#[from] AntivirusError),
 }
@@ -39,6 +46,8 @@ pub enum RuntimeError {
 pub struct Runtime {
     pub config: Arc<Config>,
     pub chain: Chain,
+    /// The content filters at end of data.
+    pub pipeline: Pipeline,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub users: Option<Arc<Users>>,
     /// `[antivirus]`, with its clamd monitor and update poller running while it lives.
@@ -121,6 +130,56 @@ impl Gateway {
         Ok(())
     }
 
+    /// Commits `draft` with `envelope` and hands it to delivery: after `Ok` the message is
+    /// durable, in the queue index and scheduled.
+    pub async fn enqueue(&self, draft: Draft, envelope: Envelope) -> Result<QueueId, SpoolError> {
+        let size = draft.content_len();
+        let id = self.spool.commit(draft, &envelope).await?;
+        self.queue.insert(id, QueueEntry::new(id, envelope, size));
+        self.delivery.submit(id);
+        Ok(id)
+    }
+
+    /// Queues a message this gateway wrote (a delivery status notice) from the null sender.
+    pub async fn queue_notice(
+        &self,
+        to: &str,
+        hostname: &str,
+        message: &[u8],
+    ) -> Result<QueueId, SpoolError> {
+        let mut draft = self.spool.begin();
+        draft.write(message).await?;
+        let parsed = mail_parser::MessageParser::default().parse_headers(message);
+        let envelope = Envelope {
+            sender: String::new(),
+            recipients: vec![Recipient {
+                address: to.to_string(),
+                notify: None,
+                orcpt: None,
+                outcome: RecipientOutcome::Pending,
+            }],
+            received_at: unix_now(),
+            client_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            helo: hostname.to_string(),
+            auth_user: None,
+            tls: None,
+            body: Default::default(),
+            smtputf8: false,
+            eight_bit: !message.is_ascii(),
+            dsn_ret: None,
+            dsn_envid: None,
+            message_id: parsed
+                .as_ref()
+                .and_then(|m| m.message_id())
+                .map(str::to_string),
+            subject: parsed
+                .as_ref()
+                .and_then(|m| m.subject())
+                .map(str::to_string),
+        };
+        self.enqueue(draft, envelope).await
+    }
+
     pub fn greet_passed_recently(&self, ip: IpAddr) -> bool {
         let passed = self.greet_passed.lock().unwrap_or_else(|p| p.into_inner());
         passed
@@ -153,9 +212,11 @@ fn build_runtime(
         .transpose()?;
     let chain = Chain::from_config(&config, harvest, callouts)?;
     let antivirus = config.antivirus.as_ref().map(start_antivirus).transpose()?;
+    let pipeline = stages::from_config(&config, antivirus.clone())?;
     Ok(Runtime {
         config: Arc::new(config),
         chain,
+        pipeline,
         tls,
         users,
         antivirus,

@@ -48,6 +48,8 @@ pub fn builtin_default() -> Config {
         delivery: Default::default(),
         dns: Default::default(),
         flow: Default::default(),
+        pipeline: Default::default(),
+        rules: Vec::new(),
     }
 }
 

@@ -243,6 +243,7 @@ fn validate(config: &mut Config, base: &Path) -> Found {
     validate_recipient_checks(config, base, &mut found);
     validate_routes(config, base, &mut found);
     validate_flow(config, &mut found);
+    validate_rules(config, &mut found);
     validate_antivirus(config, &mut found);
     resolve_paths(config, base);
     if config.limits.max_message_size == 0 {
@@ -258,6 +259,18 @@ fn validate(config: &mut Config, base: &Path) -> Found {
         ));
     }
     found
+}
+
+fn validate_rules(config: &Config, found: &mut Found) {
+    for (i, rule) in config.rules.iter().enumerate() {
+        for (field, index, message) in rule.problems() {
+            let mut path = indexed("rule", i, field);
+            if let Some(index) = index {
+                path.push(Segment::Index(index));
+            }
+            found.push((path, message));
+        }
+    }
 }
 
 fn validate_server(config: &Config, found: &mut Found) {
@@ -449,6 +462,13 @@ fn validate_antivirus(config: &Config, found: &mut Found) {
     if av.max_scan_size == 0 {
         found.push((at("max_scan_size"), "must be greater than 0".into()));
     }
+    if av.engines.contains(&AvEngine::Builtin) && av.max_scan_size > config.pipeline.max_parse_size
+    {
+        found.push((
+            at("max_scan_size"),
+            "the built-in engine reads what it scans in memory: keep it at most [pipeline] max_parse_size".into(),
+        ));
+    }
     if !av.update_public_key.is_empty() {
         if let Err(e) = UpdateKey::parse(&av.update_public_key) {
             found.push((at("update_public_key"), e.to_string()));
@@ -639,7 +659,7 @@ mod shipped_example {
         let config = load_str(&text, "packaging/bulwark.toml", Path::new("/etc/bulwark"))
             .expect("the uncommented [antivirus] block must load");
         let av = config.antivirus.expect("[antivirus] present");
-        assert_eq!(av.max_scan_size, 25_000_000);
+        assert_eq!(av.max_scan_size, 25 << 20);
         assert_eq!(av.engines.len(), 2);
         assert_eq!(av.update_interval.as_secs(), 3600);
         assert_eq!(av.max_signature_age.as_secs(), 7 * 24 * 3600);

@@ -9,7 +9,8 @@
 mod builtin;
 mod duration;
 mod load;
-pub mod size;
+mod pipeline;
+mod size;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,6 +21,8 @@ use serde::Deserialize;
 
 pub use builtin::{builtin_default, DEFAULT_CONFIG_PATH};
 pub use load::{load_file, load_str, ConfigError, Problem};
+pub use pipeline::{Direction, DirectionScope, OnError, PipelineConfig, RuleAction, RuleConfig};
+pub use size::parse as parse_size;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -47,6 +50,10 @@ pub struct Config {
     pub dns: DnsConfig,
     #[serde(default)]
     pub flow: FlowConfig,
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RuleConfig>,
     /// Anti-virus scanning (`[antivirus]`); absent: no scanning.
     #[serde(default)]
     pub antivirus: Option<AntivirusConfig>,
@@ -595,29 +602,6 @@ pub enum AvAction {
     Discard,
 }
 
-/// What happens when no engine could give an answer (clamd down, slow, answering an error).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum AvOnError {
-    /// 451 4.7.1: the client keeps the message and retries; nothing is lost.
-    #[default]
-    Tempfail,
-    /// Accepted with a header saying it was not scanned.
-    Accept,
-}
-
-/// Which mail a filter looks at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum FilterDirection {
-    /// From untrusted, unauthenticated clients (mail arriving from the Internet).
-    Inbound,
-    /// From trusted networks or authenticated users (mail leaving the organisation).
-    Outbound,
-    #[default]
-    Any,
-}
-
 #[derive(Debug, Clone, Deserialize)]
 pub struct AntivirusConfig {
     /// The engines that scan each message, in order; the first detection decides.
@@ -628,15 +612,16 @@ pub struct AntivirusConfig {
     pub clamd: String,
     #[serde(default)]
     pub action: AvAction,
+    /// `tempfail` (451 4.7.1) or `accept` (delivered, marked not scanned).
     #[serde(default)]
-    pub on_error: AvOnError,
+    pub on_error: OnError,
     /// Larger messages are not scanned (accepted with the not-scanned header, logged); the
     /// built-in engine holds at most this much of a message in memory, clamd is streamed to.
     /// Keep clamd's StreamMaxLength at least this large.
     #[serde(default = "default_av_max_scan_size", with = "size")]
     pub max_scan_size: u64,
     #[serde(default)]
-    pub direction: FilterDirection,
+    pub direction: DirectionScope,
     /// The built-in engine's signature set (`*.hdb`/`*.hsb` hash lists, `VERSION`).
     #[serde(default = "default_av_signatures_dir")]
     pub signatures_dir: PathBuf,
@@ -665,7 +650,7 @@ fn default_av_clamd() -> String {
     "unix:/run/clamav/clamd.ctl".into()
 }
 fn default_av_max_scan_size() -> u64 {
-    25_000_000
+    25 << 20
 }
 fn default_av_signatures_dir() -> PathBuf {
     PathBuf::from("/var/lib/bulwark/signatures")

@@ -120,10 +120,6 @@ impl Context {
         let _ = self.events.send(Event::ConnectionEnded { destination });
     }
 
-    fn submit(&self, id: QueueId) {
-        let _ = self.events.send(Event::Submit(id));
-    }
-
     fn verifying_tls(
         &self,
         ca_file: Option<&PathBuf>,

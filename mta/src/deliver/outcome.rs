@@ -3,16 +3,13 @@
 //! delay warning, "relayed" when the next hop could not take our DSN request), and remove the
 //! message once no recipient is pending.
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use super::attempt::Outcome;
 use super::dsn::{self, Action, Reported};
 use super::engine::{backoff, Job};
 use super::Context;
-use crate::queue::{
-    unix_now, Envelope, QueueEntry, QueueId, Recipient, RecipientOutcome, StateRecord,
-};
+use crate::queue::{unix_now, QueueEntry, QueueId, Recipient, RecipientOutcome, StateRecord};
 
 /// What is left to retry, and when.
 pub struct Applied {
@@ -253,58 +250,11 @@ async fn send_notices(
             original: content,
             now: unix_now() as i64,
         });
-        match inject(context, &to, &hostname, &message).await {
+        match context.gateway.queue_notice(&to, &hostname, &message).await {
             Ok(notice) => {
                 log::info!("delivery: id={id}: {action:?} notice {notice} queued for <{to}>")
             }
             Err(e) => log::error!("delivery: id={id}: cannot queue the {action:?} notice: {e}"),
         }
     }
-}
-
-/// Queues a locally generated message from the null sender.
-async fn inject(
-    context: &Context,
-    to: &str,
-    hostname: &str,
-    message: &[u8],
-) -> Result<QueueId, crate::queue::SpoolError> {
-    let gateway = &context.gateway;
-    let mut draft = gateway.spool.begin();
-    draft.write(message).await?;
-    let size = draft.content_len();
-    let parsed = mail_parser::MessageParser::default().parse_headers(message);
-    let envelope = Envelope {
-        sender: String::new(),
-        recipients: vec![Recipient {
-            address: to.to_string(),
-            notify: None,
-            orcpt: None,
-            outcome: RecipientOutcome::Pending,
-        }],
-        received_at: unix_now(),
-        client_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        helo: hostname.to_string(),
-        auth_user: None,
-        tls: None,
-        body: Default::default(),
-        smtputf8: false,
-        eight_bit: message.iter().any(|&b| b >= 0x80),
-        dsn_ret: None,
-        dsn_envid: None,
-        message_id: parsed
-            .as_ref()
-            .and_then(|m| m.message_id())
-            .map(str::to_string),
-        subject: parsed
-            .as_ref()
-            .and_then(|m| m.subject())
-            .map(str::to_string),
-    };
-    let id = gateway.spool.commit(draft, &envelope).await?;
-    gateway
-        .queue
-        .insert(id, crate::queue::QueueEntry::new(id, envelope, size));
-    context.submit(id);
-    Ok(id)
 }

@@ -30,6 +30,8 @@ use crate::smtp::reply::Reply;
 /// What the chain knows about the client.
 #[derive(Debug, Clone)]
 pub struct SessionInfo {
+    /// Names the session in every log event about it.
+    pub session_id: String,
     pub client: SocketAddr,
     pub local: SocketAddr,
     pub role: ListenerRole,
@@ -44,6 +46,16 @@ impl SessionInfo {
     /// May relay to any domain.
     pub fn may_relay(&self) -> bool {
         self.trusted || self.auth_user.is_some()
+    }
+
+    /// Outbound when the client is trusted or authenticated (the groupware servers), else
+    /// inbound.
+    pub fn direction(&self) -> crate::config::Direction {
+        if self.may_relay() {
+            crate::config::Direction::Outbound
+        } else {
+            crate::config::Direction::Inbound
+        }
     }
 }
 

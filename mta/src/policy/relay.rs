@@ -67,6 +67,7 @@ mod tests {
 
     fn session(trusted: bool) -> SessionInfo {
         SessionInfo {
+            session_id: "test".into(),
             client: "192.0.2.1:1000".parse().expect("addr"),
             local: "127.0.0.1:25".parse().expect("addr"),
             role: ListenerRole::Mx,

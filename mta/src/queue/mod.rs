@@ -58,5 +58,5 @@ pub use commit::SyncMode;
 pub use envelope::{unix_now, BodyType, DsnRet, Envelope, Recipient, RecipientOutcome};
 pub use id::QueueId;
 pub use index::{QueueEntry, QueueIndex, QueueState};
-pub use spool::{Content, Draft, Spool, SpoolError};
+pub use spool::{Content, Draft, DraftSnapshot, Spool, SpoolError};
 pub use state::StateRecord;

@@ -202,8 +202,19 @@ impl Spool {
 
     /// Starts receiving a new message.
     pub fn begin(&self) -> Draft {
+        self.draft(self.ids.next(), "")
+    }
+
+    /// Starts a second draft under an id that already has one (the pipeline's rewrite of a
+    /// message, read from the first draft while this one is written): its own `tmp/` file.
+    pub fn begin_rewrite(&self, id: QueueId) -> Draft {
+        self.draft(id, ".rewrite")
+    }
+
+    fn draft(&self, id: QueueId, tmp_suffix: &'static str) -> Draft {
         Draft {
-            id: self.ids.next(),
+            id,
+            tmp_suffix,
             paths: self.paths.clone(),
             buffer: Vec::with_capacity(8 * 1024),
             file: None,
@@ -464,9 +475,58 @@ async fn blocking<T: Send + 'static>(
         })
 }
 
+/// What a draft holds at one moment: `spilled` bytes in its `tmp/` file (after the magic),
+/// then `tail` still in memory.
+#[derive(Clone)]
+pub struct DraftSnapshot {
+    file: Option<PathBuf>,
+    spilled: u64,
+    tail: Arc<[u8]>,
+}
+
+impl DraftSnapshot {
+    pub fn len(&self) -> u64 {
+        self.spilled + self.tail.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Reads up to `buf.len()` bytes at `offset` of the content (blocking; 0 at the end).
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        if offset < self.spilled {
+            let path = self
+                .file
+                .as_ref()
+                .ok_or_else(|| io::Error::other("no draft file"))?;
+            let want = buf.len().min((self.spilled - offset) as usize);
+            let file = File::open(path)?;
+            file.read_exact_at(&mut buf[..want], MAGIC.len() as u64 + offset)?;
+            return Ok(want);
+        }
+        let start = ((offset - self.spilled) as usize).min(self.tail.len());
+        let want = buf.len().min(self.tail.len() - start);
+        buf[..want].copy_from_slice(&self.tail[start..start + want]);
+        Ok(want)
+    }
+
+    /// Copies the whole content to `out` (blocking), 1 MB at a time.
+    pub fn copy_to(&self, out: &mut impl Write) -> io::Result<()> {
+        if let Some(path) = &self.file {
+            let mut file = File::open(path)?;
+            file.seek(SeekFrom::Start(MAGIC.len() as u64))?;
+            io::copy(&mut (&mut file).take(self.spilled), out)?;
+        }
+        out.write_all(&self.tail)
+    }
+}
+
 /// A message being received. Dropping a draft without committing removes its file.
 pub struct Draft {
     id: QueueId,
+    tmp_suffix: &'static str,
     paths: Arc<Paths>,
     buffer: Vec<u8>,
     file: Option<File>,
@@ -522,7 +582,25 @@ impl Draft {
     }
 
     fn tmp_path(&self) -> PathBuf {
-        self.paths.tmp.join(self.id.to_string())
+        self.paths
+            .tmp
+            .join(format!("{}{}", self.id, self.tmp_suffix))
+    }
+
+    /// The whole content, when it is all still in memory (it never spilled to a file).
+    pub fn buffered(&self) -> Option<&[u8]> {
+        self.file.is_none().then_some(&self.buffer[..])
+    }
+
+    /// A read-only view of the content written so far, for filters that read it while the
+    /// draft waits for its verdict (the file part is read through its own descriptor).
+    pub fn snapshot(&self) -> DraftSnapshot {
+        let spilled = self.content_len - self.buffer.len() as u64;
+        DraftSnapshot {
+            file: self.file.as_ref().map(|_| self.tmp_path()),
+            spilled,
+            tail: Arc::from(&self.buffer[..]),
+        }
     }
 
     /// The buffered content followed by the envelope and the trailer.

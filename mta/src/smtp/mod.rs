@@ -3,6 +3,7 @@
 pub mod address;
 pub mod auth;
 pub mod data;
+pub mod disposal;
 pub mod message;
 pub mod reply;
 pub mod server;

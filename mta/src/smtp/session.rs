@@ -23,18 +23,28 @@ use smtp_proto::{
 use super::address::{AddressError, Mailbox};
 use super::auth;
 use super::data::DataDecoder;
+use super::disposal::{self, Received, Taken};
 use super::message::{received_header, HeaderScanner, TraceFacts};
 use super::reply::{self, Reply};
 use super::stream::{acceptor, Greeting, Line, SmtpStream, StreamError, TlsInfo};
 use crate::config::{LimitsConfig, ListenerRole};
 use crate::flow::Signal;
 use crate::gateway::{Counters, Gateway, Runtime};
+use crate::pipeline::{Context, Disposal, Findings, Group, MessageContent};
 use crate::policy::{MessageView, SessionInfo, Verdict};
-use crate::queue::{
-    unix_now, BodyType, Draft, DsnRet, Envelope, QueueEntry, Recipient, SpoolError,
-};
+use crate::queue::{unix_now, BodyType, Draft, DsnRet, Envelope, QueueId, Recipient, SpoolError};
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A session id unique across restarts: the daemon's start second, then a counter.
+fn next_session_id() -> String {
+    use std::sync::atomic::AtomicU64;
+    use std::sync::OnceLock;
+    static STARTED: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let started = *STARTED.get_or_init(unix_now);
+    format!("{started:x}.{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
 
 /// What to do after a command.
 enum Next {
@@ -64,6 +74,8 @@ struct Receiving {
     too_big: bool,
     eight_bit: bool,
     spool_error: Option<SpoolError>,
+    /// Our Received: field, the first bytes of the draft (the scanner sees only the client's).
+    trace: String,
 }
 
 pub struct Session {
@@ -98,6 +110,7 @@ impl Session {
             runtime,
             stream,
             info: SessionInfo {
+                session_id: next_session_id(),
                 client,
                 local,
                 role,
@@ -467,6 +480,7 @@ impl Session {
             too_big: false,
             eight_bit: false,
             spool_error: None,
+            trace: String::new(),
         }
     }
 
@@ -575,6 +589,7 @@ impl Session {
         if let Err(e) = receiving.draft.write(header.as_bytes()).await {
             receiving.spool_error = Some(e);
         }
+        receiving.trace = header;
     }
 
     /// Decides on the received content and commits it, replying either way.
@@ -583,14 +598,7 @@ impl Session {
             return;
         };
         if let Some(reply) = self.content_problem(&receiving) {
-            Counters::bump(&self.gateway.counters.messages_rejected);
-            log::info!(
-                "reject: message from {} <{}>: {} {}",
-                self.info.client.ip(),
-                transaction.sender,
-                reply.code,
-                reply.text
-            );
+            self.refuse_message(&transaction.sender, "content", &reply);
             return self.answer(&reply);
         }
         let envelope = self.envelope(transaction, &receiving);
@@ -600,10 +608,136 @@ impl Session {
             content_len: receiving.draft.content_len(),
         };
         if let Verdict::Reject(reply) = self.runtime.chain.message(&self.info, &view).await {
-            Counters::bump(&self.gateway.counters.messages_rejected);
+            self.refuse_message(&envelope.sender, "policy", &reply);
             return self.answer(&reply);
         }
-        self.commit(receiving.draft, envelope).await;
+        if self.runtime.pipeline.is_empty() {
+            return self.commit(receiving.draft, envelope).await;
+        }
+        // What stages see and edit: the whole header section, ours first.
+        let header = [receiving.trace.as_bytes(), receiving.header.header()].concat();
+        let groups = self.run_pipeline(&receiving, &header, &envelope).await;
+        match Disposal::of(groups) {
+            Disposal::Refuse(reply) => {
+                self.refuse_message(&envelope.sender, "filter", &reply);
+                self.answer(&reply);
+            }
+            Disposal::Take(groups) => self.take(receiving, &header, envelope, groups).await,
+        }
+    }
+
+    async fn run_pipeline(
+        &self,
+        receiving: &Receiving,
+        header: &[u8],
+        envelope: &Envelope,
+    ) -> Vec<Group> {
+        let content = MessageContent::new(
+            &receiving.draft,
+            header,
+            self.runtime.config.pipeline.max_parse_size,
+        );
+        let all: Vec<usize> = (0..envelope.recipients.len()).collect();
+        let findings = Findings::default();
+        let cx = Context {
+            session: &self.info,
+            direction: self.info.direction(),
+            queue_id: receiving.draft.id(),
+            envelope,
+            recipients: &all,
+            content: &content,
+            findings: &findings,
+            hostname: self.hostname(),
+        };
+        self.runtime.pipeline.run(&cx, &[]).await
+    }
+
+    /// Commits what the pipeline decided, then replies 250 (or 4xx when nothing could be).
+    async fn take(
+        &mut self,
+        receiving: Receiving,
+        header: &[u8],
+        envelope: Envelope,
+        groups: Vec<Group>,
+    ) {
+        let id = receiving.draft.id();
+        let size = receiving.draft.content_len();
+        let message = Received {
+            draft: receiving.draft,
+            header,
+            envelope,
+        };
+        let sender = message.envelope.sender.clone();
+        let hostname = self.runtime.config.server.hostname.clone();
+        match disposal::take(&self.gateway, &self.info, &hostname, message, groups).await {
+            Ok(taken) => {
+                self.log_taken(id, &sender, size, &taken);
+                let counters = &self.gateway.counters;
+                Counters::bump(&counters.messages_accepted);
+                counters.bytes_accepted.fetch_add(size, Ordering::Relaxed);
+                self.messages += 1;
+                self.stream
+                    .reply(&Reply::owned(250, format!("2.0.0 Ok: queued as {id}")));
+            }
+            Err(e) => {
+                log::error!(
+                    session_id = self.info.session_id.as_str(), queue_id:% = id,
+                    client_addr:% = self.info.client.ip();
+                    "filter: id={id}: cannot commit the message: {e}"
+                );
+                let reply = if e.is_disk_full() {
+                    reply::DISK_FULL
+                } else {
+                    reply::LOCAL_ERROR
+                };
+                self.stream.reply(&reply);
+            }
+        }
+    }
+
+    fn log_taken(&self, id: QueueId, sender: &str, size: u64, taken: &Taken) {
+        let client = self.info.client.ip();
+        for (queued, recipients) in &taken.queued {
+            log::info!(
+                session_id = self.info.session_id.as_str(), queue_id:% = queued,
+                client_addr:% = client, sender = sender;
+                "queued: id={queued} from=<{sender}> nrcpt={} size={size} client={client} split_from={}",
+                recipients.len(),
+                if *queued == id { "-".to_string() } else { id.to_string() },
+            );
+        }
+        for (copy, recipients, by) in &taken.copies {
+            log::info!(
+                session_id = self.info.session_id.as_str(), queue_id:% = copy;
+                "queued: id={copy} copy_of={id} by={by} to={}", recipients.join(",")
+            );
+        }
+        for (what, lists) in [
+            ("quarantined", &taken.quarantined),
+            ("discarded", &taken.discarded),
+            ("rejected", &taken.rejected),
+        ] {
+            for recipients in lists {
+                log::info!(
+                    session_id = self.info.session_id.as_str(), queue_id:% = id,
+                    client_addr:% = client, sender = sender;
+                    "{what}: id={id} from=<{sender}> to={}", recipients.join(",")
+                );
+            }
+        }
+    }
+
+    /// Logs a message refused at end of data and counts it.
+    fn refuse_message(&self, sender: &str, by: &str, reply: &Reply) {
+        Counters::bump(&self.gateway.counters.messages_rejected);
+        log::info!(
+            session_id = self.info.session_id.as_str(), client_addr:% = self.info.client.ip(),
+            sender = sender, stage = by, reply_code = reply.code, reason = reply.text.as_ref();
+            "reject: message from {} <{sender}> by {by}: {} {}",
+            self.info.client.ip(),
+            reply.code,
+            reply.text
+        );
     }
 
     fn content_problem(&self, receiving: &Receiving) -> Option<Reply> {
@@ -668,23 +802,21 @@ impl Session {
 
     async fn commit(&mut self, draft: Draft, envelope: Envelope) {
         let size = draft.content_len();
-        match self.gateway.spool.commit(draft, &envelope).await {
+        let sender = envelope.sender.clone();
+        let nrcpt = envelope.recipients.len();
+        let message_id = envelope.message_id.clone();
+        match self.gateway.enqueue(draft, envelope).await {
             Ok(id) => {
+                let client = self.info.client.ip();
                 log::info!(
-                    queue_id:% = id, client_addr:% = self.info.client.ip(), sender = envelope.sender.as_str();
-                    "queued: id={id} from=<{}> nrcpt={} size={size} client={} message_id={}",
-                    envelope.sender,
-                    envelope.recipients.len(),
-                    self.info.client.ip(),
-                    envelope.message_id.as_deref().unwrap_or("-"),
+                    session_id = self.info.session_id.as_str(), queue_id:% = id,
+                    client_addr:% = client, sender = sender.as_str();
+                    "queued: id={id} from=<{sender}> nrcpt={nrcpt} size={size} client={client} message_id={}",
+                    message_id.as_deref().unwrap_or("-"),
                 );
                 let counters = &self.gateway.counters;
                 Counters::bump(&counters.messages_accepted);
                 counters.bytes_accepted.fetch_add(size, Ordering::Relaxed);
-                self.gateway
-                    .queue
-                    .insert(id, QueueEntry::new(id, envelope, size));
-                self.gateway.delivery.submit(id);
                 self.messages += 1;
                 self.stream
                     .reply(&Reply::owned(250, format!("2.0.0 Ok: queued as {id}")));

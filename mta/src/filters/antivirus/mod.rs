@@ -19,6 +19,7 @@ pub mod bundle;
 pub mod clamd;
 mod health;
 mod http;
+pub mod stage;
 pub mod update;
 
 use std::sync::atomic::{AtomicU64, Ordering};

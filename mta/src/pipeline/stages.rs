@@ -1,0 +1,35 @@
+//! The stages of the pipeline, built from the configuration, in the order they run: content
+//! scanners first (anti-virus, milters, anti-spam) so that the rules, last, can act on what
+//! they found (`virus`, `spam_score_over`).
+
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::filters::antivirus::{stage::AntivirusStage, Antivirus};
+use crate::rules::{CompileError, RuleSet};
+
+use super::{Pipeline, Stage};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StagesError {
+    #[error("rule[{index}].{}: {}", .error.field, .error.message)]
+    Rule { index: usize, error: CompileError },
+}
+
+/// Builds the pipeline for `config`; `antivirus` is the scanner built for its `[antivirus]`.
+pub fn from_config(
+    config: &Config,
+    antivirus: Option<Arc<Antivirus>>,
+) -> Result<Pipeline, StagesError> {
+    let mut stages: Vec<Arc<dyn Stage>> = Vec::new();
+    if let Some(antivirus) = antivirus {
+        stages.push(Arc::new(AntivirusStage::new(antivirus)));
+    }
+    // Milters and anti-spam stages are added here, before the rules.
+    let rules = RuleSet::compile(&config.rules, config.pipeline.stage_timeout)
+        .map_err(|(index, error)| StagesError::Rule { index, error })?;
+    if !rules.is_empty() {
+        stages.push(Arc::new(rules));
+    }
+    Ok(Pipeline::new(stages, config.pipeline.time_budget))
+}

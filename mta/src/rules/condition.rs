@@ -1,0 +1,167 @@
+//! A rule's conditions, compiled once at load: who (sender, recipients), what (subject, header
+//! fields, body text), when (size). All of a rule's conditions must hold.
+
+use globset::{GlobBuilder, GlobMatcher};
+use regex::Regex;
+
+use crate::config::{domain_listed, RuleConfig};
+
+/// A sender or recipient pattern: an address glob (`*@partner.example`) or a domain
+/// (`partner.example`; `.partner.example` also for subdomains; `*.partner.example` a glob).
+#[derive(Debug, Clone)]
+pub enum AddressPattern {
+    Address(GlobMatcher),
+    Domain(String),
+    DomainGlob(GlobMatcher),
+}
+
+/// Why a rule did not compile (reported by `--check-config` at the key's position).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct CompileError {
+    /// The field with the problem (`subject`, `header[1]`, ...).
+    pub field: String,
+    pub message: String,
+}
+
+fn error(field: impl Into<String>, message: impl Into<String>) -> CompileError {
+    CompileError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+fn glob(pattern: &str) -> Result<GlobMatcher, String> {
+    GlobBuilder::new(pattern)
+        .case_insensitive(true)
+        .literal_separator(false)
+        .build()
+        .map(|g| g.compile_matcher())
+        .map_err(|e| e.to_string())
+}
+
+impl AddressPattern {
+    pub fn parse(pattern: &str) -> Result<AddressPattern, String> {
+        let pattern = pattern.trim();
+        if pattern.is_empty() {
+            return Err("empty pattern".into());
+        }
+        if pattern.contains('@') {
+            return glob(pattern).map(AddressPattern::Address);
+        }
+        if pattern.contains(['*', '?', '[']) {
+            return glob(pattern).map(AddressPattern::DomainGlob);
+        }
+        Ok(AddressPattern::Domain(pattern.to_ascii_lowercase()))
+    }
+
+    pub fn matches(&self, address: &str) -> bool {
+        let domain = address.rsplit_once('@').map_or("", |(_, d)| d);
+        match self {
+            AddressPattern::Address(glob) => glob.is_match(address),
+            AddressPattern::Domain(domain_pattern) => domain_listed(
+                std::slice::from_ref(domain_pattern),
+                &domain.to_ascii_lowercase(),
+            ),
+            AddressPattern::DomainGlob(glob) => glob.is_match(domain),
+        }
+    }
+}
+
+fn regex(field: &str, pattern: &str) -> Result<Regex, CompileError> {
+    Regex::new(pattern).map_err(|e| error(field, format!("invalid regex: {e}")))
+}
+
+/// The compiled conditions of one rule.
+#[derive(Debug, Clone, Default)]
+pub struct Conditions {
+    pub from: Vec<AddressPattern>,
+    pub to: Vec<AddressPattern>,
+    pub subject: Option<Regex>,
+    pub header: Vec<(String, Regex)>,
+    pub body: Option<Regex>,
+    pub size_over: Option<u64>,
+}
+
+impl Conditions {
+    pub fn compile(rule: &RuleConfig) -> Result<Conditions, CompileError> {
+        let patterns = |field: &str, list: &[String]| {
+            list.iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    AddressPattern::parse(p).map_err(|e| error(format!("{field}[{i}]"), e))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let header = rule
+            .header
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| header_condition(&format!("header[{i}]"), spec))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Conditions {
+            from: patterns("from", &rule.from)?,
+            to: patterns("to", &rule.to)?,
+            subject: rule
+                .subject
+                .as_deref()
+                .map(|p| regex("subject", p))
+                .transpose()?,
+            header,
+            body: rule.body.as_deref().map(|p| regex("body", p)).transpose()?,
+            size_over: rule.size_over,
+        })
+    }
+
+    /// Conditions that need the decoded body (a MIME parse).
+    pub fn needs_body(&self) -> bool {
+        self.body.is_some()
+    }
+
+    pub fn sender_matches(&self, sender: &str) -> bool {
+        self.from.is_empty() || self.from.iter().any(|p| p.matches(sender))
+    }
+
+    pub fn recipient_matches(&self, recipient: &str) -> bool {
+        self.to.is_empty() || self.to.iter().any(|p| p.matches(recipient))
+    }
+}
+
+fn header_condition(field: &str, spec: &str) -> Result<(String, Regex), CompileError> {
+    let (name, pattern) = spec
+        .split_once(':')
+        .ok_or_else(|| error(field, "expected \"Name: regex\""))?;
+    let name = name.trim();
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(error(field, format!("invalid header field name {name:?}")));
+    }
+    Ok((name.to_string(), regex(field, pattern.trim_start())?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_patterns() {
+        let p = AddressPattern::parse("*@Partner.example").expect("glob");
+        assert!(p.matches("bob@partner.example"));
+        assert!(!p.matches("bob@partner.example.org"));
+        let d = AddressPattern::parse("example.com").expect("domain");
+        assert!(d.matches("a@EXAMPLE.com"));
+        assert!(!d.matches("a@sub.example.com"));
+        let s = AddressPattern::parse(".example.com").expect("subdomains");
+        assert!(s.matches("a@sub.example.com"));
+        let g = AddressPattern::parse("*.example.com").expect("domain glob");
+        assert!(g.matches("a@x.example.com"));
+        assert!(!g.matches("a@example.org"));
+    }
+
+    #[test]
+    fn bad_header_spec_names_the_field() {
+        let e = header_condition("header[0]", "no colon").expect_err("invalid");
+        assert_eq!(e.field, "header[0]");
+        let e = header_condition("header[1]", "X-A: (").expect_err("invalid regex");
+        assert!(e.message.contains("invalid regex"));
+    }
+}

@@ -1,0 +1,377 @@
+//! The administrator's rule table (`[[rule]]`): who + what + when → action, in priority order,
+//! as Proxmox Mail Gateway's rule system; one stage of the content pipeline.
+//!
+//! # Contract
+//! - Rules run highest priority first (file order among equals). A rule matches when all its
+//!   conditions hold; a rule without conditions matches every message of its direction.
+//! - Non-final actions (`tag`, `add_header`, `copy`, `redirect`) are applied and evaluation goes
+//!   on; the first final action (`accept`, `reject`, `tempfail`, `discard`, `quarantine`) wins.
+//! - `to` is matched per recipient: recipients that match different rules get different
+//!   outcomes, and the pipeline splits the message into one copy per group.
+//! - Everything (regexes, globs, action parameters) is compiled at load; a bad rule is a
+//!   config error with line:column, never a surprise at run time.
+
+mod condition;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+pub use condition::{AddressPattern, CompileError, Conditions};
+
+use crate::config::{DirectionScope, RuleAction, RuleConfig};
+use crate::pipeline::{
+    Answer, Context, CopyRequest, Decision, Modification, Stage, StageError, Verdict,
+};
+use crate::smtp::reply::Reply;
+
+/// What a matching rule does, with its parameters.
+#[derive(Debug, Clone)]
+enum Action {
+    Accept,
+    Reject,
+    Tempfail,
+    Discard,
+    Quarantine,
+    Tag(String),
+    AddHeader { name: String, value: String },
+    Copy(Vec<String>),
+    Redirect(Vec<String>),
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    name: String,
+    scope: DirectionScope,
+    conditions: Conditions,
+    action: Action,
+    reason: Option<String>,
+}
+
+impl Rule {
+    fn is_final(&self) -> bool {
+        matches!(
+            self.action,
+            Action::Accept
+                | Action::Reject
+                | Action::Tempfail
+                | Action::Discard
+                | Action::Quarantine
+        )
+    }
+}
+
+/// The compiled rule table.
+pub struct RuleSet {
+    rules: Vec<Rule>,
+    timeout: Duration,
+}
+
+impl RuleSet {
+    /// Compiles the rules; the error names the rule's index in the file and the field.
+    pub fn compile(
+        configs: &[RuleConfig],
+        timeout: Duration,
+    ) -> Result<RuleSet, (usize, CompileError)> {
+        let mut indexed: Vec<(usize, &RuleConfig)> = configs.iter().enumerate().collect();
+        // Stable: equal priorities keep file order.
+        indexed.sort_by_key(|(_, r)| std::cmp::Reverse(r.priority));
+        let rules = indexed
+            .into_iter()
+            .map(|(i, config)| compile_rule(config).map_err(|e| (i, e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RuleSet { rules, timeout })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    fn per_recipient(&self) -> bool {
+        self.rules.iter().any(|r| !r.conditions.to.is_empty())
+    }
+}
+
+fn compile_rule(config: &RuleConfig) -> Result<Rule, CompileError> {
+    let conditions = Conditions::compile(config)?;
+    let missing = |field: &str| CompileError {
+        field: field.to_string(),
+        message: format!("action {:?} needs {field}", config.action),
+    };
+    let action = match config.action {
+        RuleAction::Accept => Action::Accept,
+        RuleAction::Reject => Action::Reject,
+        RuleAction::Tempfail => Action::Tempfail,
+        RuleAction::Discard => Action::Discard,
+        RuleAction::Quarantine => Action::Quarantine,
+        RuleAction::Tag => Action::Tag(config.tag.clone().ok_or_else(|| missing("tag"))?),
+        RuleAction::AddHeader => {
+            let spec = config
+                .add_header
+                .as_deref()
+                .ok_or_else(|| missing("add_header"))?;
+            let (name, value) = spec
+                .split_once(':')
+                .filter(|(n, _)| {
+                    !n.trim().is_empty() && n.trim().bytes().all(|b| b.is_ascii_graphic())
+                })
+                .ok_or_else(|| CompileError {
+                    field: "add_header".into(),
+                    message: "expected \"Name: value\"".into(),
+                })?;
+            Action::AddHeader {
+                name: name.trim().to_string(),
+                value: value.trim().to_string(),
+            }
+        }
+        RuleAction::Copy => Action::Copy(addresses("copy_to", &config.copy_to)?),
+        RuleAction::Redirect => Action::Redirect(addresses("redirect_to", &config.redirect_to)?),
+    };
+    Ok(Rule {
+        name: config.name.clone(),
+        scope: config.direction,
+        conditions,
+        action,
+        reason: config.reason.clone(),
+    })
+}
+
+fn addresses(field: &str, list: &[String]) -> Result<Vec<String>, CompileError> {
+    if list.is_empty() {
+        return Err(CompileError {
+            field: field.to_string(),
+            message: format!("{field} needs at least one address"),
+        });
+    }
+    for (i, address) in list.iter().enumerate() {
+        let valid = address.rsplit_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty() && domain.contains('.') || domain == "localhost"
+        });
+        if !valid || address.contains(char::is_whitespace) {
+            return Err(CompileError {
+                field: format!("{field}[{i}]"),
+                message: format!("{address:?} is not an email address"),
+            });
+        }
+    }
+    Ok(list.to_vec())
+}
+
+/// Memoised message-wide condition results (one per rule) for one evaluation.
+struct MessageFacts<'c, 'a> {
+    cx: &'c Context<'a>,
+    matched: Vec<Option<bool>>,
+}
+
+impl<'c, 'a> MessageFacts<'c, 'a> {
+    async fn holds(&mut self, index: usize, rule: &Rule) -> bool {
+        if let Some(known) = self.matched[index] {
+            return known;
+        }
+        let result = message_conditions_hold(&rule.conditions, self.cx).await;
+        self.matched[index] = Some(result);
+        result
+    }
+}
+
+async fn message_conditions_hold(c: &Conditions, cx: &Context<'_>) -> bool {
+    if !c.sender_matches(&cx.envelope.sender) {
+        return false;
+    }
+    if c.size_over.is_some_and(|limit| cx.content.len() <= limit) {
+        return false;
+    }
+    if let Some(subject) = &c.subject {
+        let decoded = cx
+            .content
+            .parsed_header()
+            .and_then(|m| m.subject())
+            .unwrap_or("");
+        if !subject.is_match(decoded) {
+            return false;
+        }
+    }
+    if !c.header.is_empty() {
+        let fields = cx.content.header_fields();
+        let all = c.header.iter().all(|(name, pattern)| {
+            fields
+                .iter()
+                .any(|(n, v)| n.eq_ignore_ascii_case(name) && pattern.is_match(v))
+        });
+        if !all {
+            return false;
+        }
+    }
+    if let Some(body) = &c.body {
+        if !body.is_match(&cx.content.text().await) {
+            return false;
+        }
+    }
+    true
+}
+
+impl RuleSet {
+    /// The rules (indexes) that apply to one recipient, up to the first final one.
+    async fn matching(
+        &self,
+        facts: &mut MessageFacts<'_, '_>,
+        recipient: Option<&str>,
+    ) -> Vec<usize> {
+        let mut hits = Vec::new();
+        for (index, rule) in self.rules.iter().enumerate() {
+            if !rule.scope.covers(facts.cx.direction) {
+                continue;
+            }
+            if let Some(recipient) = recipient {
+                if !rule.conditions.recipient_matches(recipient) {
+                    continue;
+                }
+            }
+            if !facts.holds(index, rule).await {
+                continue;
+            }
+            hits.push(index);
+            if rule.is_final() {
+                break;
+            }
+        }
+        hits
+    }
+
+    fn decision(&self, hits: &[usize], cx: &Context<'_>, recipients: &[usize]) -> Decision {
+        let mut decision = Decision::default();
+        for &index in hits {
+            let rule = &self.rules[index];
+            let reason = rule.reason.clone().unwrap_or_else(|| rule.name.clone());
+            decision
+                .findings
+                .symbols
+                .push((format!("rule:{}", rule.name), 0.0));
+            match &rule.action {
+                Action::Tag(tag) => decision.modifications.extend(tag_subject(cx, tag)),
+                Action::AddHeader { name, value } => {
+                    decision.modifications.push(Modification::AddHeader {
+                        name: name.clone(),
+                        value: value.clone(),
+                    })
+                }
+                Action::Copy(to) => decision.copies.push(CopyRequest {
+                    recipients: to.clone(),
+                    by: format!("rule:{}", rule.name),
+                }),
+                Action::Redirect(to) => decision.modifications.extend(redirect(cx, recipients, to)),
+                final_action => {
+                    decision.verdict = final_verdict(final_action, &reason);
+                    decision.reason = Some(reason);
+                    decision.decided_by = Some(format!("rule:{}", rule.name));
+                }
+            }
+        }
+        decision
+    }
+}
+
+fn final_verdict(action: &Action, reason: &str) -> Verdict {
+    let text = printable(reason);
+    match action {
+        Action::Accept => Verdict::Accept,
+        Action::Reject => {
+            Verdict::Reject(Reply::owned(550, format!("5.7.1 Message rejected: {text}")))
+        }
+        Action::Tempfail => {
+            Verdict::Tempfail(Reply::owned(451, format!("4.7.1 Message deferred: {text}")))
+        }
+        Action::Discard => Verdict::Discard,
+        Action::Quarantine => Verdict::Quarantine,
+        _ => Verdict::Continue,
+    }
+}
+
+/// Reply text must stay one printable line.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(200)
+        .collect()
+}
+
+fn tag_subject(cx: &Context<'_>, tag: &str) -> Vec<Modification> {
+    let current = cx
+        .content
+        .header_fields()
+        .into_iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("subject"))
+        .map(|(_, value)| value);
+    match current {
+        Some(subject) if subject.starts_with(tag) => Vec::new(),
+        Some(subject) => vec![Modification::ChangeHeader {
+            name: "Subject".into(),
+            index: 1,
+            value: Some(format!("{tag} {subject}")),
+        }],
+        None => vec![Modification::AddHeader {
+            name: "Subject".into(),
+            value: tag.to_string(),
+        }],
+    }
+}
+
+fn redirect(cx: &Context<'_>, recipients: &[usize], to: &[String]) -> Vec<Modification> {
+    let mut changes: Vec<Modification> = recipients
+        .iter()
+        .filter_map(|&i| cx.envelope.recipients.get(i))
+        .map(|r| Modification::DeleteRecipient {
+            address: r.address.clone(),
+        })
+        .collect();
+    changes.extend(to.iter().map(|address| Modification::AddRecipient {
+        address: address.clone(),
+        args: None,
+    }));
+    changes
+}
+
+#[async_trait]
+impl Stage for RuleSet {
+    fn name(&self) -> &str {
+        "rules"
+    }
+
+    fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    async fn check(&self, cx: &Context<'_>) -> Result<Answer, StageError> {
+        let mut facts = MessageFacts {
+            cx,
+            matched: vec![None; self.rules.len()],
+        };
+        if !self.per_recipient() {
+            let hits = self.matching(&mut facts, None).await;
+            return Ok(self.decision(&hits, cx, cx.recipients).into());
+        }
+        let mut by_outcome: BTreeMap<Vec<usize>, Vec<usize>> = BTreeMap::new();
+        for &index in cx.recipients {
+            let address = cx
+                .envelope
+                .recipients
+                .get(index)
+                .map_or("", |r| r.address.as_str());
+            let hits = self.matching(&mut facts, Some(address)).await;
+            by_outcome.entry(hits).or_default().push(index);
+        }
+        if by_outcome.len() == 1 {
+            let (hits, _) = by_outcome.into_iter().next().unwrap_or_default();
+            return Ok(self.decision(&hits, cx, cx.recipients).into());
+        }
+        let parts = by_outcome
+            .into_iter()
+            .map(|(hits, recipients)| {
+                let decision = self.decision(&hits, cx, &recipients);
+                (recipients, decision)
+            })
+            .collect();
+        Ok(Answer::PerRecipient(parts))
+    }
+}

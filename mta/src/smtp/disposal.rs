@@ -1,0 +1,425 @@
+//! What the receiving side does with a message once the pipeline has spoken and the client is
+//! to get 250: one queued copy per accepted group of recipients (rewritten where a stage
+//! changed it), quarantine copies, journaling copies, and a notice for rejected recipients.
+//!
+//! # Invariants
+//! - Nothing here replies: the caller sends 250 only after `take` returned `Ok`, that is once
+//!   every queued copy and every quarantine copy is durable.
+//! - A message no stage changed, with one group, is committed from its own draft (the journal
+//!   fast path); other copies are written to fresh drafts from a snapshot of it.
+//! - The first group to be queued keeps the message's queue id (the one in our Received:
+//!   header and in the 250 reply); other groups and copies get ids of their own.
+
+use std::sync::Arc;
+
+use crate::deliver::dsn;
+use crate::gateway::Gateway;
+use crate::pipeline::{
+    apply_to_envelope, rewrite_header, CopyRequest, Group, GroupVerdict, Modification,
+};
+use crate::policy::SessionInfo;
+use crate::queue::{
+    unix_now, Draft, DraftSnapshot, Envelope, QueueId, Recipient, RecipientOutcome, SpoolError,
+};
+
+/// Why the message could not be taken (the client gets 451 or 452 and retries).
+#[derive(Debug, thiserror::Error)]
+pub enum DisposalError {
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error("quarantine: {0}")]
+    Quarantine(String),
+}
+
+impl DisposalError {
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, DisposalError::Spool(e) if e.is_disk_full())
+    }
+}
+
+/// The message as received, for every copy made of it.
+pub struct Received<'a> {
+    pub draft: Draft,
+    /// Our header section (Received: first), without the empty line.
+    pub header: &'a [u8],
+    pub envelope: Envelope,
+}
+
+/// Where each part of the message went, for the log, the tracking timeline and the reply.
+#[derive(Debug, Default)]
+pub struct Taken {
+    /// (queue id, recipients) of each queued copy; the first keeps the message's id.
+    pub queued: Vec<(QueueId, Vec<String>)>,
+    pub quarantined: Vec<Vec<String>>,
+    pub discarded: Vec<Vec<String>>,
+    pub rejected: Vec<Vec<String>>,
+    /// Journaling copies: (queue id, recipients, who asked).
+    pub copies: Vec<(QueueId, Vec<String>, String)>,
+}
+
+/// Commits what the groups' verdicts say; see the module contract.
+pub async fn take(
+    gateway: &Gateway,
+    session: &SessionInfo,
+    hostname: &str,
+    message: Received<'_>,
+    groups: Vec<Group>,
+) -> Result<Taken, DisposalError> {
+    let id = message.draft.id();
+    let mut taken = Taken::default();
+    let fast_path = groups.len() == 1
+        && groups
+            .iter()
+            .all(|g| !g.changes_content() && g.copies.is_empty())
+        && groups[0].final_verdict() == GroupVerdict::Accept;
+    if fast_path {
+        let mut envelope = message.envelope;
+        apply_to_envelope(&mut envelope, &groups[0].modifications);
+        let recipients = addresses(&envelope);
+        if !envelope.recipients.is_empty() {
+            gateway.enqueue(message.draft, envelope).await?;
+            taken.queued.push((id, recipients));
+        }
+        return Ok(taken);
+    }
+    let snapshot = Arc::new(message.draft.snapshot());
+    let source = Source {
+        id,
+        snapshot,
+        header: message.header,
+    };
+    // Copies and quarantine first: a failure there still lets the client retry the whole
+    // message before any of it is queued.
+    take_copies(
+        gateway,
+        hostname,
+        &source,
+        &message.envelope,
+        &groups,
+        &mut taken,
+    )
+    .await?;
+    for group in groups
+        .iter()
+        .filter(|g| g.final_verdict() == GroupVerdict::Quarantine)
+    {
+        quarantine(gateway, session, &source, &message.envelope, group).await?;
+        taken
+            .quarantined
+            .push(group_addresses(&message.envelope, group));
+    }
+    let mut original = Some(message.draft);
+    for group in &groups {
+        let recipients = group_addresses(&message.envelope, group);
+        match group.final_verdict() {
+            GroupVerdict::Accept => {
+                let draft = original.take();
+                if let Some(queued) = queue_group(
+                    gateway,
+                    &source,
+                    &message.envelope,
+                    group,
+                    draft,
+                    taken.queued.is_empty(),
+                )
+                .await?
+                {
+                    taken.queued.push(queued);
+                }
+            }
+            GroupVerdict::Discard => taken.discarded.push(recipients),
+            GroupVerdict::Reject(_) => taken.rejected.push(recipients),
+            GroupVerdict::Quarantine | GroupVerdict::Tempfail(_) => {}
+        }
+    }
+    notify_rejected(gateway, hostname, &source, &message.envelope, &groups).await;
+    Ok(taken)
+}
+
+/// The received message, readable as many times as copies need.
+struct Source<'a> {
+    id: QueueId,
+    snapshot: Arc<DraftSnapshot>,
+    header: &'a [u8],
+}
+
+impl Source<'_> {
+    fn body_offset(&self) -> u64 {
+        (self.header.len() as u64 + 2).min(self.snapshot.len())
+    }
+}
+
+fn addresses(envelope: &Envelope) -> Vec<String> {
+    envelope
+        .recipients
+        .iter()
+        .map(|r| r.address.clone())
+        .collect()
+}
+
+fn group_addresses(envelope: &Envelope, group: &Group) -> Vec<String> {
+    group
+        .recipients
+        .iter()
+        .filter_map(|&i| envelope.recipients.get(i))
+        .map(|r| r.address.clone())
+        .collect()
+}
+
+/// The envelope of one group: its recipients only, with the stages' envelope changes.
+fn group_envelope(envelope: &Envelope, group: &Group) -> Envelope {
+    let mut own = envelope.clone();
+    own.recipients = group
+        .recipients
+        .iter()
+        .filter_map(|&i| envelope.recipients.get(i).cloned())
+        .collect();
+    apply_to_envelope(&mut own, &group.modifications);
+    own
+}
+
+/// Queues one accepted group; `original` is the received draft when still unused.
+async fn queue_group(
+    gateway: &Gateway,
+    source: &Source<'_>,
+    envelope: &Envelope,
+    group: &Group,
+    original: Option<Draft>,
+    keeps_id: bool,
+) -> Result<Option<(QueueId, Vec<String>)>, DisposalError> {
+    let mut own = group_envelope(envelope, group);
+    if own.recipients.is_empty() {
+        return Ok(None);
+    }
+    let draft = match original {
+        Some(draft) if !group.changes_content() => draft,
+        _ => {
+            let draft = if keeps_id {
+                gateway.spool.begin_rewrite(source.id)
+            } else {
+                gateway.spool.begin()
+            };
+            let (draft, eight_bit) = write_edited(draft, source, &group.modifications).await?;
+            own.eight_bit |= eight_bit;
+            draft
+        }
+    };
+    let recipients = addresses(&own);
+    let id = gateway.enqueue(draft, own).await?;
+    Ok(Some((id, recipients)))
+}
+
+/// Writes the message with `modifications` applied into `draft`; also says whether a
+/// replaced body has 8-bit bytes.
+async fn write_edited(
+    mut draft: Draft,
+    source: &Source<'_>,
+    modifications: &[Modification],
+) -> Result<(Draft, bool), SpoolError> {
+    let edit = rewrite_header(source.header, modifications);
+    draft.write(&edit.header).await?;
+    draft.write(b"\r\n").await?;
+    let replaced = modifications.iter().rev().find_map(|m| match m {
+        Modification::ReplaceBody(body) => Some(body),
+        _ => None,
+    });
+    if let Some(body) = replaced {
+        draft.write(body).await?;
+        return Ok((draft, !body.is_ascii()));
+    }
+    copy_body(&mut draft, source, source.body_offset()).await?;
+    Ok((draft, false))
+}
+
+/// Streams the received content from `offset` into `draft`, a megabyte at a time.
+async fn copy_body(
+    draft: &mut Draft,
+    source: &Source<'_>,
+    mut offset: u64,
+) -> Result<(), SpoolError> {
+    const PIECE: usize = 1 << 20;
+    while offset < source.snapshot.len() {
+        let snapshot = source.snapshot.clone();
+        let at = offset;
+        let piece = tokio::task::spawn_blocking(move || {
+            let mut piece = vec![0u8; PIECE];
+            let n = snapshot.read_at(at, &mut piece)?;
+            piece.truncate(n);
+            Ok::<_, std::io::Error>(piece)
+        })
+        .await
+        .map_err(|e| read_error(std::io::Error::other(e.to_string())))?
+        .map_err(read_error)?;
+        if piece.is_empty() {
+            break;
+        }
+        offset += piece.len() as u64;
+        draft.write(&piece).await?;
+    }
+    Ok(())
+}
+
+fn read_error(source: std::io::Error) -> SpoolError {
+    SpoolError::Io {
+        path: "draft".into(),
+        source,
+    }
+}
+
+/// Journaling copies (`copy` rules): the message as received, with the original envelope in
+/// `X-Bulwark-Original-*` fields, to the copy's recipients. Each distinct request once.
+async fn take_copies(
+    gateway: &Gateway,
+    hostname: &str,
+    source: &Source<'_>,
+    envelope: &Envelope,
+    groups: &[Group],
+    taken: &mut Taken,
+) -> Result<(), DisposalError> {
+    let mut done: Vec<&CopyRequest> = Vec::new();
+    for group in groups {
+        if matches!(
+            group.final_verdict(),
+            GroupVerdict::Reject(_) | GroupVerdict::Tempfail(_)
+        ) {
+            continue;
+        }
+        for request in &group.copies {
+            if done.iter().any(|d| d.recipients == request.recipients) {
+                continue;
+            }
+            done.push(request);
+            let id = queue_copy(gateway, hostname, source, envelope, request).await?;
+            taken
+                .copies
+                .push((id, request.recipients.clone(), request.by.clone()));
+        }
+    }
+    Ok(())
+}
+
+async fn queue_copy(
+    gateway: &Gateway,
+    _hostname: &str,
+    source: &Source<'_>,
+    envelope: &Envelope,
+    request: &CopyRequest,
+) -> Result<QueueId, DisposalError> {
+    let recorded = [
+        Modification::AddHeader {
+            name: "X-Bulwark-Original-Sender".into(),
+            value: format!("<{}>", envelope.sender),
+        },
+        Modification::AddHeader {
+            name: "X-Bulwark-Original-Recipients".into(),
+            value: original_recipients(envelope),
+        },
+        Modification::AddHeader {
+            name: "X-Bulwark-Copy-Of".into(),
+            value: format!("{} ({})", source.id, request.by),
+        },
+    ];
+    let (draft, _) = write_edited(gateway.spool.begin(), source, &recorded).await?;
+    let mut copy = envelope.clone();
+    copy.recipients = request
+        .recipients
+        .iter()
+        .map(|address| Recipient {
+            address: address.clone(),
+            notify: Some("NEVER".into()),
+            orcpt: None,
+            outcome: RecipientOutcome::Pending,
+        })
+        .collect();
+    Ok(gateway.enqueue(draft, copy).await?)
+}
+
+/// `<a@x>, <b@y>` folded so no line exceeds 78 characters much (RFC 5322 2.1.1).
+fn original_recipients(envelope: &Envelope) -> String {
+    let mut value = String::new();
+    let mut line = 0;
+    for (i, recipient) in envelope.recipients.iter().enumerate() {
+        let item = format!("<{}>", recipient.address);
+        if i > 0 {
+            value.push(',');
+            if line + item.len() > 70 {
+                value.push_str("\r\n\t");
+                line = 0;
+            } else {
+                value.push(' ');
+            }
+        }
+        line += item.len() + 2;
+        value.push_str(&item);
+    }
+    value
+}
+
+async fn quarantine(
+    _gateway: &Gateway,
+    _session: &SessionInfo,
+    _source: &Source<'_>,
+    _envelope: &Envelope,
+    group: &Group,
+) -> Result<(), DisposalError> {
+    Err(DisposalError::Quarantine(format!(
+        "no quarantine store for {}",
+        group.decided_by.as_deref().unwrap_or("pipeline")
+    )))
+}
+
+/// Rejected groups of a message that was otherwise accepted: their recipients are reported to
+/// the sender (RFC 3464), as a next hop's 5xx would be.
+async fn notify_rejected(
+    gateway: &Gateway,
+    hostname: &str,
+    source: &Source<'_>,
+    envelope: &Envelope,
+    groups: &[Group],
+) {
+    let lines: Vec<dsn::Reported> = groups
+        .iter()
+        .filter_map(|g| match g.final_verdict() {
+            GroupVerdict::Reject(reply) => Some((g, reply)),
+            _ => None,
+        })
+        .flat_map(|(g, reply)| {
+            g.recipients
+                .iter()
+                .filter_map(|&i| envelope.recipients.get(i))
+                .filter(|r| dsn::wanted(r, dsn::Action::Failed))
+                .map(move |r| dsn::Reported {
+                    recipient: r.clone(),
+                    action: dsn::Action::Failed,
+                    status: reply.text.split(' ').next().unwrap_or("5.7.1").to_string(),
+                    diagnostic: Some(format!("smtp; {} {}", reply.code, reply.text)),
+                    remote_mta: None,
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    if lines.is_empty() || envelope.sender.is_empty() {
+        return;
+    }
+    let notice = dsn::build(&dsn::Report {
+        reporting_mta: hostname,
+        queue_id: &source.id.to_string(),
+        envelope,
+        recipients: &lines,
+        original: source.header,
+        now: unix_now() as i64,
+    });
+    match gateway
+        .queue_notice(&envelope.sender, hostname, &notice)
+        .await
+    {
+        Ok(notice_id) => log::info!(
+            queue_id:% = source.id, notice_id:% = notice_id;
+            "filter: id={} rejected recipients reported in notice {notice_id}", source.id
+        ),
+        Err(e) => log::error!(
+            queue_id:% = source.id;
+            "filter: id={}: cannot queue the notice for rejected recipients: {e}", source.id
+        ),
+    }
+}
