@@ -64,7 +64,7 @@ class Bulwark:
     """A release bulwarkd relaying example.test to 127.0.0.1:SINK_PORT (or holding mail)."""
 
     def __init__(self, work: Path, hold: bool = False, sink_port: int = SINK_PORT,
-                 sessions: int = 20000):
+                 sessions: int = 20000, extra_toml: str = ""):
         self.dir = Path(tempfile.mkdtemp(prefix="bulwark-bench-", dir=work))
         self.config = self.dir / "bulwark.toml"
         hop = "127.0.0.1:9" if hold else f"127.0.0.1:{sink_port}"
@@ -93,6 +93,7 @@ max_connections = 20
 {delivery}
 [dns]
 servers = ["127.0.0.1:9"]
+{extra_toml}
 """)
         self.proc: subprocess.Popen | None = None
 
@@ -171,8 +172,8 @@ def relay_bench(port: int, sink_port: int, count: int, sessions: int, size: int,
     return dict(kv.split("=", 1) for kv in line.split()[1:] if "=" in kv)
 
 
-def bulwark_relay(work: Path, count: int, size: int) -> dict[str, str]:
-    b = Bulwark(work).start()
+def bulwark_relay(work: Path, count: int, size: int, extra_toml: str = "") -> dict[str, str]:
+    b = Bulwark(work, extra_toml=extra_toml).start()
     try:
         fields = relay_bench(BULWARK_PORT, SINK_PORT, count, 20, size,
                              {"MTA_PIDS": str(b.proc.pid), "QUEUE_CMD": b.queue_cmd(),

@@ -216,3 +216,49 @@ def test_bad_rules_are_config_errors_with_line_and_column(tmp_path):
     assert f"{config}:11:1: rule[0].subject: invalid regex: unclosed group" in out, out
     assert f"{config}:16:1: rule[1].action: action = \"tag\" needs tag" in out, out
     assert len(out.strip().splitlines()) == 2, out
+
+
+def test_30mb_message_through_a_header_rule_stays_under_60mb_rss(gateway):
+    """A rule that changes a header makes the pipeline rewrite the message into a fresh draft:
+    streamed from the first draft's file, never held whole."""
+    from conftest import CRLF
+    d, hop, _ = gateway({"name": "mark", "action": "add_header", "add_header": "X-Policy: checked"},
+                        {"name": "tag", "subject": "large", "action": "tag", "tag": "[BIG]"})
+    size = 30 * 1024 * 1024
+    line = b"m" * 76 + CRLF
+    body = line * (size // len(line))
+    with RawSession(d.port, timeout=60) as s:
+        s.greeting()
+        s.ehlo()
+        expect(s.cmd(f"MAIL FROM:<{SENDER}> SIZE={size + 1000}"), 250)
+        expect(s.cmd("RCPT TO:<alice@example.com>"), 250)
+        expect(s.cmd("DATA"), 354)
+        s.send(b"Subject: large\r\n\r\n")
+        for off in range(0, len(body), 1 << 20):
+            s.sock.sendall(body[off:off + (1 << 20)])
+        s.send(b".\r\n")
+        code, text = s.read_reply(timeout=60)
+    assert code == 250, (code, text)
+    got = hop.wait_for(1, timeout=60)[0]
+    hwm_mb = d.vm_hwm_kb() / 1024
+    assert hwm_mb < 60, f"bulwarkd peak RSS {hwm_mb:.1f} MB after a 30 MB message through a rule"
+    assert got.subject == "[BIG] large"
+    assert got.msg["X-Policy"] == "checked"
+    assert len(got.content) >= len(body) * 77 // 78
+
+
+def test_rules_reload_on_sighup_and_a_bad_rule_keeps_the_old_ones(gateway):
+    d, hop, _ = gateway({"name": "first", "subject": "alpha", "action": "reject"})
+    assert transaction(d, ["alice@example.com"], subject="alpha")[0] == 550
+    assert transaction(d, ["alice@example.com"], subject="beta")[0] == 250
+    d.extra_toml = d.extra_toml.replace('subject = "alpha"', 'subject = "beta"')
+    d.write_config()
+    d.ctl("reload")
+    wait_until(lambda: transaction(d, ["alice@example.com"], subject="beta")[0] == 550, 10,
+               what="the reloaded rule to reject 'beta'")
+    assert transaction(d, ["alice@example.com"], subject="alpha")[0] == 250
+    d.extra_toml = d.extra_toml.replace('subject = "beta"', 'subject = "(beta"')
+    d.write_config()
+    cp = d.ctl("reload")
+    assert cp.returncode != 0 and "invalid regex" in (cp.stdout + cp.stderr), cp
+    assert transaction(d, ["alice@example.com"], subject="beta")[0] == 550

@@ -298,3 +298,177 @@ fn log_decision(stage: &str, decision: &Decision, keys: &LogKeys<'_>, recipients
         decision.score.map_or("-".to_string(), |s| format!("{s:.1}")),
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Direction, ListenerRole};
+    use crate::pipeline::MessageContent;
+    use crate::policy::SessionInfo;
+    use crate::queue::{Envelope, Recipient, RecipientOutcome, Spool, SyncMode};
+    use async_trait::async_trait;
+
+    /// A stage that sleeps, fails or answers per recipient, to exercise the runner.
+    struct Probe {
+        name: &'static str,
+        sleep: Duration,
+        fail: bool,
+        on_error: OnError,
+        split_first: bool,
+    }
+
+    #[async_trait]
+    impl Stage for Probe {
+        fn name(&self) -> &str {
+            self.name
+        }
+        fn timeout(&self) -> Duration {
+            Duration::from_millis(200)
+        }
+        fn on_error(&self) -> OnError {
+            self.on_error
+        }
+        async fn check(&self, cx: &Context<'_>) -> Result<Answer, StageError> {
+            tokio::time::sleep(self.sleep).await;
+            if self.fail {
+                return Err(StageError::new(self.name, "scanner down"));
+            }
+            if self.split_first && cx.recipients.len() > 1 {
+                let reject = Decision::new(Verdict::Reject(Reply::new(550, "5.7.1 no")));
+                return Ok(Answer::PerRecipient(vec![(vec![cx.recipients[0]], reject)]));
+            }
+            Ok(Decision::default().into())
+        }
+    }
+
+    fn probe(name: &'static str) -> Probe {
+        Probe {
+            name,
+            sleep: Duration::ZERO,
+            fail: false,
+            on_error: OnError::Tempfail,
+            split_first: false,
+        }
+    }
+
+    fn envelope(recipients: &[&str]) -> Envelope {
+        Envelope {
+            sender: "a@example.org".into(),
+            recipients: recipients
+                .iter()
+                .map(|r| Recipient {
+                    address: r.to_string(),
+                    notify: None,
+                    orcpt: None,
+                    outcome: RecipientOutcome::Pending,
+                })
+                .collect(),
+            received_at: 0,
+            client_addr: "192.0.2.1".parse().expect("ip"),
+            helo: "c".into(),
+            auth_user: None,
+            tls: None,
+            body: Default::default(),
+            smtputf8: false,
+            eight_bit: false,
+            dsn_ret: None,
+            dsn_envid: None,
+            message_id: None,
+            subject: None,
+        }
+    }
+
+    async fn run(stages: Vec<Arc<dyn Stage>>, recipients: &[&str]) -> Vec<Group> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (spool, _) = Spool::open(dir.path(), SyncMode::default()).expect("spool");
+        let mut draft = spool.begin();
+        draft
+            .write(b"Subject: x\r\n\r\nbody\r\n")
+            .await
+            .expect("write");
+        let header = b"Subject: x\r\n";
+        let content = MessageContent::new(&draft, header, 1 << 20);
+        let session = SessionInfo {
+            session_id: "t".into(),
+            client: "192.0.2.1:1000".parse().expect("addr"),
+            local: "127.0.0.1:25".parse().expect("addr"),
+            role: ListenerRole::Mx,
+            trusted: false,
+            helo: None,
+            auth_user: None,
+            tls: None,
+        };
+        let envelope = envelope(recipients);
+        let all: Vec<usize> = (0..recipients.len()).collect();
+        let findings = Findings::default();
+        let cx = Context {
+            session: &session,
+            direction: Direction::Inbound,
+            queue_id: draft.id(),
+            envelope: &envelope,
+            recipients: &all,
+            content: &content,
+            findings: &findings,
+            hostname: "mx.test",
+        };
+        Pipeline::new(stages, Duration::from_secs(5))
+            .run(&cx, &[])
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_hanging_stage_hits_its_budget_and_tempfails() {
+        let slow = Probe {
+            sleep: Duration::from_secs(30),
+            ..probe("slow")
+        };
+        let started = Instant::now();
+        let groups = run(vec![Arc::new(slow)], &["b@example.com"]).await;
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(matches!(
+            groups[0].final_verdict(),
+            GroupVerdict::Tempfail(ref r) if r.code == 451 && r.text.starts_with("4.7.1")
+        ));
+    }
+
+    #[tokio::test]
+    async fn on_error_accept_marks_the_message_and_goes_on() {
+        let broken = Probe {
+            fail: true,
+            on_error: OnError::Accept,
+            ..probe("av")
+        };
+        let groups = run(
+            vec![Arc::new(broken), Arc::new(probe("next"))],
+            &["b@example.com"],
+        )
+        .await;
+        assert_eq!(groups[0].final_verdict(), GroupVerdict::Accept);
+        assert!(groups[0].modifications.iter().any(|m| matches!(
+            m,
+            Modification::AddHeader { name, value } if name == "X-Bulwark-Unscanned" && value.contains("av")
+        )));
+        assert_eq!(groups[0].steps.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_per_recipient_answer_splits_the_group() {
+        let splitter = Probe {
+            split_first: true,
+            ..probe("split")
+        };
+        let groups = run(
+            vec![Arc::new(splitter), Arc::new(probe("after"))],
+            &["a@x.example", "b@y.example", "c@y.example"],
+        )
+        .await;
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups[0].recipients, vec![0]);
+        assert!(matches!(groups[0].final_verdict(), GroupVerdict::Reject(_)));
+        assert_eq!(groups[1].recipients, vec![1, 2]);
+        assert_eq!(groups[1].final_verdict(), GroupVerdict::Accept);
+        // The rejected group is not asked again; the other one is.
+        assert_eq!(groups[0].steps.len(), 1);
+        assert_eq!(groups[1].steps.len(), 1);
+    }
+}
