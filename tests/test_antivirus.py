@@ -348,3 +348,32 @@ def test_automatic_update_by_url_verifies_before_swapping(gateway, tmp_path, htt
     assert code == 554 and "New.Sample" in text, (code, text)
     assert "signature bundle installed" in d.log()
     assert (tmp_path / "signatures" / "update.hdb").exists()
+
+
+def test_rules_decide_per_recipient_on_virus_true_and_the_action_covers_the_rest(clamd, start_mta, sink, tmp_path):
+    hop = sink("hop")
+    extra = to_toml({
+        "antivirus": {"engines": ["clamd"], "clamd": f"unix:{clamd.socket}", "action": "reject",
+                      "signatures_dir": str(tmp_path / "signatures")},
+        "rule": [{"name": "samples to the security team", "virus": True,
+                  "to": ["security@example.com"], "action": "accept"},
+                 {"name": "tag clean mail", "virus": False, "action": "tag", "tag": "[scanned]"}],
+    })
+    d = start_mta(tmp_path, [route(["example.com"], [hop])], extra_toml=extra)
+    message = EICAR_SAMPLES["in zip"]
+
+    def send_to(rcpt):
+        with RawSession(d.port) as s:
+            expect(s.greeting(), 220)
+            expect(s.ehlo(), 250)
+            expect(s.cmd(f"MAIL FROM:<{SENDER}>"), 250)
+            expect(s.cmd(f"RCPT TO:<{rcpt}>"), 250)
+            return s.data(message)
+
+    code, text = send_to("alice@example.com")
+    assert code == 554 and "Test.Eicar.Ndb" in text, (code, text)
+    assert send_to("security@example.com")[0] == 250
+    assert transaction(d, plain(b"clean", subject="clean"))[0] == 250
+    delivered = {m.rcpts[0]: m for m in hop.wait_for(2)}
+    assert delivered["security@example.com"].subject == "files"
+    assert delivered["alice@example.com"].subject == "[scanned] clean"

@@ -22,12 +22,20 @@ pub fn from_config(
     antivirus: Option<Arc<Antivirus>>,
 ) -> Result<Pipeline, StagesError> {
     let mut stages: Vec<Arc<dyn Stage>> = Vec::new();
+    let mut rules = RuleSet::compile(&config.rules, config.pipeline.stage_timeout)
+        .map_err(|(index, error)| StagesError::Rule { index, error })?;
     if let Some(antivirus) = antivirus {
-        stages.push(Arc::new(AntivirusStage::new(antivirus)));
+        let stage = AntivirusStage::new(antivirus);
+        // Rules that act on `virus = true` decide per recipient; the anti-virus action
+        // applies to what they leave undecided.
+        if rules.decides_viruses() {
+            rules.set_virus_fallback(stage.fallback());
+            stages.push(Arc::new(stage.deferring_to_rules()));
+        } else {
+            stages.push(Arc::new(stage));
+        }
     }
     // Milters and anti-spam stages are added here, before the rules.
-    let rules = RuleSet::compile(&config.rules, config.pipeline.stage_timeout)
-        .map_err(|(index, error)| StagesError::Rule { index, error })?;
     if !rules.is_empty() {
         stages.push(Arc::new(rules));
     }

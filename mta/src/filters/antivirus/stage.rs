@@ -27,21 +27,36 @@ pub const STAGE_NAME: &str = "antivirus";
 
 pub struct AntivirusStage {
     antivirus: Arc<Antivirus>,
+    /// Rules act on `virus = true`: publish the finding and let them decide.
+    defer_to_rules: bool,
 }
 
 impl AntivirusStage {
     pub fn new(antivirus: Arc<Antivirus>) -> Self {
-        Self { antivirus }
+        Self {
+            antivirus,
+            defer_to_rules: false,
+        }
+    }
+
+    /// A detection answers `Continue` with the finding; the rule table (which then applies
+    /// [`AntivirusStage::fallback`] to what no rule decided) has the last word.
+    pub fn deferring_to_rules(mut self) -> Self {
+        self.defer_to_rules = true;
+        self
+    }
+
+    /// The configured action as a verdict, for the rule table's undecided detections.
+    pub fn fallback(&self) -> crate::rules::VirusFallback {
+        let action = self.antivirus.config.action;
+        Arc::new(move |name: &str| action_verdict(action, name))
     }
 
     fn infected(&self, name: String) -> Decision {
-        let verdict = match self.antivirus.config.action {
-            AvAction::Reject => Verdict::Reject(Reply::owned(
-                554,
-                format!("5.7.1 Message refused: virus found ({})", reply_safe(&name)),
-            )),
-            AvAction::Quarantine => Verdict::Quarantine,
-            AvAction::Discard => Verdict::Discard,
+        let verdict = if self.defer_to_rules {
+            Verdict::Continue
+        } else {
+            action_verdict(self.antivirus.config.action, &name)
         };
         Decision {
             verdict,
@@ -52,6 +67,17 @@ impl AntivirusStage {
             },
             ..Decision::default()
         }
+    }
+}
+
+fn action_verdict(action: AvAction, name: &str) -> Verdict {
+    match action {
+        AvAction::Reject => Verdict::Reject(Reply::owned(
+            554,
+            format!("5.7.1 Message refused: virus found ({})", reply_safe(name)),
+        )),
+        AvAction::Quarantine => Verdict::Quarantine,
+        AvAction::Discard => Verdict::Discard,
     }
 }
 
