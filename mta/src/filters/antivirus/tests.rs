@@ -322,3 +322,36 @@ async fn bundles_install_only_when_signed_by_the_key() {
     assert_eq!(av.status()["engines"]["builtin"]["version"], "7");
     assert_eq!(av.status()["last_update"]["installed"], true);
 }
+
+/// Pooled IDSESSION connections against a connection per scan, 10 KB messages, 8 tasks at a
+/// time. `cargo test -p bulwark-mta --lib -- --ignored clamd_connection_modes --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a check: prints scans per second"]
+async fn clamd_connection_modes_measured() {
+    let Some(process) = start_clamd("25M", None) else {
+        return;
+    };
+    let message: Arc<[u8]> = Arc::from(with_attachment("a.txt", "text/plain", &[b'x'; 10_000]));
+    for round in 0..4 {
+        for mode in [ConnectionMode::Pooled, ConnectionMode::PerScan] {
+            let clamd = Arc::new(client(&process, mode));
+            let started = Instant::now();
+            let tasks: Vec<_> = (0..8)
+                .map(|_| {
+                    let (clamd, message) = (clamd.clone(), message.clone());
+                    tokio::spawn(async move {
+                        for _ in 0..500 {
+                            let reply = clamd.scan(&mut clamd::SliceSource(&message)).await;
+                            assert_eq!(reply.expect("scan"), ScanReply::Clean);
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.expect("task");
+            }
+            let rate = 4000.0 / started.elapsed().as_secs_f64();
+            println!("round {round} {mode:?}: {rate:.0} scans/s");
+        }
+    }
+}
