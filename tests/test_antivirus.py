@@ -377,3 +377,17 @@ def test_rules_decide_per_recipient_on_virus_true_and_the_action_covers_the_rest
     delivered = {m.rcpts[0]: m for m in hop.wait_for(2)}
     assert delivered["security@example.com"].subject == "files"
     assert delivered["alice@example.com"].subject == "[scanned] clean"
+
+
+def test_old_builtin_signatures_raise_the_stale_alert(gateway, tmp_path):
+    sigs = tmp_path / "signatures"
+    sigs.mkdir()
+    (sigs / "local.hdb").write_text(hdb_line(SAMPLE, SAMPLE_NAME))
+    month_ago = os.path.getmtime(sigs / "local.hdb") - 30 * 86400
+    os.utime(sigs / "local.hdb", (month_ago, month_ago))
+    d, _ = gateway(engines=["builtin"], signatures_dir=str(sigs), max_signature_age="7d")
+    status = av_status(d)["engines"]["builtin"]
+    assert status["stale"] is True and status["age_seconds"] > 29 * 86400, status
+    wait_until(lambda: "built-in signatures are older than max_signature_age" in d.log(), 15,
+               what="the stale warning in the log")
+    assert "STALE" in d.ctl("av", "status").stdout

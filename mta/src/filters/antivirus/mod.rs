@@ -133,6 +133,8 @@ pub struct Antivirus {
     builtin_counters: EngineCounters,
     too_large: AtomicU64,
     pub health: ClamdHealth,
+    /// The built-in set was stale at the last check (so the alert is logged once).
+    builtin_stale: std::sync::atomic::AtomicBool,
     last_update: Mutex<Option<UpdateRecord>>,
 }
 
@@ -166,6 +168,7 @@ impl Antivirus {
             builtin_counters: EngineCounters::default(),
             too_large: AtomicU64::new(0),
             health: ClamdHealth::default(),
+            builtin_stale: std::sync::atomic::AtomicBool::new(false),
             last_update: Mutex::new(None),
         })
     }
@@ -284,6 +287,23 @@ impl Antivirus {
         match &self.builtin {
             Some(engine) => Ok(Some(engine.reload()?.version.clone())),
             None => Ok(None),
+        }
+    }
+
+    /// Logs one warning when the built-in set becomes older than `max_signature_age`.
+    pub fn check_builtin_age(&self) {
+        let Some(engine) = &self.builtin else { return };
+        let set = engine.signatures();
+        let age = set
+            .newest_file
+            .and_then(|t| SystemTime::now().duration_since(t).ok());
+        let stale = age.is_some_and(|a| a > self.config.max_signature_age);
+        if stale && !self.builtin_stale.swap(true, Ordering::Relaxed) {
+            log::warn!(signatures_dir:? = engine.dir(), version:% = set.version,
+                age_seconds:? = age.map(|a| a.as_secs());
+                "antivirus: built-in signatures are older than max_signature_age");
+        } else if !stale {
+            self.builtin_stale.store(false, Ordering::Relaxed);
         }
     }
 
