@@ -93,6 +93,10 @@ pub enum ClamdError {
     Protocol(String),
     #[error("clamd: reading the message: {0}")]
     Source(String),
+    /// A pooled session that clamd had closed (restart, idle timeout): nothing was scanned,
+    /// the scan may be retried on a fresh connection.
+    #[error("clamd: pooled session was closed: {0}")]
+    StaleSession(std::io::Error),
 }
 
 /// clamd's verdict on one stream.
@@ -183,12 +187,19 @@ impl Clamd {
     }
 
     async fn scan_in_session(&self, source: &mut dyn ChunkSource) -> Result<ScanReply, ClamdError> {
-        let mut session = match self.take_idle() {
-            Some(session) => session,
-            None => self.open_session().await?,
+        let (mut session, reused) = match self.take_idle() {
+            Some(session) => (session, true),
+            None => (self.open_session().await?, false),
         };
         let id = session.next_id;
-        let reply = instream(&mut session.io, b"zINSTREAM\0", source).await?;
+        let reply = match instream(&mut session.io, b"zINSTREAM\0", source).await {
+            Ok(reply) => reply,
+            Err(ClamdError::Io(e)) if reused => {
+                self.drop_idle();
+                return Err(ClamdError::StaleSession(e));
+            }
+            Err(e) => return Err(e),
+        };
         let text = strip_session_id(&reply, id)?;
         let verdict = parse_scan_reply(text)?;
         session.next_id += 1;

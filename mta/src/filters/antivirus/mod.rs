@@ -200,8 +200,12 @@ impl Antivirus {
         };
         let counters = &self.clamd_counters;
         counters.scans.fetch_add(1, Ordering::Relaxed);
-        let mut reader = input.reader();
-        match clamd.scan(reader.as_mut()).await {
+        let mut result = clamd.scan(input.reader().as_mut()).await;
+        if let Err(ClamdError::StaleSession(error)) = &result {
+            log::debug!(error:% = error; "antivirus: clamd closed a pooled session, scanning again");
+            result = clamd.scan(input.reader().as_mut()).await;
+        }
+        match result {
             Ok(ScanReply::Clean) => Ok(None),
             Ok(ScanReply::Infected(name)) => {
                 counters.detections.fetch_add(1, Ordering::Relaxed);

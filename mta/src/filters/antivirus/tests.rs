@@ -17,7 +17,37 @@ const CLAMD: &str = "/usr/sbin/clamd";
 pub(crate) struct ClamdProcess {
     child: Child,
     pub socket: PathBuf,
+    conf: PathBuf,
     _dir: tempfile::TempDir,
+}
+
+impl ClamdProcess {
+    /// Stops clamd and starts it again on the same socket and database.
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+        self.child = spawn_clamd(&self.conf, &self.socket);
+    }
+}
+
+fn spawn_clamd(conf: &Path, socket: &Path) -> Child {
+    let child = Command::new(CLAMD)
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("test step");
+    let started = Instant::now();
+    while !socket.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "clamd did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
 }
 
 impl Drop for ClamdProcess {
@@ -57,24 +87,11 @@ pub(crate) fn start_clamd(stream_max: &str, tcp_port: Option<u16>) -> Option<Cla
     }
     let conf_path = dir.path().join("clamd.conf");
     std::fs::write(&conf_path, conf).expect("test step");
-    let child = Command::new(CLAMD)
-        .arg("-c")
-        .arg(&conf_path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("test step");
-    let started = Instant::now();
-    while !socket.exists() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "clamd did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let child = spawn_clamd(&conf_path, &socket);
     Some(ClamdProcess {
         child,
         socket,
+        conf: conf_path,
         _dir: dir,
     })
 }
@@ -132,22 +149,18 @@ async fn clamd_pool_reuses_sessions_and_survives_clamd_restart() {
         assert_eq!(reply, ScanReply::Clean);
     }
     assert_eq!(clamd.idle_sessions(), 1, "one session served 50 scans");
-    let socket = process.socket.clone();
     drop(process);
+    // The pooled session died with clamd: a retryable error, and the pool is emptied.
     let error = clamd
         .scan(&mut clamd::SliceSource(b"x"))
         .await
         .expect_err("must fail");
-    assert!(
-        matches!(error, ClamdError::Io(_) | ClamdError::Connect { .. }),
-        "{error}"
-    );
-    clamd.drop_idle();
+    assert!(matches!(error, ClamdError::StaleSession(_)), "{error}");
+    assert_eq!(clamd.idle_sessions(), 0);
     assert!(matches!(
         clamd.scan(&mut clamd::SliceSource(b"x")).await,
         Err(ClamdError::Connect { .. })
     ));
-    let _ = socket;
 }
 
 #[tokio::test]
@@ -354,4 +367,27 @@ async fn clamd_connection_modes_measured() {
             println!("round {round} {mode:?}: {rate:.0} scans/s");
         }
     }
+}
+
+#[tokio::test]
+async fn a_clamd_restart_costs_no_failed_scan() {
+    let Some(mut process) = start_clamd("25M", None) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("dir");
+    let address = format!("unix:{}", process.socket.display());
+    let av = Antivirus::from_config(&av_config(vec![AvEngine::Clamd], &address, dir.path()))
+        .expect("av");
+    let clean: Arc<[u8]> = Arc::from(&b"Subject: hi\r\n\r\nhello\r\n"[..]);
+    let outcome = av.scan(&InMemory(clean.clone())).await.expect("scan");
+    assert_eq!(outcome, Outcome::Clean);
+    assert_eq!(av.clamd().expect("clamd").idle_sessions(), 1);
+    // clamd restarts on the same socket while a session sits in the pool.
+    process.restart();
+    let outcome = av
+        .scan(&InMemory(clean))
+        .await
+        .expect("retried on a fresh session");
+    assert_eq!(outcome, Outcome::Clean);
+    assert_eq!(av.status()["engines"]["clamd"]["counters"]["errors"], 0);
 }
