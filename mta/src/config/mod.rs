@@ -11,6 +11,7 @@ mod duration;
 mod load;
 mod pipeline;
 mod size;
+mod tracking;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,6 +24,7 @@ pub use builtin::{builtin_default, DEFAULT_CONFIG_PATH};
 pub use load::{load_file, load_str, ConfigError, Problem};
 pub use pipeline::{Direction, DirectionScope, OnError, PipelineConfig, RuleAction, RuleConfig};
 pub use size::parse as parse_size;
+pub use tracking::TrackingConfig;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -57,6 +59,10 @@ pub struct Config {
     /// Anti-virus scanning (`[antivirus]`); absent: no scanning.
     #[serde(default)]
     pub antivirus: Option<AntivirusConfig>,
+    #[serde(default)]
+    pub tracking: TrackingConfig,
+    #[serde(default)]
+    pub quarantine: QuarantineConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -663,4 +669,31 @@ fn default_av_timeout() -> Duration {
 }
 fn default_av_max_signature_age() -> Duration {
     Duration::from_secs(7 * 24 * 3600)
+}
+
+/// `[quarantine]`: where stopped messages are kept and for how long (see `crate::quarantine`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct QuarantineConfig {
+    /// The store: one raw message, one record per entry, and a rebuildable search index.
+    #[serde(default = "default_quarantine_dir")]
+    pub dir: PathBuf,
+    /// Entries older than this are purged (released or not).
+    #[serde(default = "default_quarantine_retention", with = "duration")]
+    pub retention: Duration,
+}
+
+fn default_quarantine_dir() -> PathBuf {
+    PathBuf::from("/var/lib/bulwark/quarantine")
+}
+fn default_quarantine_retention() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
+}
+
+impl Default for QuarantineConfig {
+    fn default() -> Self {
+        Self {
+            dir: default_quarantine_dir(),
+            retention: default_quarantine_retention(),
+        }
+    }
 }
