@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::deliver::DeliveryHandle;
+use crate::filters::antivirus::{self, Antivirus, AntivirusError};
 use crate::flow::Flow;
 use crate::pipeline::stages::{self, StagesError};
 use crate::pipeline::Pipeline;
@@ -40,6 +41,8 @@ pub enum RuntimeError {
     Recipients(#[from] RecipientsError),
     #[error(transparent)]
     Pipeline(#[from] StagesError),
+    #[error("antivirus: {0}")]
+    Antivirus(#[from] AntivirusError),
 }
 
 /// Everything a reload replaces.
@@ -50,6 +53,8 @@ pub struct Runtime {
     pub pipeline: Pipeline,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub users: Option<Arc<Users>>,
+    /// `[antivirus]`, with its clamd monitor and update poller running while it lives.
+    pub antivirus: Option<Arc<Antivirus>>,
 }
 
 #[derive(Default, Serialize)]
@@ -228,14 +233,28 @@ fn build_runtime(
         .map(|auth| Users::load(&auth.users_file).map(Arc::new))
         .transpose()?;
     let chain = Chain::from_config(&config, harvest, callouts)?;
-    let pipeline = stages::from_config(&config)?;
+    let antivirus = config.antivirus.as_ref().map(start_antivirus).transpose()?;
+    let pipeline = stages::from_config(&config, antivirus.clone())?;
     Ok(Runtime {
         config: Arc::new(config),
         chain,
         pipeline,
         tls,
         users,
+        antivirus,
     })
+}
+
+/// Builds the scanner and starts its background tasks (they end when it is dropped).
+fn start_antivirus(
+    config: &crate::config::AntivirusConfig,
+) -> Result<Arc<Antivirus>, AntivirusError> {
+    let av = Arc::new(Antivirus::from_config(config)?);
+    if tokio::runtime::Handle::try_current().is_ok() {
+        antivirus::spawn_monitor(Arc::downgrade(&av));
+        antivirus::update::spawn_poller(Arc::downgrade(&av));
+    }
+    Ok(av)
 }
 
 /// Where a queued message came from, which decides the first events of its timeline.

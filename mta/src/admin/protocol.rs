@@ -41,6 +41,14 @@ pub enum Request {
         target: String,
     },
     FlowList,
+    /// Engines, signature versions and ages, scan counters.
+    AvStatus,
+    /// Installs the signature bundle at `path` (its signature at `path.sig`).
+    AvUpdate {
+        path: String,
+    },
+    /// Reloads the signature directory (after a change made outside Bulwark).
+    AvReload,
     /// A message timeline (`bulwarkctl track`).
     Track(crate::track::Query),
     QuarantineList {

@@ -13,6 +13,7 @@ use tokio::net::{UnixListener, UnixStream};
 
 use super::protocol::{Request, Response, MAX_REQUEST};
 use super::quarantine;
+use crate::filters::antivirus::Antivirus;
 use crate::flow;
 use crate::gateway::Gateway;
 use crate::queue::{QueueId, QueueState, SpoolError, StateRecord};
@@ -106,6 +107,12 @@ async fn execute(request: Request, gateway: &Gateway, reload: &ReloadFn) -> Resp
         Request::FlowList => Response::ok(json!(gateway.flow.blocked())),
         Request::FlowBlock { target, seconds } => flow_block(gateway, &target, seconds),
         Request::FlowUnblock { target } => flow_unblock(gateway, &target),
+        Request::AvStatus => with_antivirus(gateway, |av| Response::ok(av.status())),
+        Request::AvUpdate { path } => av_update(gateway, &path).await,
+        Request::AvReload => with_antivirus(gateway, |av| match av.reload_signatures() {
+            Ok(version) => Response::ok(json!({ "reloaded": true, "version": version })),
+            Err(e) => Response::error(format!("reload refused, the old set stays: {e}")),
+        }),
         Request::Track(query) => track(gateway, query).await,
         Request::QuarantineList { filter } => quarantine::list(gateway, &filter),
         Request::QuarantineShow { id, raw } => quarantine::show(gateway, &id, raw),
@@ -113,6 +120,36 @@ async fn execute(request: Request, gateway: &Gateway, reload: &ReloadFn) -> Resp
             quarantine::release(gateway, &ids, to.as_deref()).await
         }
         Request::QuarantineDelete { ids } => quarantine::delete(gateway, &ids).await,
+    }
+}
+
+fn with_antivirus(gateway: &Gateway, act: impl FnOnce(&Antivirus) -> Response) -> Response {
+    match &gateway.runtime().antivirus {
+        Some(av) => act(av),
+        None => Response::error("anti-virus is not configured ([antivirus] is absent)"),
+    }
+}
+
+/// Reads the bundle and its `.sig` as the daemon's user and installs it.
+async fn av_update(gateway: &Gateway, path: &str) -> Response {
+    let Some(av) = gateway.runtime().antivirus.clone() else {
+        return with_antivirus(gateway, |_| Response::ok(Value::Null));
+    };
+    let bundle = match tokio::fs::read(path).await {
+        Ok(bytes) => bytes,
+        Err(e) => return Response::error(format!("cannot read {path}: {e}")),
+    };
+    let signature = tokio::fs::read(format!("{path}.sig")).await.ok();
+    let source = format!("file:{path}");
+    match av.install_bundle(&bundle, signature.as_deref(), &source) {
+        Ok(version) => {
+            log::info!(source:% = source, version:% = version; "antivirus: signature bundle installed");
+            Response::ok(json!({ "installed": version }))
+        }
+        Err(e) => {
+            log::warn!(source:% = source, error:% = e; "antivirus: signature bundle refused, old set kept");
+            Response::error(format!("bundle refused, the old set stays: {e}"))
+        }
     }
 }
 

@@ -48,6 +48,11 @@ enum Command {
         #[command(subcommand)]
         command: FlowCommand,
     },
+    /// Anti-virus: engines, signatures and updates.
+    Av {
+        #[command(subcommand)]
+        command: AvCommand,
+    },
     /// A message's timeline: received, verdicts, queued, delivery attempts and outcomes.
     /// Filters combine; with none, the last hour.
     Track {
@@ -74,6 +79,19 @@ enum Command {
         #[command(subcommand)]
         command: QuarantineCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum AvCommand {
+    /// Engines, signature versions and ages, scans, detections, errors.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Install a signature bundle (a zip of signature files; its Ed25519 signature in FILE.sig).
+    Update { file: PathBuf },
+    /// Reload the signature directory after a change made outside Bulwark.
+    Reload,
 }
 
 #[derive(Subcommand)]
@@ -242,6 +260,13 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         },
+        Command::Av { command } => match av_request(command) {
+            Ok(pair) => pair,
+            Err(message) => {
+                eprintln!("bulwarkctl: {message}");
+                return ExitCode::FAILURE;
+            }
+        },
         Command::Quarantine { command } => match quarantine_request(command) {
             Ok(pair) => pair,
             Err(message) => {
@@ -285,6 +310,89 @@ fn main() -> ExitCode {
             eprintln!("bulwarkctl: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn av_request(command: AvCommand) -> Result<Call, String> {
+    Ok(match command {
+        AvCommand::Status { json } => (
+            Request::AvStatus,
+            if json { print_json } else { print_av_status },
+        ),
+        AvCommand::Update { file } => {
+            // The daemon reads the file: give it a path that does not depend on our cwd.
+            let path =
+                std::fs::canonicalize(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let path = path.to_str().ok_or("the path is not UTF-8")?.to_string();
+            (Request::AvUpdate { path }, print_done)
+        }
+        AvCommand::Reload => (Request::AvReload, print_done),
+    })
+}
+
+fn print_av_status(value: &Value) {
+    let order: Vec<String> = value["order"]
+        .as_array()
+        .map(|a| a.iter().map(text).collect())
+        .unwrap_or_default();
+    println!("anti-virus engines: {}", order.join(", "));
+    for name in &order {
+        let engine = &value["engines"][name];
+        let c = &engine["counters"];
+        let counts = format!(
+            "{} scans, {} detections, {} errors",
+            c["scans"], c["detections"], c["errors"]
+        );
+        if name == "clamd" {
+            let up = match engine["up"].as_bool() {
+                Some(true) => "up",
+                Some(false) => "DOWN",
+                None => "not checked yet",
+            };
+            let v = &engine["version"];
+            println!(
+                "  clamd {} ({up}): engine {}, database {}, age {} s{}; {counts}",
+                text(&engine["address"]),
+                text(&v["engine"]),
+                text(&v["database"]),
+                text(&engine["database_age_seconds"]),
+                if engine["stale"] == true {
+                    " STALE"
+                } else {
+                    ""
+                }
+            );
+            if let Some(error) = engine["last_error"].as_str() {
+                println!("    last error: {error}");
+            }
+        } else {
+            println!(
+                "  builtin {}: version {}, {} MD5 + {} SHA-256 signatures, age {} s{}; {counts}",
+                text(&engine["signatures_dir"]),
+                text(&engine["version"]),
+                engine["md5_signatures"],
+                engine["sha256_signatures"],
+                text(&engine["age_seconds"]),
+                if engine["stale"] == true {
+                    " STALE"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    println!(
+        "  not scanned (over {} bytes): {}",
+        value["max_scan_size"], value["too_large"]
+    );
+    let u = &value["last_update"];
+    if !u.is_null() {
+        println!(
+            "  last update: {} from {} at {}",
+            text(&u["result"]),
+            text(&u["source"]),
+            u["at"]
+        );
     }
 }
 

@@ -34,6 +34,7 @@ pub fn builtin_default() -> Config {
         }],
         tls: None,
         auth: None,
+        antivirus: None,
         relay: RelayConfig {
             domains: vec!["localhost".to_string()],
             trusted_networks: vec![

@@ -244,6 +244,7 @@ fn validate(config: &mut Config, base: &Path) -> Found {
     validate_routes(config, base, &mut found);
     validate_flow(config, &mut found);
     validate_rules(config, &mut found);
+    validate_antivirus(config, &mut found);
     validate_tracking(config, &mut found);
     validate_milters(config, &mut found);
     resolve_paths(config, base);
@@ -443,6 +444,58 @@ fn validate_routes(config: &Config, base: &Path, found: &mut Found) {
     }
 }
 
+fn validate_antivirus(config: &Config, found: &mut Found) {
+    use super::AvEngine;
+    use crate::filters::antivirus::{ClamdAddress, UpdateKey};
+    let Some(av) = &config.antivirus else { return };
+    let at = |field: &str| key(&["antivirus", field]);
+    if av.engines.is_empty() {
+        found.push((at("engines"), "name at least one engine".into()));
+    }
+    for (i, engine) in av.engines.iter().enumerate() {
+        if av.engines[..i].contains(engine) {
+            found.push((element(&["antivirus", "engines"], i), "listed twice".into()));
+        }
+    }
+    if av.engines.contains(&AvEngine::Clamd) {
+        if let Err(e) = ClamdAddress::parse(&av.clamd) {
+            found.push((at("clamd"), e.to_string()));
+        }
+    }
+    if av.max_scan_size == 0 {
+        found.push((at("max_scan_size"), "must be greater than 0".into()));
+    }
+    if av.engines.contains(&AvEngine::Builtin) && av.max_scan_size > config.pipeline.max_parse_size
+    {
+        found.push((
+            at("max_scan_size"),
+            "the built-in engine reads what it scans in memory: keep it at most [pipeline] max_parse_size".into(),
+        ));
+    }
+    if !av.update_public_key.is_empty() {
+        if let Err(e) = UpdateKey::parse(&av.update_public_key) {
+            found.push((at("update_public_key"), e.to_string()));
+        }
+    }
+    if !av.update_url.is_empty() {
+        if av.update_public_key.is_empty() {
+            found.push((
+                at("update_url"),
+                "automatic updates need update_public_key to verify bundles".into(),
+            ));
+        }
+        if !(av.update_url.starts_with("http://") || av.update_url.starts_with("https://")) {
+            found.push((
+                at("update_url"),
+                "must be an http:// or https:// URL".into(),
+            ));
+        }
+    }
+    if av.update_interval < std::time::Duration::from_secs(1) {
+        found.push((at("update_interval"), "must be at least 1s".into()));
+    }
+}
+
 fn validate_tracking(config: &Config, found: &mut Found) {
     if config.tracking.retention.is_zero() {
         found.push((
@@ -496,6 +549,9 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     if let Some(auth) = &mut config.auth {
         resolve(&mut auth.users_file);
     }
+    if let Some(av) = &mut config.antivirus {
+        resolve(&mut av.signatures_dir);
+    }
     for route in &mut config.routes {
         if let Some(ca_file) = &mut route.ca_file {
             resolve(ca_file);
@@ -533,7 +589,7 @@ fn validate_quarantine(config: &Config, found: &mut Found) {
 mod tests {
     use super::*;
 
-    const MINIMAL: &str = r#"
+    pub(super) const MINIMAL: &str = r#"
 [server]
 hostname = "mx1.example.com"
 spool_dir = "/tmp/spool"
@@ -704,6 +760,48 @@ mod shipped_example {
             config.quarantine.dir,
             PathBuf::from("/var/lib/bulwark/quarantine")
         );
+    }
+
+    #[test]
+    fn packaged_antivirus_block_is_valid_when_uncommented() {
+        let text = include_str!("../../../packaging/bulwark.toml");
+        let start = text.find("#[antivirus]").expect("documented");
+        let block: String = text[start..]
+            .lines()
+            .map(|l| {
+                if l.starts_with("#[")
+                    || l.starts_with("#") && l.contains(" = ") && !l.starts_with("# ")
+                {
+                    &l[1..]
+                } else {
+                    l
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let text = format!("{}{block}\n", &text[..start]);
+        let config = load_str(&text, "packaging/bulwark.toml", Path::new("/etc/bulwark"))
+            .expect("the uncommented [antivirus] block must load");
+        let av = config.antivirus.expect("[antivirus] present");
+        assert_eq!(av.max_scan_size, 25 << 20);
+        assert_eq!(av.engines.len(), 2);
+        assert_eq!(av.update_interval.as_secs(), 3600);
+        assert_eq!(av.max_signature_age.as_secs(), 7 * 24 * 3600);
+    }
+
+    #[test]
+    fn antivirus_problems_are_located() {
+        let text = super::tests::MINIMAL.to_string()
+            + "\n[antivirus]\nengines = [\"clamd\", \"clamd\"]\nclamd = \"localhost:3310\"\n\
+               max_scan_size = \"25 parsecs\"\n";
+        let err = load_str(&text, "t", Path::new("/")).expect_err("bad size");
+        assert!(err.to_string().contains("invalid size"), "{err}");
+        let text = text.replace("\"25 parsecs\"", "\"1MB\"") + "update_url = \"ftp://x\"\n";
+        let err = load_str(&text, "t", Path::new("/")).expect_err("bad antivirus");
+        let paths: Vec<&str> = err.problems().iter().map(|p| p.key_path.as_str()).collect();
+        assert!(paths.contains(&"antivirus.engines[1]"), "{paths:?}");
+        assert!(paths.contains(&"antivirus.clamd"), "{paths:?}");
+        assert!(paths.contains(&"antivirus.update_url"), "{paths:?}");
     }
 }
 

@@ -58,6 +58,9 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     #[serde(default, rename = "rule")]
     pub rules: Vec<RuleConfig>,
+    /// Anti-virus scanning (`[antivirus]`); absent: no scanning.
+    #[serde(default)]
+    pub antivirus: Option<AntivirusConfig>,
     #[serde(default)]
     pub tracking: TrackingConfig,
     #[serde(default)]
@@ -585,6 +588,92 @@ impl Default for FlowConfig {
             pin_dir: default_pin_dir(),
         }
     }
+}
+
+/// A virus scanner `[antivirus].engines` may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AvEngine {
+    /// A clamd reached over `[antivirus].clamd` (INSTREAM).
+    Clamd,
+    /// The in-process engine: MIME and zip walk, hash lists, EICAR, disguised executables.
+    Builtin,
+}
+
+/// What happens to a message an engine found a virus in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AvAction {
+    /// 554 5.7.1 with the virus name.
+    #[default]
+    Reject,
+    /// Accepted (250) and kept in quarantine instead of delivered.
+    Quarantine,
+    /// Accepted (250) and dropped.
+    Discard,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AntivirusConfig {
+    /// The engines that scan each message, in order; the first detection decides.
+    #[serde(default = "default_av_engines")]
+    pub engines: Vec<AvEngine>,
+    /// `unix:/path/to/socket` or `tcp:HOST:PORT`.
+    #[serde(default = "default_av_clamd")]
+    pub clamd: String,
+    #[serde(default)]
+    pub action: AvAction,
+    /// `tempfail` (451 4.7.1) or `accept` (delivered, marked not scanned).
+    #[serde(default)]
+    pub on_error: OnError,
+    /// Larger messages are not scanned (accepted with the not-scanned header, logged); the
+    /// built-in engine holds at most this much of a message in memory, clamd is streamed to.
+    /// Keep clamd's StreamMaxLength at least this large.
+    #[serde(default = "default_av_max_scan_size", with = "size")]
+    pub max_scan_size: u64,
+    #[serde(default)]
+    pub direction: DirectionScope,
+    /// The built-in engine's signature set (`*.hdb`/`*.hsb` hash lists, `VERSION`).
+    #[serde(default = "default_av_signatures_dir")]
+    pub signatures_dir: PathBuf,
+    /// A signature bundle polled every `update_interval` (its signature at URL + `.sig`);
+    /// empty: manual updates only (`bulwarkctl av update FILE`).
+    #[serde(default)]
+    pub update_url: String,
+    /// Base64 Ed25519 public key (32 raw bytes, or the SubjectPublicKeyInfo openssl writes)
+    /// every bundle must be signed with.
+    #[serde(default)]
+    pub update_public_key: String,
+    #[serde(default = "default_av_update_interval", with = "duration")]
+    pub update_interval: Duration,
+    /// One scan's budget, clamd connect included.
+    #[serde(default = "default_av_timeout", with = "duration")]
+    pub timeout: Duration,
+    /// Signatures older than this raise an alert (a warning and `stale` in `av status`).
+    #[serde(default = "default_av_max_signature_age", with = "duration")]
+    pub max_signature_age: Duration,
+}
+
+fn default_av_engines() -> Vec<AvEngine> {
+    vec![AvEngine::Clamd, AvEngine::Builtin]
+}
+fn default_av_clamd() -> String {
+    "unix:/run/clamav/clamd.ctl".into()
+}
+fn default_av_max_scan_size() -> u64 {
+    25 << 20
+}
+fn default_av_signatures_dir() -> PathBuf {
+    PathBuf::from("/var/lib/bulwark/signatures")
+}
+fn default_av_update_interval() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_av_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_av_max_signature_age() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
 }
 
 /// `[quarantine]`: where stopped messages are kept and for how long (see `crate::quarantine`).

@@ -155,6 +155,9 @@ pub struct RuleConfig {
     pub body: Option<String>,
     #[serde(default, deserialize_with = "size::option::deserialize")]
     pub size_over: Option<u64>,
+    /// `true`: an earlier stage (anti-virus) found malware; `false`: none was found.
+    #[serde(default)]
+    pub virus: Option<bool>,
     pub action: RuleAction,
     #[serde(default)]
     pub reason: Option<String>,

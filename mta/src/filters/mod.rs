@@ -1,4 +1,6 @@
 //! Content filters: the stages of the content pipeline that look at a whole message.
-//! `milter` asks external filters over the milter protocol.
+//! `antivirus` (clamd and the built-in engine, with self-verifying signature updates),
+//! `milter` (external filters over the milter protocol).
 
+pub mod antivirus;
 pub mod milter;

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::filters::antivirus::{stage::AntivirusStage, Antivirus};
 use crate::rules::{CompileError, RuleSet};
 
 use super::{Pipeline, Stage};
@@ -15,18 +16,32 @@ pub enum StagesError {
     Rule { index: usize, error: CompileError },
 }
 
-/// Builds the pipeline for `config`.
-pub fn from_config(config: &Config) -> Result<Pipeline, StagesError> {
+/// Builds the pipeline for `config`; `antivirus` is the scanner built for its `[antivirus]`.
+pub fn from_config(
+    config: &Config,
+    antivirus: Option<Arc<Antivirus>>,
+) -> Result<Pipeline, StagesError> {
     let mut stages: Vec<Arc<dyn Stage>> = Vec::new();
-    // Anti-virus, milters and anti-spam stages are added here, before the rules.
+    let mut rules = RuleSet::compile(&config.rules, config.pipeline.stage_timeout)
+        .map_err(|(index, error)| StagesError::Rule { index, error })?;
+    if let Some(antivirus) = antivirus {
+        let stage = AntivirusStage::new(antivirus);
+        // Rules that act on `virus = true` decide per recipient; the anti-virus action
+        // applies to what they leave undecided.
+        if rules.decides_viruses() {
+            rules.set_virus_fallback(stage.fallback());
+            stages.push(Arc::new(stage.deferring_to_rules()));
+        } else {
+            stages.push(Arc::new(stage));
+        }
+    }
     for milter in &config.milters {
         stages.push(Arc::new(crate::filters::milter::MilterStage::new(
             milter.clone(),
             config.limits.max_message_size,
         )));
     }
-    let rules = RuleSet::compile(&config.rules, config.pipeline.stage_timeout)
-        .map_err(|(index, error)| StagesError::Rule { index, error })?;
+    // The anti-spam stage is added here, before the rules.
     if !rules.is_empty() {
         stages.push(Arc::new(rules));
     }

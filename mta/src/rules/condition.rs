@@ -81,6 +81,8 @@ pub struct Conditions {
     pub header: Vec<(String, Regex)>,
     pub body: Option<Regex>,
     pub size_over: Option<u64>,
+    /// Whether an earlier stage must (true) or must not (false) have found a virus.
+    pub virus: Option<bool>,
 }
 
 impl Conditions {
@@ -110,6 +112,7 @@ impl Conditions {
             header,
             body: rule.body.as_deref().map(|p| regex("body", p)).transpose()?,
             size_over: rule.size_over,
+            virus: rule.virus,
         })
     }
 

@@ -14,6 +14,7 @@
 mod condition;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -62,10 +63,14 @@ impl Rule {
     }
 }
 
+/// The verdict for a virus no rule decided on (the anti-virus `action`), by virus name.
+pub type VirusFallback = Arc<dyn Fn(&str) -> Verdict + Send + Sync>;
+
 /// The compiled rule table.
 pub struct RuleSet {
     rules: Vec<Rule>,
     timeout: Duration,
+    virus_fallback: Option<VirusFallback>,
 }
 
 impl RuleSet {
@@ -81,7 +86,25 @@ impl RuleSet {
             .into_iter()
             .map(|(i, config)| compile_rule(config).map_err(|e| (i, e)))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(RuleSet { rules, timeout })
+        Ok(RuleSet {
+            rules,
+            timeout,
+            virus_fallback: None,
+        })
+    }
+
+    /// Some final rule acts on `virus = true`: the anti-virus stage then leaves the decision
+    /// on a detection to the rules (see [`RuleSet::set_virus_fallback`]).
+    pub fn decides_viruses(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.is_final() && r.conditions.virus == Some(true))
+    }
+
+    /// A message a virus was found in and that no final rule decided on gets `fallback`, so a
+    /// detection is never let through by a rule table that only handles some recipients.
+    pub fn set_virus_fallback(&mut self, fallback: VirusFallback) {
+        self.virus_fallback = Some(fallback);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -182,6 +205,11 @@ async fn message_conditions_hold(c: &Conditions, cx: &Context<'_>) -> bool {
     if c.size_over.is_some_and(|limit| cx.content.len() <= limit) {
         return false;
     }
+    if c.virus
+        .is_some_and(|want| cx.findings.virus.is_some() != want)
+    {
+        return false;
+    }
     if let Some(subject) = &c.subject {
         let decoded = cx
             .content
@@ -275,6 +303,13 @@ impl RuleSet {
                 .map(|&i| format!("rule:{}", self.rules[i].name))
                 .collect();
             decision.decided_by = Some(names.join(","));
+        }
+        if let (Verdict::Continue, Some(virus), Some(fallback)) =
+            (&decision.verdict, &cx.findings.virus, &self.virus_fallback)
+        {
+            decision.verdict = fallback(virus);
+            decision.reason = Some(format!("virus {virus}"));
+            decision.decided_by = Some("antivirus".into());
         }
         decision
     }
