@@ -49,6 +49,7 @@ pub fn builtin_default() -> Config {
         flow: Default::default(),
         pipeline: Default::default(),
         rules: Vec::new(),
+        antispam: Some(Default::default()),
     }
 }
 

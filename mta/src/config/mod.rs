@@ -6,6 +6,7 @@
 //! path so `bulwarkd --check-config` can print them all at once. The shipped
 //! `packaging/bulwark.toml` documents every option below.
 
+mod antispam;
 mod builtin;
 mod duration;
 mod load;
@@ -19,6 +20,10 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+pub use antispam::{
+    parse_allow_entry, parse_list_entry, AntispamConfig, DmarcRejectAction, ListEntry,
+    SpamDomainConfig,
+};
 pub use builtin::{builtin_default, DEFAULT_CONFIG_PATH};
 pub use load::{load_file, load_str, ConfigError, Problem};
 pub use pipeline::{Direction, DirectionScope, OnError, PipelineConfig, RuleAction, RuleConfig};
@@ -54,6 +59,9 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     #[serde(default, rename = "rule")]
     pub rules: Vec<RuleConfig>,
+    /// Absent: no anti-spam stage (the built-in default and the shipped file enable it).
+    #[serde(default)]
+    pub antispam: Option<AntispamConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -155,6 +155,9 @@ pub struct RuleConfig {
     pub body: Option<String>,
     #[serde(default, deserialize_with = "size::option::deserialize")]
     pub size_over: Option<u64>,
+    /// The anti-spam score is above this (an unscored message never matches).
+    #[serde(default)]
+    pub spam_score_over: Option<f64>,
     pub action: RuleAction,
     #[serde(default)]
     pub reason: Option<String>,

@@ -81,6 +81,7 @@ pub struct Conditions {
     pub header: Vec<(String, Regex)>,
     pub body: Option<Regex>,
     pub size_over: Option<u64>,
+    pub spam_score_over: Option<f64>,
 }
 
 impl Conditions {
@@ -110,6 +111,7 @@ impl Conditions {
             header,
             body: rule.body.as_deref().map(|p| regex("body", p)).transpose()?,
             size_over: rule.size_over,
+            spam_score_over: rule.spam_score_over,
         })
     }
 

@@ -182,6 +182,11 @@ async fn message_conditions_hold(c: &Conditions, cx: &Context<'_>) -> bool {
     if c.size_over.is_some_and(|limit| cx.content.len() <= limit) {
         return false;
     }
+    if let Some(limit) = c.spam_score_over {
+        if !cx.findings.spam_score.is_some_and(|score| score > limit) {
+            return false;
+        }
+    }
     if let Some(subject) = &c.subject {
         let decoded = cx
             .content
