@@ -121,10 +121,14 @@ impl Authenticator {
         if matches!(arc.result(), DkimResult::Fail(_)) {
             symbols.push(("ARC_FAIL".to_string(), 1.0));
         }
-        let dmarc_failed = dmarc.dkim_result() != &DmarcResult::Pass
-            && dmarc.spf_result() != &DmarcResult::Pass
-            && (matches!(dmarc.dkim_result(), DmarcResult::Fail(_))
-                || matches!(dmarc.spf_result(), DmarcResult::Fail(_)));
+        // A published policy and no aligned pass (mail-auth leaves a result None when SPF
+        // failed outright and no DKIM signature verified): DMARC fails.
+        let temporary = matches!(dmarc.spf_result(), DmarcResult::TempError(_))
+            || matches!(dmarc.dkim_result(), DmarcResult::TempError(_));
+        let dmarc_failed = dmarc.dmarc_record().is_some()
+            && !temporary
+            && dmarc.dkim_result() != &DmarcResult::Pass
+            && dmarc.spf_result() != &DmarcResult::Pass;
         let dmarc_reject = dmarc_failed && dmarc.policy() == Policy::Reject;
         if dmarc_failed {
             let (symbol, weight) = match dmarc.policy() {

@@ -319,9 +319,16 @@ impl Stage for AntispamStage {
                 .into());
         }
         let outcome = self.score(cx, client).await?;
+        let symbols: Vec<String> = outcome
+            .symbols
+            .iter()
+            .map(|(name, weight)| format!("{name}({weight:.2})"))
+            .collect();
+        let symbols = symbols.join(",");
         log::info!(
             queue_id:% = cx.queue_id, client:% = client, score = outcome.score,
-            symbols:? = outcome.symbols; "antispam: scored"
+            symbols = symbols.as_str();
+            "antispam: id={} client={client} score={:.1} symbols={symbols}", cx.queue_id, outcome.score
         );
         let mut groups: BTreeMap<Vec<u64>, (Thresholds, Vec<usize>)> = BTreeMap::new();
         for &index in cx.recipients {
