@@ -6,6 +6,7 @@ and `bulwarkctl spam train/learn/check` on a small spam/ham set the test builds.
 Real SMTP (RawSession) into a real bulwarkd, next hop a Postfix smtp-sink; every DNS record
 comes from the loopback DNS server of conftest (tests/dns_server.py). Every wait is bounded."""
 
+import json
 import struct
 import zlib
 from pathlib import Path
@@ -152,9 +153,14 @@ def test_each_action_at_its_threshold(gateway, tmp_path):
     assert tagged["X-Spam-Status"].startswith("Yes, score=5.0 tests=")
     code, text = transaction(d, ["alice@example.com"], message(body="rejectme"))
     assert code == 550 and text.startswith("5.7.1"), (code, text)
-    # Quarantine: never delivered (the quarantine store decides the reply).
-    transaction(d, ["alice@example.com"], message(subject="quar", body="quarme"))
-    assert "verdict=quarantine" in d.log()
+    # Quarantine: 250, kept in the quarantine with the score as its reason, never delivered.
+    code, _ = transaction(d, ["alice@example.com"], message(subject="quar", body="quarme"))
+    assert code == 250
+    cp = d.ctl("quarantine", "list", "--json")
+    assert cp.returncode == 0, cp.stderr
+    entries = json.loads(cp.stdout)
+    assert [e.get("subject") for e in entries] == ["quar"], entries
+    assert "spam score 10.0" in json.dumps(entries), entries
     assert len(hop.messages()) == 2
 
 
