@@ -12,6 +12,9 @@ use clap::{Parser, Subcommand};
 use serde::Deserialize;
 use serde_json::Value;
 
+#[path = "ctl/spam.rs"]
+mod spam;
+
 #[derive(Parser)]
 #[command(
     name = "bulwarkctl",
@@ -53,6 +56,11 @@ enum Command {
         #[command(subcommand)]
         command: AvCommand,
     },
+    /// The anti-spam model: train, learn, score (offline, no daemon needed).
+    Spam {
+        #[command(subcommand)]
+        command: SpamCommand,
+    },
     /// A message's timeline: received, verdicts, queued, delivery attempts and outcomes.
     /// Filters combine; with none, the last hour.
     Track {
@@ -92,6 +100,48 @@ enum AvCommand {
     Update { file: PathBuf },
     /// Reload the signature directory after a change made outside Bulwark.
     Reload,
+}
+
+#[derive(Subcommand)]
+enum SpamCommand {
+    /// Build a model file from a directory of spam and one of ham (one message a file).
+    Train {
+        #[arg(long, value_name = "DIR")]
+        spam: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        ham: PathBuf,
+        /// Where to write the model (default: [antispam] model).
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Teach the model one message (updates [antispam] model, or --model).
+    Learn {
+        #[arg(
+            long,
+            value_name = "FILE",
+            conflicts_with = "ham",
+            required_unless_present = "ham"
+        )]
+        spam: Option<PathBuf>,
+        #[arg(long, value_name = "FILE")]
+        ham: Option<PathBuf>,
+        #[arg(long, value_name = "PATH")]
+        model: Option<PathBuf>,
+    },
+    /// Score messages offline (classifier and rules; no DNS): one line per file.
+    Check {
+        files: Vec<PathBuf>,
+        /// A model file (default: [antispam] model, else the built-in one).
+        #[arg(long, value_name = "PATH")]
+        model: Option<PathBuf>,
+        /// A rules file (default: [antispam] rules, else the built-in rules).
+        #[arg(long, value_name = "PATH")]
+        rules: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -212,6 +262,15 @@ enum QueueCommand {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Command::Spam { command } = args.command {
+        return match spam::run(command, &args.config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("bulwarkctl: {message}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let socket = match socket_path(&args) {
         Ok(path) => path,
         Err(message) => {
@@ -225,6 +284,7 @@ fn main() -> ExitCode {
             if json { print_json } else { print_status },
         ),
         Command::Reload => (Request::Reload, print_done),
+        Command::Spam { .. } => return ExitCode::SUCCESS,
         Command::Track {
             id,
             message_id,

@@ -51,6 +51,7 @@ pub fn builtin_default() -> Config {
         flow: Default::default(),
         pipeline: Default::default(),
         rules: Vec::new(),
+        antispam: Some(Default::default()),
         tracking: super::TrackingConfig {
             dir: state.join("tracking"),
             ..Default::default()

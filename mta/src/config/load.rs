@@ -245,6 +245,7 @@ fn validate(config: &mut Config, base: &Path) -> Found {
     validate_flow(config, &mut found);
     validate_rules(config, &mut found);
     validate_antivirus(config, &mut found);
+    validate_antispam(config, &mut found);
     validate_tracking(config, &mut found);
     validate_milters(config, &mut found);
     resolve_paths(config, base);
@@ -273,6 +274,46 @@ fn validate_rules(config: &Config, found: &mut Found) {
             }
             found.push((path, message));
         }
+    }
+}
+
+fn validate_antispam(config: &Config, found: &mut Found) {
+    let Some(spam) = &config.antispam else {
+        return;
+    };
+    let at = |field: &str| key(&["antispam", field]);
+    if !(spam.tag_score <= spam.quarantine_score && spam.quarantine_score <= spam.reject_score) {
+        found.push((
+            at("tag_score"),
+            "needs tag_score <= quarantine_score <= reject_score".into(),
+        ));
+    }
+    for field in ["dnsbl", "uribl"] {
+        let list = if field == "dnsbl" {
+            &spam.dnsbl
+        } else {
+            &spam.uribl
+        };
+        for (i, entry) in list.iter().enumerate() {
+            if let Err(message) = super::parse_list_entry(entry, 0.0) {
+                found.push((element(&["antispam", field], i), message));
+            }
+        }
+    }
+    for field in ["allow", "block"] {
+        let list = if field == "allow" {
+            &spam.allow
+        } else {
+            &spam.block
+        };
+        for (i, entry) in list.iter().enumerate() {
+            if let Err(message) = super::parse_allow_entry(entry) {
+                found.push((element(&["antispam", field], i), message));
+            }
+        }
+    }
+    if spam.timeout.is_zero() {
+        found.push((at("timeout"), "must not be 0".into()));
     }
 }
 
@@ -551,6 +592,10 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     }
     if let Some(av) = &mut config.antivirus {
         resolve(&mut av.signatures_dir);
+    }
+    if let Some(antispam) = &mut config.antispam {
+        antispam.model.iter_mut().for_each(resolve);
+        antispam.rules.iter_mut().for_each(resolve);
     }
     for route in &mut config.routes {
         if let Some(ca_file) = &mut route.ca_file {

@@ -6,6 +6,7 @@
 //! path so `bulwarkd --check-config` can print them all at once. The shipped
 //! `packaging/bulwark.toml` documents every option below.
 
+mod antispam;
 mod builtin;
 mod duration;
 mod load;
@@ -21,6 +22,10 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+pub use antispam::{
+    parse_allow_entry, parse_list_entry, AntispamConfig, DmarcRejectAction, ListEntry,
+    SpamDomainConfig,
+};
 pub use builtin::{builtin_default, DEFAULT_CONFIG_PATH};
 pub use load::{load_file, load_str, ConfigError, Problem};
 pub use milter::{MilterAddress, MilterConfig};
@@ -61,6 +66,9 @@ pub struct Config {
     /// Anti-virus scanning (`[antivirus]`); absent: no scanning.
     #[serde(default)]
     pub antivirus: Option<AntivirusConfig>,
+    /// Absent: no anti-spam stage (the built-in default and the shipped file enable it).
+    #[serde(default)]
+    pub antispam: Option<AntispamConfig>,
     #[serde(default)]
     pub tracking: TrackingConfig,
     #[serde(default)]

@@ -158,6 +158,9 @@ pub struct RuleConfig {
     /// `true`: an earlier stage (anti-virus) found malware; `false`: none was found.
     #[serde(default)]
     pub virus: Option<bool>,
+    /// The anti-spam score is above this (an unscored message never matches).
+    #[serde(default)]
+    pub spam_score_over: Option<f64>,
     pub action: RuleAction,
     #[serde(default)]
     pub reason: Option<String>,

@@ -35,7 +35,7 @@ use async_trait::async_trait;
 
 pub use crate::config::{Direction, DirectionScope, OnError};
 pub use apply::{apply_to_envelope, rewrite_header, HeaderEdit};
-pub use content::{ContentError, ContentReader, MessageContent};
+pub use content::{header_fields, ContentError, ContentReader, MessageContent};
 pub use outcome::Disposal;
 pub use run::{Group, GroupVerdict, Pipeline, Step};
 

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::filters::antispam::{AntispamStage, SpamSetupError};
 use crate::filters::antivirus::{stage::AntivirusStage, Antivirus};
+use crate::route::{HickoryResolver, ResolverSetupError};
 use crate::rules::{CompileError, RuleSet};
 
 use super::{Pipeline, Stage};
@@ -14,6 +16,10 @@ use super::{Pipeline, Stage};
 pub enum StagesError {
     #[error("rule[{index}].{}: {}", .error.field, .error.message)]
     Rule { index: usize, error: CompileError },
+    #[error(transparent)]
+    Antispam(#[from] SpamSetupError),
+    #[error(transparent)]
+    Resolver(#[from] ResolverSetupError),
 }
 
 /// Builds the pipeline for `config`; `antivirus` is the scanner built for its `[antivirus]`.
@@ -41,7 +47,10 @@ pub fn from_config(
             config.limits.max_message_size,
         )));
     }
-    // The anti-spam stage is added here, before the rules.
+    if let Some(spam) = config.antispam.as_ref().filter(|s| s.enabled) {
+        let resolver = Arc::new(HickoryResolver::new(&config.dns)?);
+        stages.push(Arc::new(AntispamStage::new(spam, &config.dns, resolver)?));
+    }
     if !rules.is_empty() {
         stages.push(Arc::new(rules));
     }

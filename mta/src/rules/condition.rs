@@ -83,6 +83,7 @@ pub struct Conditions {
     pub size_over: Option<u64>,
     /// Whether an earlier stage must (true) or must not (false) have found a virus.
     pub virus: Option<bool>,
+    pub spam_score_over: Option<f64>,
 }
 
 impl Conditions {
@@ -113,6 +114,7 @@ impl Conditions {
             body: rule.body.as_deref().map(|p| regex("body", p)).transpose()?,
             size_over: rule.size_over,
             virus: rule.virus,
+            spam_score_over: rule.spam_score_over,
         })
     }
 

@@ -210,13 +210,13 @@ async fn message_conditions_hold(c: &Conditions, cx: &Context<'_>) -> bool {
     {
         return false;
     }
+    if let Some(limit) = c.spam_score_over {
+        if !cx.findings.spam_score.is_some_and(|score| score > limit) {
+            return false;
+        }
+    }
     if let Some(subject) = &c.subject {
-        let decoded = cx
-            .content
-            .parsed_header()
-            .and_then(|m| m.subject())
-            .unwrap_or("");
-        if !subject.is_match(decoded) {
+        if !subject.is_match(cx.content.subject()) {
             return false;
         }
     }
