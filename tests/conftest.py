@@ -1223,6 +1223,27 @@ def wait_queue_empty(daemon: Daemon, timeout: float = 30.0) -> None:
     wait_until(empty, timeout, interval=0.2, what=lambda: f"an empty queue; still queued: {last}")
 
 
+def assert_every_entry_scheduled(daemon: Daemon, timeout: float = 10.0, grace: float = 5.0) -> list[dict]:
+    """Walks the queue index: every entry must have a next attempt that is not overdue (by
+    more than `grace` seconds) or a state that explains why it has none (hold). A message
+    with neither waits forever: it never delivers, never expires, never bounces. Polls for
+    `timeout` so an attempt that is running right now may finish."""
+    last: list[dict] = []
+    unscheduled: list[dict] = []
+
+    def check():
+        nonlocal last, unscheduled
+        now = time.time()
+        last = daemon.queue_list()
+        unscheduled = [e for e in last if e.get("state") != "hold"
+                       and not (isinstance(e.get("next_attempt"), int)
+                                and e["next_attempt"] >= now - grace)]
+        return not unscheduled
+    wait_until(check, timeout, interval=0.2,
+               what=lambda: f"every queue entry scheduled or held; with nothing scheduled: {unscheduled}")
+    return last
+
+
 def wait_queue_len(daemon: Daemon, n: int, timeout: float = 30.0) -> list[dict]:
     last = []
 

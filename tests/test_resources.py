@@ -24,7 +24,8 @@ import time
 
 import pytest
 
-from conftest import (RawSession, make_message, route, send_mail, wait_queue_empty, wait_until)
+from conftest import (RawSession, assert_every_entry_scheduled, make_message, route, send_mail,
+                      wait_queue_empty, wait_until)
 
 LONG = os.environ.get("BULWARK_LONG") == "1"
 SLOW = 10_000 if LONG else 2_000
@@ -77,6 +78,7 @@ def recovers_exactly_then_drains(daemon, next_hop, accepted: int, make_room, mes
     frees space and the next hop takes the mail, mail is accepted again."""
     daemon.restart()
     assert len(daemon.queue_list()) == accepted
+    assert_every_entry_scheduled(daemon)
     make_room()
     wait_queue_empty(daemon, timeout=60)
     assert next_hop.count() == accepted
@@ -150,6 +152,7 @@ def test_fd_exhaustion_daemon_survives_and_serves_again(tmp_path, start_daemon):
     reply = wait_until(lambda: try_send(daemon.port), 20, what="a delivery after fd exhaustion")
     assert reply[0] == 250, reply
     assert daemon.running()
+    assert_every_entry_scheduled(daemon)
 
 
 def try_send(port: int):

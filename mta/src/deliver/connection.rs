@@ -155,10 +155,7 @@ async fn run_job(
     };
     let (mut message, content) = match opened {
         Ok(opened) => opened,
-        Err(e) => {
-            log::error!("delivery: id={}: cannot read the spool file: {e}", job.id);
-            return skipped();
-        }
+        Err(e) => return spool_unreadable(context, &entry, job, e).await,
     };
     if connected.is_none() {
         match connect(context, destination).await {
@@ -253,6 +250,32 @@ async fn run_job(
     )
     .await;
     report(applied, error, false)
+}
+
+/// The queued copy could not be read (EMFILE, a file gone missing, an I/O error): the job's
+/// recipients are deferred like any temporary failure, so the message keeps a next attempt,
+/// still expires and still gets its delay notice, and the operator is alerted. Dropping the
+/// job instead would leave the message queued forever with nothing scheduled.
+async fn spool_unreadable(
+    context: &Context,
+    entry: &crate::queue::QueueEntry,
+    job: &Job,
+    error: crate::queue::SpoolError,
+) -> JobReport {
+    let diagnostic = format!("451 4.3.0 cannot read the queued message: {error}");
+    log::error!(
+        queue_id:% = job.id, alert = "spool_read", reason = diagnostic.as_str();
+        "delivery: ALERT id={}: cannot read the spool file ({error}); deferred",
+        job.id
+    );
+    let results = attempt::all(
+        &job.recipients,
+        Outcome::Deferred {
+            diagnostic: diagnostic.clone(),
+        },
+    );
+    let applied = outcome::apply(context, entry, &[], job, results, None, false).await;
+    report(applied, Some(diagnostic), false)
 }
 
 /// Splits results into (final: delivered or bounced, deferred).

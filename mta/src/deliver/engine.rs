@@ -294,6 +294,9 @@ impl Engine {
                 recipients,
                 attempts,
             });
+            if let (Some(until), true) = (state.down_until, state.is_down(Instant::now())) {
+                self.context.gateway.queue.schedule(id, unix_at(until));
+            }
             self.pump(&name);
         }
     }
@@ -373,6 +376,7 @@ impl Engine {
         if let Some(state) = self.destinations.get_mut(&name) {
             if report.destination_failed {
                 self.context.note_failure(state, report.error.clone());
+                self.context.show_parked(state);
             } else if !report.skipped {
                 state.failures = 0;
                 state.down_until = None;
@@ -581,6 +585,26 @@ impl Context {
             state.limit = (state.limit / 2).max(1);
         }
     }
+}
+
+impl Context {
+    /// Jobs waiting at a down destination get no attempt (and so no next_at record) until
+    /// the probe: the index shows the probe time, so no queued message ever reads as having
+    /// nothing scheduled.
+    fn show_parked(&self, state: &DestinationState) {
+        let Some(until) = state.down_until else {
+            return;
+        };
+        let next_at = unix_at(until);
+        for job in &state.ready {
+            self.gateway.queue.schedule(job.id, next_at);
+        }
+    }
+}
+
+/// The Unix time (seconds) of a monotonic instant, for what the operator reads.
+fn unix_at(at: Instant) -> u64 {
+    crate::queue::unix_now() + at.saturating_duration_since(Instant::now()).as_secs()
 }
 
 /// `initial * 2^rounds`, capped at `max`.
