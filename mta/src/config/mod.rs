@@ -7,8 +7,10 @@
 //! `packaging/bulwark.toml` documents every option below.
 
 mod builtin;
+mod domains;
 mod duration;
 mod load;
+mod ranges;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -122,6 +124,8 @@ pub enum RecipientCheckKind {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct RecipientCheckConfig {
+    /// Which of `relay.domains` this check covers, matched as there (`.example.com` =
+    /// every subdomain); the first check whose domains match a recipient applies.
     pub domains: Vec<String>,
     pub check: RecipientCheckKind,
     /// For `list`: one address per line (`#` comments); `@domain` accepts a whole domain.

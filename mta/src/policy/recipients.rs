@@ -97,7 +97,7 @@ impl RecipientValidation {
     fn check_for(&self, domain: &str) -> Option<&Check> {
         self.checks
             .iter()
-            .find(|c| c.domains.iter().any(|d| d == domain))
+            .find(|c| crate::config::domain_listed(&c.domains, domain))
             .map(|c| &c.check)
     }
 
