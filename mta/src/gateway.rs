@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::bounded::BoundedMap;
 use crate::config::Config;
 use crate::deliver::DeliveryHandle;
 use crate::flow::Flow;
@@ -69,7 +70,7 @@ pub struct Gateway {
     pub callouts: Arc<CalloutCache>,
     pub counters: Counters,
     pub clients: ClientLimiter,
-    greet_passed: Mutex<HashMap<IpAddr, Instant>>,
+    greet_passed: Mutex<BoundedMap<IpAddr, Instant>>,
     pub started: Instant,
     pub delivery: DeliveryHandle,
     /// Connection-rate limits and abuse blocks (kernel or userspace).
@@ -95,7 +96,7 @@ impl Gateway {
             callouts,
             counters: Counters::default(),
             clients: ClientLimiter::default(),
-            greet_passed: Mutex::new(HashMap::new()),
+            greet_passed: Mutex::new(BoundedMap::new(GREET_PASS_MAX)),
             started: Instant::now(),
             delivery,
             flow,
@@ -125,12 +126,6 @@ impl Gateway {
 
     pub fn remember_greet_pass(&self, ip: IpAddr) {
         let mut passed = self.greet_passed.lock().unwrap_or_else(|p| p.into_inner());
-        if passed.len() >= GREET_PASS_MAX {
-            passed.retain(|_, at| at.elapsed() < GREET_PASS_TTL);
-            if passed.len() >= GREET_PASS_MAX {
-                passed.clear();
-            }
-        }
         passed.insert(ip, Instant::now());
     }
 }

@@ -5,6 +5,7 @@
 //! drop, the sendmail front end).
 
 pub mod admin;
+pub mod bounded;
 pub mod config;
 pub mod daemon;
 pub mod deliver;

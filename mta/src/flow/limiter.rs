@@ -2,14 +2,17 @@
 //! (IPv4 /32, IPv6 /64) over new connections, checked at accept, and a blocklist with expiry.
 //!
 //! The bucket is GCRA, exactly as in the kernel program, so the two modes admit the same
-//! connections: `burst` at once, then one per `1/rate` seconds. Memory is bounded: past
-//! `MAX_SOURCES` idle sources are forgotten first (a forgotten source starts a full bucket).
+//! connections: `burst` at once, then one per `1/rate` seconds. Memory is bounded: at
+//! `MAX_SOURCES` the source seen longest ago is forgotten (a forgotten source starts a full
+//! bucket), so a flood of distinct sources cannot reset the bucket of an active one.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 use serde::Serialize;
+
+use crate::bounded::BoundedMap;
 
 const MAX_SOURCES: usize = 262_144;
 
@@ -19,7 +22,6 @@ struct Bucket {
     tat_ns: u64,
     passed: u64,
     dropped: u64,
-    last_seen_ns: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +59,7 @@ pub fn source_network(ip: IpAddr) -> IpNet {
 pub struct Limiter {
     interval_ns: u64,
     burst_ns: u64,
-    buckets: HashMap<IpNet, Bucket>,
+    buckets: BoundedMap<IpNet, Bucket>,
     /// Blocked network -> (expiry in monotonic ns or 0 = never, hits).
     blocks: HashMap<IpNet, (u64, u64)>,
 }
@@ -72,7 +74,7 @@ impl Limiter {
         Self {
             interval_ns,
             burst_ns: interval_ns * u64::from(burst.max(1)),
-            buckets: HashMap::new(),
+            buckets: BoundedMap::new(MAX_SOURCES),
             blocks: HashMap::new(),
         }
     }
@@ -86,11 +88,7 @@ impl Limiter {
         if self.interval_ns == 0 {
             return Admission::Pass;
         }
-        if self.buckets.len() >= MAX_SOURCES {
-            self.forget_idle(now_ns);
-        }
-        let bucket = self.buckets.entry(source_network(ip)).or_default();
-        bucket.last_seen_ns = now_ns;
+        let bucket = self.buckets.touch(source_network(ip), Bucket::default);
         let next = bucket.tat_ns.max(now_ns) + self.interval_ns;
         if next - now_ns > self.burst_ns {
             bucket.dropped += 1;
@@ -107,15 +105,6 @@ impl Limiter {
             .filter(|(net, (expires, _))| net.contains(&ip) && (*expires == 0 || *expires > now_ns))
             .max_by_key(|(net, _)| net.prefix_len())
             .map(|(_, (_, hits))| hits)
-    }
-
-    fn forget_idle(&mut self, now_ns: u64) {
-        let idle_after = self.burst_ns.max(1_000_000_000);
-        self.buckets
-            .retain(|_, b| now_ns.saturating_sub(b.last_seen_ns) < idle_after);
-        if self.buckets.len() >= MAX_SOURCES {
-            self.buckets.clear();
-        }
     }
 
     pub fn block(&mut self, network: IpNet, expires_ns: u64) {

@@ -5,7 +5,7 @@
 //! A callout that cannot reach any next hop answers 451 4.4.3 so the sender retries: the
 //! gateway never bounces mail for a valid user because the groupware server was down.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::{HarvestTracker, SessionInfo, Stage, Verdict};
+use crate::bounded::BoundedMap;
 use crate::config::{Config, RecipientCheckConfig, RecipientCheckKind};
 use crate::deliver::{Client, ClientError};
 use crate::smtp::address::Mailbox;
@@ -43,10 +44,20 @@ struct DomainCheck {
     check: Check,
 }
 
+/// Callout answers remembered at most (the oldest go first).
+const CALLOUT_ANSWERS_MAX: usize = 200_000;
+
 /// Callout answers, shared across config reloads.
-#[derive(Default)]
 pub struct CalloutCache {
-    answers: Mutex<HashMap<String, (bool, Instant)>>,
+    answers: Mutex<BoundedMap<String, (bool, Instant)>>,
+}
+
+impl Default for CalloutCache {
+    fn default() -> Self {
+        Self {
+            answers: Mutex::new(BoundedMap::new(CALLOUT_ANSWERS_MAX)),
+        }
+    }
 }
 
 impl CalloutCache {
@@ -60,10 +71,6 @@ impl CalloutCache {
 
     fn put(&self, address: String, known: bool, ttl: Duration) {
         let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
-        if answers.len() > 200_000 {
-            let now = Instant::now();
-            answers.retain(|_, (_, expires)| *expires > now);
-        }
         answers.insert(address, (known, Instant::now() + ttl));
     }
 }
