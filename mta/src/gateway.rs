@@ -12,11 +12,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::bounded::BoundedMap;
 use crate::config::Config;
 use crate::deliver::DeliveryHandle;
+use crate::flow::source_network;
 use crate::flow::Flow;
 use crate::policy::{CalloutCache, Chain, HarvestTracker, RecipientsError};
 use crate::queue::{QueueIndex, Spool};
@@ -150,29 +152,32 @@ fn build_runtime(
     })
 }
 
-/// Concurrent sessions per client address, across all listeners.
+/// Concurrent sessions per client, across all listeners. A client is an IPv4 address or
+/// an IPv6 /64 (one host usually owns a whole /64, so counting per IPv6 address would let
+/// it open 2^64 times the limit), the same key flow control uses.
 #[derive(Default)]
 pub struct ClientLimiter {
-    active: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    active: Arc<Mutex<HashMap<IpNet, usize>>>,
 }
 
 /// Releases the client's slot when the session ends, however it ends.
 pub struct ClientSlot {
-    active: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    ip: IpAddr,
+    active: Arc<Mutex<HashMap<IpNet, usize>>>,
+    source: IpNet,
 }
 
 impl ClientLimiter {
     pub fn try_acquire(&self, ip: IpAddr, limit: usize) -> Option<ClientSlot> {
+        let source = source_network(ip);
         let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
-        let count = active.entry(ip).or_insert(0);
+        let count = active.entry(source).or_insert(0);
         if *count >= limit {
             return None;
         }
         *count += 1;
         Some(ClientSlot {
             active: self.active.clone(),
-            ip,
+            source,
         })
     }
 }
@@ -180,11 +185,37 @@ impl ClientLimiter {
 impl Drop for ClientSlot {
     fn drop(&mut self) {
         let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = active.get_mut(&self.ip) {
+        if let Some(count) = active.get_mut(&self.source) {
             *count -= 1;
             if *count == 0 {
-                active.remove(&self.ip);
+                active.remove(&self.source);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_are_counted_per_64() {
+        let limiter = ClientLimiter::default();
+        let ip = |text: &str| text.parse::<IpAddr>().expect("ip");
+        let first = limiter
+            .try_acquire(ip("2001:db8:1:2::10"), 2)
+            .expect("first");
+        let _second = limiter
+            .try_acquire(ip("2001:db8:1:2:ffff::1"), 2)
+            .expect("second");
+        assert!(
+            limiter.try_acquire(ip("2001:db8:1:2::99"), 2).is_none(),
+            "a third address in the same /64 got a slot"
+        );
+        assert!(limiter.try_acquire(ip("2001:db8:1:3::10"), 2).is_some());
+        assert!(limiter.try_acquire(ip("192.0.2.1"), 2).is_some());
+        assert!(limiter.try_acquire(ip("192.0.2.2"), 2).is_some());
+        drop(first);
+        assert!(limiter.try_acquire(ip("2001:db8:1:2::99"), 2).is_some());
     }
 }

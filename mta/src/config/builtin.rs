@@ -25,6 +25,7 @@ pub fn builtin_default() -> Config {
             spool_sync: Default::default(),
             user: None,
             group: None,
+            min_free_space: 100 << 20,
         },
         listeners: vec![ListenerConfig {
             address: "127.0.0.1:2525".parse().expect("literal address"),

@@ -11,6 +11,7 @@ mod domains;
 mod duration;
 mod load;
 mod ranges;
+mod size;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -65,6 +66,14 @@ pub struct ServerConfig {
     /// The group to run as; default: the user's login group.
     #[serde(default)]
     pub group: Option<String>,
+    /// Free space kept on the spool's file system: below it new mail gets 452 4.3.1 at
+    /// MAIL (before the disk is full), while delivery and bounces go on. 0 = no reserve.
+    #[serde(default = "default_min_free_space", with = "size")]
+    pub min_free_space: u64,
+}
+
+fn default_min_free_space() -> u64 {
+    100 << 20
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -182,6 +191,11 @@ pub struct LimitsConfig {
     /// Messages per session; more get 421 (keeps one client from pinning a session forever).
     #[serde(default = "default_max_messages_per_session")]
     pub max_messages_per_session: usize,
+    /// NOOP, RSET, VRFY, HELP and repeated HELO/EHLO a session may send before each further
+    /// one counts as an error (Postfix's smtpd_junk_command_limit); reset by each accepted
+    /// message.
+    #[serde(default = "default_junk_command_limit")]
+    pub junk_command_limit: u32,
 }
 
 fn default_max_message_size() -> u64 {
@@ -194,7 +208,8 @@ fn default_max_sessions_per_client() -> usize {
     50
 }
 fn default_max_errors() -> u32 {
-    10
+    // Postfix's smtpd_hard_error_limit: 10 cuts off a legitimate sender with a stale list.
+    20
 }
 fn default_max_received_headers() -> usize {
     50
@@ -211,6 +226,9 @@ fn default_data_timeout() -> Duration {
 fn default_max_messages_per_session() -> usize {
     10_000
 }
+fn default_junk_command_limit() -> u32 {
+    100
+}
 
 impl Default for LimitsConfig {
     fn default() -> Self {
@@ -224,6 +242,7 @@ impl Default for LimitsConfig {
             command_timeout: default_command_timeout(),
             data_timeout: default_data_timeout(),
             max_messages_per_session: default_max_messages_per_session(),
+            junk_command_limit: default_junk_command_limit(),
         }
     }
 }
@@ -239,6 +258,17 @@ pub enum BareNewline {
     Reject,
 }
 
+/// What happens to message lines over 998 octets (RFC 5321 4.5.3.1.6's 1,000 with CRLF).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LongLines {
+    /// Accept them (non-compliant senders are common) and fold them on the way out, so no
+    /// next hop ever sees a line over 998 octets (what Postfix does).
+    Accept,
+    /// Refuse the message with 554 5.6.0 at the end of data.
+    Reject,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct SmtpConfig {
     /// Pause before the greeting for untrusted clients; a client that talks during it is
@@ -247,6 +277,8 @@ pub struct SmtpConfig {
     pub greet_delay: Duration,
     #[serde(default = "default_bare_newline")]
     pub bare_newline: BareNewline,
+    #[serde(default = "default_long_lines")]
+    pub long_lines: LongLines,
 }
 
 fn default_greet_delay() -> Duration {
@@ -255,12 +287,16 @@ fn default_greet_delay() -> Duration {
 fn default_bare_newline() -> BareNewline {
     BareNewline::Normalize
 }
+fn default_long_lines() -> LongLines {
+    LongLines::Accept
+}
 
 impl Default for SmtpConfig {
     fn default() -> Self {
         Self {
             greet_delay: default_greet_delay(),
             bare_newline: default_bare_newline(),
+            long_lines: default_long_lines(),
         }
     }
 }

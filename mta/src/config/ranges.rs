@@ -42,6 +42,10 @@ fn counts(config: &Config) -> Vec<(Vec<Segment>, u64)> {
             limits.max_messages_per_session as u64,
         ),
         (
+            key(&["limits", "junk_command_limit"]),
+            u64::from(limits.junk_command_limit),
+        ),
+        (
             key(&["delivery", "dead_destination_failures"]),
             u64::from(delivery.dead_destination_failures),
         ),
