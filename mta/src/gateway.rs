@@ -9,13 +9,14 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::bounded::BoundedMap;
+use crate::config::changes::{self, Change};
 use crate::config::Config;
 use crate::deliver::DeliveryHandle;
 use crate::flow::source_network;
@@ -33,6 +34,8 @@ pub enum RuntimeError {
     Users(#[from] UsersError),
     #[error(transparent)]
     Recipients(#[from] RecipientsError),
+    #[error("flow control: {0}")]
+    Flow(#[from] crate::flow::FlowControlError),
 }
 
 /// Everything a reload replaces.
@@ -77,6 +80,14 @@ pub struct Gateway {
     pub delivery: DeliveryHandle,
     /// Connection-rate limits and abuse blocks (kernel or userspace).
     pub flow: Flow,
+    listening: OnceLock<Vec<BoundSocket>>,
+}
+
+/// A socket the daemon listens on, as bound (not as the file says).
+#[derive(Debug, Clone, Serialize)]
+pub struct BoundSocket {
+    pub address: String,
+    pub role: String,
 }
 
 impl Gateway {
@@ -102,6 +113,7 @@ impl Gateway {
             started: Instant::now(),
             delivery,
             flow,
+            listening: OnceLock::new(),
         })
     }
 
@@ -113,10 +125,25 @@ impl Gateway {
     }
 
     /// Swaps in a runtime built from `config`, or keeps the old one and says why not.
-    pub fn reload(&self, config: Config) -> Result<(), RuntimeError> {
+    /// Returns every changed key; those a reload cannot apply keep their running values
+    /// (see `config::changes`), so the running configuration stays the truth.
+    pub fn reload(&self, mut config: Config) -> Result<Vec<Change>, RuntimeError> {
+        let running = self.runtime().config.clone();
+        let changes = changes::diff(&running, &config);
+        changes::keep_restart_only(&running, &mut config);
         let runtime = build_runtime(config, self.harvest.clone(), self.callouts.clone())?;
+        self.flow.reload(&runtime.config)?;
         *self.runtime.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(runtime);
-        Ok(())
+        Ok(changes)
+    }
+
+    /// Records the sockets actually bound at start (ports resolved), for `status`.
+    pub fn set_listening(&self, sockets: Vec<BoundSocket>) {
+        let _ = self.listening.set(sockets);
+    }
+
+    pub fn listening(&self) -> &[BoundSocket] {
+        self.listening.get().map_or(&[], Vec::as_slice)
     }
 
     pub fn greet_passed_recently(&self, ip: IpAddr) -> bool {

@@ -24,6 +24,10 @@ pub enum Request {
     QueueFlush,
     QueueDestinations,
     Reload,
+    /// The running configuration (restart-only keys as running, not as in the file).
+    ConfigShow,
+    /// Every key whose running value differs from the file's.
+    ConfigDiff,
     FlowStatus,
     FlowTop {
         #[serde(default)]

@@ -38,12 +38,39 @@ enum Command {
         #[command(subcommand)]
         command: QueueCommand,
     },
-    /// Reload the configuration, TLS certificates and lists (as SIGHUP does).
-    Reload,
+    /// Reload the configuration, TLS certificates and lists (as SIGHUP does); prints each
+    /// changed key, applied or waiting for a restart.
+    Reload {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The configuration: the running one, the built-in defaults, or what differs from the file.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Flow control: connection-rate limits and blocked sources.
     Flow {
         #[command(subcommand)]
         command: FlowCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// The running configuration as TOML (postconf -n); `--defaults`: the built-in default
+    /// configuration (postconf -d), without asking the daemon.
+    Show {
+        #[arg(long)]
+        defaults: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every key whose running value differs from the configuration file, and whether a
+    /// reload would apply it or it needs a restart.
+    Diff {
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -120,6 +147,17 @@ enum QueueCommand {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Command::Config {
+        command: ConfigCommand::Show {
+            defaults: true,
+            json,
+        },
+    } = args.command
+    {
+        let defaults = serde_json::to_value(bulwark::config::builtin_default());
+        print_config(&defaults.unwrap_or_default(), json);
+        return ExitCode::SUCCESS;
+    }
     let socket = match socket_path(&args) {
         Ok(path) => path,
         Err(message) => {
@@ -132,7 +170,14 @@ fn main() -> ExitCode {
             Request::Status,
             if json { print_json } else { print_status },
         ),
-        Command::Reload => (Request::Reload, print_done),
+        Command::Reload { json } => (Request::Reload, pick(json, print_reload)),
+        Command::Config { command } => match command {
+            ConfigCommand::Show { json, .. } => (
+                Request::ConfigShow,
+                if json { print_json } else { print_toml },
+            ),
+            ConfigCommand::Diff { json } => (Request::ConfigDiff, pick(json, print_diff)),
+        },
         Command::Flow { command } => match flow_request(command, &args.config) {
             Ok(Some(pair)) => pair,
             Ok(None) => return ExitCode::SUCCESS,
@@ -186,15 +231,117 @@ fn request_needs_ids(request: &Request) -> bool {
         if ids.is_empty())
 }
 
+/// `--socket`, else the configuration's `server.control_socket`. A configuration with
+/// problems elsewhere (the daemon may still run an older, valid one) still names its
+/// socket: then only that key is read.
 fn socket_path(args: &Args) -> Result<PathBuf, String> {
     if let Some(socket) = &args.socket {
         return Ok(socket.clone());
     }
     let source = ConfigSource::choose(args.config.clone());
-    source
-        .load()
-        .map(|config| config.server.control_socket)
-        .map_err(|e| e.to_string())
+    let error = match source.load() {
+        Ok(config) => return Ok(config.server.control_socket),
+        Err(error) => error,
+    };
+    match &source {
+        ConfigSource::File(path) => socket_named_in(path).ok_or_else(|| error.to_string()),
+        ConfigSource::BuiltIn => Err(error.to_string()),
+    }
+}
+
+fn socket_named_in(path: &std::path::Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let table: toml::Table = text.parse().ok()?;
+    let socket = PathBuf::from(table.get("server")?.get("control_socket")?.as_str()?);
+    Some(match path.parent() {
+        Some(base) if socket.is_relative() => base.join(socket),
+        _ => socket,
+    })
+}
+
+fn print_reload(value: &Value) {
+    println!("configuration reloaded");
+    for change in value["applied"].as_array().into_iter().flatten() {
+        println!(
+            "  applied        {}: {} -> {}",
+            text(&change["key"]),
+            change["running"],
+            change["file"]
+        );
+    }
+    for change in value["needs_restart"].as_array().into_iter().flatten() {
+        println!(
+            "  needs restart  {}: running {}, file {}",
+            text(&change["key"]),
+            change["running"],
+            change["file"]
+        );
+    }
+}
+
+fn print_diff(value: &Value) {
+    let Some(changes) = value.as_array() else {
+        return;
+    };
+    if changes.is_empty() {
+        println!("the running configuration is the file's");
+        return;
+    }
+    let width = changes
+        .iter()
+        .map(|c| text(&c["key"]).len())
+        .max()
+        .unwrap_or(0);
+    for c in changes {
+        let when = if c["applies"] == "at_restart" {
+            "restart"
+        } else {
+            "reload"
+        };
+        println!(
+            "{:<width$}  running {}  file {}  (applies on {when})",
+            text(&c["key"]),
+            c["running"],
+            c["file"]
+        );
+    }
+}
+
+fn print_toml(value: &Value) {
+    print_config(value, false);
+}
+
+fn print_config(value: &Value, json: bool) {
+    if json {
+        return print_json(value);
+    }
+    match toml::to_string(&without_nulls(value.clone())) {
+        Ok(text) => print!("{text}"),
+        Err(_) => print_json(value),
+    }
+}
+
+/// TOML has no null: unset optional keys are left out, as in a file.
+fn without_nulls(value: Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k, without_nulls(v)))
+                .collect(),
+        ),
+        Value::Array(list) => Value::Array(list.into_iter().map(without_nulls).collect()),
+        other => other,
+    }
+}
+
+/// `--json` prints the daemon's answer as is; otherwise `human` formats it.
+fn pick(json: bool, human: fn(&Value)) -> fn(&Value) {
+    if json {
+        print_json
+    } else {
+        human
+    }
 }
 
 fn print_json(value: &Value) {
@@ -333,7 +480,6 @@ type Call = (Request, fn(&Value));
 
 /// The request for a `flow` subcommand; `detach` works on the pins directly (None).
 fn flow_request(command: FlowCommand, config: &Option<PathBuf>) -> Result<Option<Call>, String> {
-    let pick = |json: bool, human: fn(&Value)| if json { print_json } else { human };
     Ok(Some(match command {
         FlowCommand::Status { json } => (Request::FlowStatus, pick(json, print_flow_status)),
         FlowCommand::Top { limit, json } => (

@@ -7,6 +7,7 @@
 //! `packaging/bulwark.toml` documents every option below.
 
 mod builtin;
+pub mod changes;
 mod domains;
 mod duration;
 mod load;
@@ -18,13 +19,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use builtin::{builtin_default, DEFAULT_CONFIG_PATH};
 pub use load::{load_file, load_str, ConfigError, Problem};
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Config {
     pub server: ServerConfig,
     #[serde(default, rename = "listener")]
@@ -51,7 +52,7 @@ pub struct Config {
     pub flow: FlowConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct ServerConfig {
     /// The name this gateway announces in its greeting, EHLO reply and Received: headers.
     pub hostname: String,
@@ -59,7 +60,7 @@ pub struct ServerConfig {
     pub control_socket: PathBuf,
     /// How the spool makes a batch of messages durable before 250.
     #[serde(default)]
-    pub spool_sync: crate::queue::SyncMode,
+    pub spool_sync: SyncMode,
     /// Started as root (outside systemd), the daemon becomes this user once its ports are bound.
     #[serde(default)]
     pub user: Option<String>,
@@ -76,7 +77,20 @@ fn default_min_free_space() -> u64 {
     100 << 20
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// How the spool makes a batch of renamed per-message files durable before 250 (the
+/// type lives here, the ground floor; `queue` uses it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// `syncfs(2)` on the spool's file system: one call covers the whole batch.
+    #[default]
+    Syncfs,
+    /// Each session `fdatasync(2)`s its own file (concurrently, so the journal merges them),
+    /// then the queue directory is synced once per batch.
+    Fsync,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ListenerRole {
     /// Port 25: mail from the Internet and from trusted groupware servers.
@@ -87,7 +101,7 @@ pub enum ListenerRole {
     Submissions,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct ListenerConfig {
     pub address: SocketAddr,
     pub role: ListenerRole,
@@ -100,20 +114,20 @@ fn default_listener_sessions() -> usize {
     10_000
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct TlsConfig {
     /// PEM chain, leaf first.
     pub certificate: PathBuf,
     pub private_key: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct AuthConfig {
     /// Lines `user:$6$salt$hash` (SHA-512 crypt, as `openssl passwd -6` makes) or `$5$` (SHA-256).
     pub users_file: PathBuf,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct RelayConfig {
     /// The organisation's domains: mail to them is accepted from anyone.
     #[serde(default)]
@@ -123,7 +137,7 @@ pub struct RelayConfig {
     pub trusted_networks: Vec<IpNet>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RecipientCheckKind {
     AcceptAll,
@@ -131,7 +145,7 @@ pub enum RecipientCheckKind {
     Callout,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct RecipientCheckConfig {
     /// Which of `relay.domains` this check covers, matched as there (`.example.com` =
     /// every subdomain); the first check whose domains match a recipient applies.
@@ -164,7 +178,7 @@ fn default_callout_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct LimitsConfig {
     #[serde(default = "default_max_message_size")]
     pub max_message_size: u64,
@@ -249,7 +263,7 @@ impl Default for LimitsConfig {
 
 /// How a bare CR or LF inside message data is treated. Either way only `<CRLF>.<CRLF>` ends
 /// DATA, so no smuggled second message can appear.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BareNewline {
     /// Store a bare CR or LF as CRLF (what Postfix 3.9 calls `normalize`).
@@ -259,7 +273,7 @@ pub enum BareNewline {
 }
 
 /// What happens to message lines over 998 octets (RFC 5321 4.5.3.1.6's 1,000 with CRLF).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LongLines {
     /// Accept them (non-compliant senders are common) and fold them on the way out, so no
@@ -269,7 +283,7 @@ pub enum LongLines {
     Reject,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct SmtpConfig {
     /// Pause before the greeting for untrusted clients; a client that talks during it is
     /// refused (spam bots often do). Zero still refuses clients whose bytes beat the banner.
@@ -339,7 +353,7 @@ mod tests {
 }
 
 /// TLS towards a next hop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum OutboundTls {
     /// Never STARTTLS.
@@ -354,7 +368,7 @@ pub enum OutboundTls {
     Verify,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct RouteConfig {
     /// Recipient domains this route serves; `*` matches any, `.example.com` subdomains.
     pub domains: Vec<String>,
@@ -382,7 +396,7 @@ fn default_messages_per_connection() -> usize {
     100
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct DeliveryConfig {
     /// First retry after a temporary failure; doubles per attempt up to `retry_max`.
     #[serde(default = "default_retry_initial", with = "duration")]
@@ -478,7 +492,7 @@ impl Default for DeliveryConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct DnsConfig {
     /// Resolvers as `ip:port`; empty uses /etc/resolv.conf.
     #[serde(default)]
@@ -501,7 +515,7 @@ impl Default for DnsConfig {
 }
 
 /// How flow control enforces its policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum FlowMode {
     /// XDP on `interfaces` when possible, else (or with no interfaces) userspace limits.
@@ -515,7 +529,7 @@ pub enum FlowMode {
 
 /// Connection-rate limiting and abuse blocking (`[flow]`): in the kernel (XDP) where it can
 /// attach, else at accept. Sources in `allow`, `relay.trusted_networks` and loopback are exempt.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct FlowConfig {
     #[serde(default)]
     pub mode: FlowMode,

@@ -1,7 +1,7 @@
 //! Sizes in the config: an integer is bytes, a string is a number with a binary unit
 //! (`"512K"`, `"100M"`, `"2G"`; `KiB`/`MiB`/`GiB` and `B` are accepted too).
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serializer};
 
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -19,6 +19,11 @@ pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D:
             ))
         }),
     }
+}
+
+/// Written back as bytes.
+pub fn serialize<S: Serializer>(bytes: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_u64(*bytes)
 }
 
 fn parse(text: &str) -> Option<u64> {

@@ -66,17 +66,24 @@ pub struct Limiter {
 
 impl Limiter {
     pub fn new(rate: u32, burst: u32) -> Self {
-        let interval_ns = if rate == 0 {
+        let mut limiter = Self {
+            interval_ns: 0,
+            burst_ns: 0,
+            buckets: BoundedMap::new(MAX_SOURCES),
+            blocks: HashMap::new(),
+        };
+        limiter.set_rate(rate, burst);
+        limiter
+    }
+
+    /// New rate and burst (a reload); the sources' buckets and the blocks are kept.
+    pub fn set_rate(&mut self, rate: u32, burst: u32) {
+        self.interval_ns = if rate == 0 {
             0
         } else {
             1_000_000_000 / u64::from(rate)
         };
-        Self {
-            interval_ns,
-            burst_ns: interval_ns * u64::from(burst.max(1)),
-            buckets: BoundedMap::new(MAX_SOURCES),
-            blocks: HashMap::new(),
-        }
+        self.burst_ns = self.interval_ns * u64::from(burst.max(1));
     }
 
     /// Decides about one new connection from `ip` at `now_ns`.
