@@ -9,13 +9,13 @@ use rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
 use super::attempt::{self, Outcome};
-use super::client::{Client, ClientError};
 use super::engine::{Job, JobReport};
 use super::outcome::{self, Applied};
 use super::Context;
 use crate::config::OutboundTls;
 use crate::queue::QueueState;
 use crate::route::{Destination, DnsError, MxAnswer, Target};
+use crate::smtp_client::{Client, ClientError};
 
 /// Messages up to this size are read into memory for delivery; larger ones are streamed.
 const IN_MEMORY_LIMIT: u64 = 1024 * 1024;
@@ -402,12 +402,10 @@ async fn candidates(
         }
     }
     if addresses.is_empty() {
+        let permanent = last_dns_error.as_ref().is_some_and(DnsError::is_permanent);
         let error = last_dns_error.map_or("no next hop".to_string(), |e| e.to_string());
         // An implicit MX whose domain has no address is as dead as a null MX.
-        if let (Some(domain), true) = (
-            mx_domain,
-            error.contains("no such domain") || error.contains("no address"),
-        ) {
+        if let (Some(domain), true) = (mx_domain, permanent) {
             return Err(DestinationError::Permanent {
                 status: "5.1.2",
                 text: format!("550 5.1.2 {domain}: no mail exchanger or address ({error})"),

@@ -14,7 +14,6 @@
 //!   holds its mail without per-message retries (see `engine`).
 
 mod attempt;
-mod client;
 mod connection;
 pub mod dsn;
 mod encode;
@@ -28,7 +27,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-pub use client::{parse_reply_line, Client, ClientError, Response};
+pub use crate::smtp_client::{parse_reply_line, Client, ClientError, Response};
 pub use engine::{backoff, DestinationStatus};
 use engine::{Engine, Event, Job, JobReport};
 
@@ -133,7 +132,7 @@ impl Context {
         if let Some(config) = cache.get(&key) {
             return Ok(config.clone());
         }
-        let config = client::verifying_tls(ca_file.map(|p| p.as_path()))?;
+        let config = crate::smtp_client::verifying_tls(ca_file.map(|p| p.as_path()))?;
         cache.insert(key, config.clone());
         Ok(config)
     }
@@ -146,7 +145,7 @@ pub fn start(gateway: Arc<Gateway>, inbox: DeliveryInbox, resolver: Arc<dyn Reso
         gateway: gateway.clone(),
         resolver,
         verifying_tls: Mutex::new(HashMap::new()),
-        unverified_tls: client::unverified_tls(),
+        unverified_tls: crate::smtp_client::unverified_tls(),
     });
     tokio::spawn(Engine::new(context, inbox.0).run());
     for entry in gateway.queue.list() {

@@ -15,9 +15,9 @@ use async_trait::async_trait;
 use super::{HarvestTracker, SessionInfo, Stage, Verdict};
 use crate::bounded::BoundedMap;
 use crate::config::{Config, RecipientCheckConfig, RecipientCheckKind};
-use crate::deliver::{Client, ClientError};
 use crate::smtp::address::Mailbox;
-use crate::smtp::reply::Reply;
+use crate::smtp::reply::{RejectReason, Reply};
+use crate::smtp_client::{Client, ClientError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecipientsError {
@@ -115,13 +115,16 @@ impl RecipientValidation {
             session.client.ip(),
             recipient.canonical()
         );
-        Verdict::Reject(Reply::owned(
-            550,
-            format!(
-                "5.1.1 <{}>: Recipient address rejected: User unknown",
-                recipient.canonical()
-            ),
-        ))
+        Verdict::Reject(
+            Reply::owned(
+                550,
+                format!(
+                    "5.1.1 <{}>: Recipient address rejected: User unknown",
+                    recipient.canonical()
+                ),
+            )
+            .because(RejectReason::UnknownRecipient),
+        )
     }
 
     async fn callout(
@@ -220,10 +223,13 @@ impl Stage for RecipientValidation {
                 match answer {
                     Some(true) => Verdict::Continue,
                     Some(false) => self.unknown(session, recipient),
-                    None => Verdict::Reject(Reply::new(
-                        451,
-                        "4.4.3 Recipient verification unavailable, try again later",
-                    )),
+                    None => Verdict::Reject(
+                        Reply::new(
+                            451,
+                            "4.4.3 Recipient verification unavailable, try again later",
+                        )
+                        .because(RejectReason::VerificationUnavailable),
+                    ),
                 }
             }
         }

@@ -24,7 +24,7 @@ use super::address::{AddressError, Mailbox};
 use super::auth;
 use super::data::DataDecoder;
 use super::message::{received_header, HeaderScanner, TraceFacts};
-use super::reply::{self, Reply};
+use super::reply::{self, RejectReason, Reply};
 use super::stream::{
     acceptor, Greeting, Line, SmtpStream, StreamError, TlsInfo, MAX_AUTH_LINE, MAX_COMMAND_LINE,
 };
@@ -489,7 +489,7 @@ impl Session {
                     reply.text,
                     mailbox.canonical()
                 );
-                if reply.text.starts_with("5.1.1") {
+                if reply.reason == Some(RejectReason::UnknownRecipient) {
                     self.gateway
                         .flow
                         .signal(self.info.client.ip(), Signal::UnknownRecipient);
