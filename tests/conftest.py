@@ -25,7 +25,7 @@ from typing import Iterable
 
 import pytest
 
-# Counts the abuse tests of a run (tried / refused / lost) in the terminal summary.
+# Counts the abuse tests of a run (run / passed / failed) in the terminal summary.
 pytest_plugins = ["abuse_tally"]
 
 REPO = Path(__file__).resolve().parent.parent

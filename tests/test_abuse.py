@@ -4,7 +4,7 @@ neutralised) while the daemon keeps serving, and nothing acknowledged may be los
 
 The other abuse tests live beside the code they exercise (test_smuggling.py, test_relay.py's
 relay battery, test_tls_auth.py's STARTTLS injection, test_smtp_protocol.py's pre-greet
-talker, test_limits.py); `abuse_tally.py` counts all of them (tried / refused / lost).
+talker, test_limits.py); `abuse_tally.py` counts all of them (tests run / passed / failed).
 """
 
 from __future__ import annotations
