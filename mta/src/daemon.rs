@@ -152,6 +152,16 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
 }
 
 fn announce(source: &ConfigSource, config: &Config) {
+    for route in &config.routes {
+        if let Some(maildir) = &route.maildir {
+            log::info!(
+                "mail to {} is delivered into the Maildir {} (new mail in {})",
+                route.domains.join(", "),
+                maildir.display(),
+                maildir.join("new").display()
+            );
+        }
+    }
     match source {
         ConfigSource::File(path) => log::info!("configuration {}", path.display()),
         ConfigSource::BuiltIn => log::warn!(

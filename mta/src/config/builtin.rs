@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 
 use super::{
-    Config, LimitsConfig, ListenerConfig, ListenerRole, RelayConfig, ServerConfig, SmtpConfig,
+    Config, LimitsConfig, ListenerConfig, ListenerRole, RelayConfig, RouteConfig, ServerConfig,
+    SmtpConfig,
 };
 
 /// Where packages install the configuration.
@@ -44,10 +45,25 @@ pub fn builtin_default() -> Config {
         recipient_checks: Vec::new(),
         limits: LimitsConfig::default(),
         smtp: SmtpConfig::default(),
-        routes: Vec::new(),
+        routes: vec![local_maildir(&state)],
         delivery: Default::default(),
         dns: Default::default(),
         flow: Default::default(),
+    }
+}
+
+/// Mail to `localhost` lands in a Maildir under the state directory (nothing listens on
+/// port 25 on a laptop, so relaying it would defer it forever).
+fn local_maildir(state: &std::path::Path) -> RouteConfig {
+    RouteConfig {
+        domains: vec!["localhost".to_string()],
+        next_hops: Vec::new(),
+        smart_host: None,
+        maildir: Some(state.join("Maildir")),
+        tls: Default::default(),
+        ca_file: None,
+        max_connections: 1,
+        max_messages_per_connection: 100,
     }
 }
 

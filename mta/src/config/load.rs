@@ -392,6 +392,12 @@ fn validate_routes(config: &Config, base: &Path, found: &mut Found) {
                 found.push((path, problem));
             }
         }
+        if route.maildir.is_some() && (route.smart_host.is_some() || !route.next_hops.is_empty()) {
+            found.push((
+                indexed("route", i, "maildir"),
+                "a route delivers into a maildir or to next hops, not both".into(),
+            ));
+        }
         if route.smart_host.is_some() && !route.next_hops.is_empty() {
             found.push((
                 indexed("route", i, "smart_host"),
@@ -441,6 +447,9 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     for route in &mut config.routes {
         if let Some(ca_file) = &mut route.ca_file {
             resolve(ca_file);
+        }
+        if let Some(maildir) = &mut route.maildir {
+            resolve(maildir);
         }
         for domain in &mut route.domains {
             *domain = domains::normalise(domain);

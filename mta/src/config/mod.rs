@@ -378,6 +378,9 @@ pub struct RouteConfig {
     /// One next hop for everything this route serves (an ISP relay).
     #[serde(default)]
     pub smart_host: Option<String>,
+    /// Deliver locally into this Maildir instead of over SMTP (one file per recipient).
+    #[serde(default)]
+    pub maildir: Option<PathBuf>,
     #[serde(default)]
     pub tls: OutboundTls,
     #[serde(default)]

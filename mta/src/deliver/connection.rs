@@ -146,6 +146,9 @@ async fn run_job(
     if entry.state == QueueState::Hold {
         return skipped();
     }
+    if let Target::Maildir(dir) = &destination.target {
+        return into_maildir(context, &entry, job, dir).await;
+    }
     let opened = match gateway.spool.open_content(job.id, IN_MEMORY_LIMIT).await {
         Ok(content) => content
             .prefix(RETURNED_CONTENT_LIMIT)
@@ -278,6 +281,56 @@ async fn spool_unreadable(
     report(applied, Some(diagnostic), false)
 }
 
+/// Local delivery: each recipient's copy written into the Maildir (see `maildir`).
+async fn into_maildir(
+    context: &Context,
+    entry: &crate::queue::QueueEntry,
+    job: &Job,
+    dir: &std::path::Path,
+) -> JobReport {
+    let content = match context.gateway.spool.read_content(job.id).await {
+        Ok(content) => content,
+        Err(e) => return spool_unreadable(context, entry, job, e).await,
+    };
+    let hostname = context.gateway.runtime().config.server.hostname.clone();
+    let recipients: Vec<(usize, String)> = job
+        .recipients
+        .iter()
+        .filter_map(|&i| Some((i, entry.envelope.recipients.get(i)?.address.clone())))
+        .collect();
+    let (dir, shared) = (dir.to_path_buf(), std::sync::Arc::new(content));
+    let copy = shared.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        recipients
+            .into_iter()
+            .map(|(index, address)| {
+                let outcome = match super::maildir::deliver(&dir, &address, &copy, &hostname) {
+                    Ok(path) => Outcome::Delivered {
+                        reply: format!("250 2.0.0 delivered to {}", path.display()),
+                    },
+                    Err(e) => Outcome::Deferred {
+                        diagnostic: format!("451 4.3.0 cannot write the maildir: {e}"),
+                    },
+                };
+                (index, outcome)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await;
+    let results = written.unwrap_or_else(|e| {
+        attempt::all(
+            &job.recipients,
+            Outcome::Deferred {
+                diagnostic: format!("451 4.3.0 maildir writer failed: {e}"),
+            },
+        )
+    });
+    let header = &shared[..shared.len().min(RETURNED_CONTENT_LIMIT)];
+    let relay = Some("maildir".to_string());
+    let applied = outcome::apply(context, entry, header, job, results, relay, true).await;
+    report(applied, None, false)
+}
+
 /// Splits results into (final: delivered or bounced, deferred).
 type Results = Vec<(usize, Outcome)>;
 
@@ -369,6 +422,8 @@ async fn candidates(
     let mut mx_domain: Option<&str> = None;
     match &destination.target {
         Target::Hops(hops) => hosts.extend(hops.iter().map(|h| (h.host.clone(), h.port))),
+        // Never connected to (run_job writes the maildir instead).
+        Target::Maildir(_) => return Err(DestinationError::Temporary("a maildir".into())),
         Target::Mx(domain) => {
             mx_domain = Some(domain);
             match resolver.mx(domain).await {

@@ -18,6 +18,7 @@ mod connection;
 pub mod dsn;
 mod encode;
 mod engine;
+mod maildir;
 mod outcome;
 
 use std::collections::HashMap;
