@@ -43,6 +43,23 @@ def test_queue_list_human(queued):
     assert "sender@other.org" in cp.stdout
 
 
+def test_queue_list_shows_the_next_attempt_as_a_time_in_aligned_columns(queued):
+    d, ids = queued
+    from conftest import wait_until
+    wait_until(lambda: all(e.get("next_attempt") for e in d.queue_list()), 15,
+               what="a failed first attempt (the next hop is a closed port)")
+    lines = d.ctl("queue", "list").stdout.splitlines()
+    header = lines[0]
+    sender_column = header.index("SENDER")
+    rows = [l for l in lines if any(l.lower().startswith(q.lower()) for q in ids)]
+    assert len(rows) == 2, lines
+    for row in rows:
+        assert re.search(r" \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", row), f"NEXT ATTEMPT is not a time: {row!r}"
+        assert row.index("sender@other.org") == sender_column, (header, row)
+    recipients = [l for l in lines if l.strip() in ("alice@example.com", "bob@example.com")]
+    assert recipients and all(l.index(l.strip()) == sender_column for l in recipients), lines
+
+
 def test_queue_list_empty(daemon):
     assert daemon.queue_list() == []
     assert daemon.ctl("queue", "list").returncode == 0

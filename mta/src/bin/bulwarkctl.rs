@@ -419,6 +419,8 @@ fn print_queue(value: &Value) {
         "{:<16} {:>7} {:>9} {:<6} {:<20} SENDER / RECIPIENTS",
         "ID", "AGE", "SIZE", "STATE", "NEXT ATTEMPT"
     );
+    // Recipients and the last error line up under SENDER.
+    let indent = " ".repeat(16 + 1 + 7 + 1 + 9 + 1 + 6 + 1 + 20 + 1);
     for e in entries {
         let age = now.saturating_sub(e["arrival"].as_u64().unwrap_or(now));
         let sender = e["sender"]
@@ -429,19 +431,30 @@ fn print_queue(value: &Value) {
             "{:<16} {:>6}s {:>9} {:<6} {:<20} {}",
             text(&e["id"]),
             age,
-            e["size"],
+            e["size"].as_u64().unwrap_or(0),
             text(&e["state"]),
-            text(&e["next_attempt"]),
+            next_attempt(&e["next_attempt"]),
             sender
         );
         for r in e["recipients"].as_array().into_iter().flatten() {
-            println!("{:>70} {}", "", text(r));
+            println!("{indent}{}", text(r));
         }
         if !e["last_error"].is_null() {
-            println!("{:>70} ({})", "", text(&e["last_error"]));
+            println!("{indent}({})", text(&e["last_error"]));
         }
     }
     println!("-- {} message(s)", entries.len());
+}
+
+/// A Unix time as `2026-12-02T04:33:13Z` (UTC); `-` when none is scheduled.
+fn next_attempt(value: &Value) -> String {
+    match value.as_u64() {
+        Some(secs) => {
+            let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+            humantime::format_rfc3339_seconds(at).to_string()
+        }
+        None => "-".into(),
+    }
 }
 
 fn print_show(value: &Value) {
@@ -469,8 +482,8 @@ fn print_destinations(value: &Value) {
             "{:<40} {:<5} {:>7} {:>6} {}",
             text(&d["destination"]),
             text(&d["state"]),
-            d["queued"],
-            d["active_connections"],
+            d["queued"].as_u64().unwrap_or(0),
+            d["active_connections"].as_u64().unwrap_or(0),
             text(&d["last_error"])
         );
     }
