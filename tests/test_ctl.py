@@ -133,3 +133,19 @@ def test_stale_socket_after_kill9(daemon):
     assert cp.returncode != 0
     assert str(daemon.control_socket) in out, out
     assert re.search(r"not running|is bulwarkd running|cannot reach", out, re.I), out
+
+
+def test_log_level_at_run_time(daemon):
+    from conftest import wait_until
+    send_mail(daemon.port)
+    assert "connect from" not in daemon.log(), "debug events logged at the default level"
+    cp = daemon.ctl("log-level", "debug")
+    assert cp.returncode == 0 and "debug" in cp.stdout, cp.stderr + cp.stdout
+    send_mail(daemon.port)
+    wait_until(lambda: "connect from" in daemon.log(), 5, what="a debug event after log-level debug")
+    assert daemon.ctl("log-level", "warn").returncode == 0
+    queued_before = daemon.log().count("queued: id=")
+    send_mail(daemon.port)
+    assert daemon.log().count("queued: id=") == queued_before, "info events still logged at warn"
+    cp = daemon.ctl("log-level", "loud")
+    assert cp.returncode != 0 and "not a level" in cp.stderr, cp.stderr

@@ -28,6 +28,10 @@ pub enum Request {
     ConfigShow,
     /// Every key whose running value differs from the file's.
     ConfigDiff,
+    /// Sets the log level at run time (off, error, warn, info, debug, trace).
+    LogLevel {
+        level: String,
+    },
     FlowStatus,
     FlowTop {
         #[serde(default)]

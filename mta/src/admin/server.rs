@@ -114,6 +114,13 @@ async fn execute(request: Request, gateway: &Gateway, hooks: &ConfigHooks) -> Re
             Ok(changes) => Response::ok(json!(changes)),
             Err(e) => Response::error(e),
         },
+        Request::LogLevel { level } => match crate::service::journal::set_level(&level) {
+            Ok(level) => {
+                log::warn!("log level set to {level} by the operator");
+                Response::ok(json!({ "log_level": level.to_string().to_lowercase() }))
+            }
+            Err(e) => Response::error(e),
+        },
         Request::ConfigShow => Response::ok(json!(*gateway.runtime().config)),
         Request::FlowStatus => Response::ok(gateway.flow.status()),
         Request::FlowTop { limit } => Response::ok(json!(gateway.flow.top(limit.unwrap_or(20)))),

@@ -44,6 +44,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Set the daemon's log level now (off, error, warn, info, debug, trace); until restart.
+    LogLevel { level: String },
     /// The configuration: the running one, the built-in defaults, or what differs from the file.
     Config {
         #[command(subcommand)]
@@ -170,6 +172,7 @@ fn main() -> ExitCode {
             Request::Status,
             if json { print_json } else { print_status },
         ),
+        Command::LogLevel { level } => (Request::LogLevel { level }, print_done),
         Command::Reload { json } => (Request::Reload, pick(json, print_reload)),
         Command::Config { command } => match command {
             ConfigCommand::Show { json, .. } => (
