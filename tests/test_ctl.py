@@ -149,3 +149,28 @@ def test_log_level_at_run_time(daemon):
     assert daemon.log().count("queued: id=") == queued_before, "info events still logged at warn"
     cp = daemon.ctl("log-level", "loud")
     assert cp.returncode != 0 and "not a level" in cp.stderr, cp.stderr
+
+
+def test_queue_commands_select_with_all_and_filters(daemon):
+    a1 = queue_id_of(send_mail(daemon.port, "a@other.org", ["alice@example.com"]))
+    a2 = queue_id_of(send_mail(daemon.port, "a@other.org", ["carol@example.com"]))
+    b1 = queue_id_of(send_mail(daemon.port, "b@other.org", ["alice@example.com"]))
+    state = lambda: {e["id"].lower(): e["state"] for e in daemon.queue_list()}
+    cp = daemon.ctl("queue", "hold", "--all", "--sender", "b@other.org")
+    assert cp.returncode == 0, cp.stderr
+    assert state() == {a1.lower(): "queued", a2.lower(): "queued", b1.lower(): "hold"}
+    listed = json.loads(daemon.ctl("queue", "list", "--json", "--state", "hold").stdout)
+    assert [e["id"].lower() for e in listed] == [b1.lower()], listed
+    by_domain = json.loads(daemon.ctl("queue", "list", "--json", "--destination", "EXAMPLE.com").stdout)
+    assert len(by_domain) == 3
+    assert daemon.ctl("queue", "release", "--all", "--state", "hold").returncode == 0
+    assert set(state().values()) == {"queued"}
+    cp = daemon.ctl("queue", "delete", "--sender", "a@other.org")
+    assert cp.returncode != 0 and "--all" in cp.stderr, "a filter without --all must not act"
+    assert daemon.ctl("queue", "delete", "--all", "--recipient", "carol@example.com").returncode == 0
+    assert sorted(state()) == sorted([a1.lower(), b1.lower()])
+    cp = daemon.ctl("queue", "delete", "--all", "--sender", "nobody@other.org")
+    assert cp.returncode == 0 and "no queued message matches" in cp.stdout
+    assert len(state()) == 2
+    assert daemon.ctl("queue", "delete", "--all").returncode == 0
+    assert state() == {}

@@ -119,10 +119,12 @@ enum FlowCommand {
 
 #[derive(Subcommand)]
 enum QueueCommand {
-    /// List queued messages.
+    /// List queued messages (all, or those the filters select).
     List {
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        select: Selection,
     },
     /// Show one message's envelope and header (or whole content with --body).
     Show {
@@ -133,11 +135,23 @@ enum QueueCommand {
         json: bool,
     },
     /// Keep messages from being delivered until released.
-    Hold { ids: Vec<String> },
+    Hold {
+        ids: Vec<String>,
+        #[command(flatten)]
+        select: Selection,
+    },
     /// Release held messages.
-    Release { ids: Vec<String> },
+    Release {
+        ids: Vec<String>,
+        #[command(flatten)]
+        select: Selection,
+    },
     /// Delete messages from the queue for good.
-    Delete { ids: Vec<String> },
+    Delete {
+        ids: Vec<String>,
+        #[command(flatten)]
+        select: Selection,
+    },
     /// Retry every queued message now, dead destinations included.
     Flush,
     /// Per-destination delivery state: up/down, queued, connections, last error.
@@ -145,6 +159,86 @@ enum QueueCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Which queued messages a command acts on besides the ids named (postsuper's `ALL` with
+/// filters): `--all` alone is every message; each filter narrows it.
+#[derive(clap::Args, Clone, Default)]
+struct Selection {
+    /// Every message (narrowed by the filters below); needed when no id is named.
+    #[arg(long)]
+    all: bool,
+    /// Only messages in this state (queued, hold).
+    #[arg(long, value_name = "STATE")]
+    state: Option<String>,
+    /// Only messages from this sender ("<>" for the null sender).
+    #[arg(long, value_name = "ADDRESS")]
+    sender: Option<String>,
+    /// Only messages with this recipient.
+    #[arg(long, value_name = "ADDRESS")]
+    recipient: Option<String>,
+    /// Only messages with a recipient in this domain.
+    #[arg(long, value_name = "DOMAIN")]
+    destination: Option<String>,
+}
+
+impl Selection {
+    fn filters(&self) -> bool {
+        self.state.is_some()
+            || self.sender.is_some()
+            || self.recipient.is_some()
+            || self.destination.is_some()
+    }
+
+    fn matches(&self, entry: &Value) -> bool {
+        let same = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
+        let recipients: Vec<&str> = entry["recipients"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let sender = entry["sender"].as_str().unwrap_or("");
+        self.state
+            .as_deref()
+            .is_none_or(|s| same(s, entry["state"].as_str().unwrap_or("")))
+            && self
+                .sender
+                .as_deref()
+                .is_none_or(|s| same(s.trim_matches(['<', '>']), sender))
+            && self
+                .recipient
+                .as_deref()
+                .is_none_or(|r| recipients.iter().any(|x| same(x, r)))
+            && self.destination.as_deref().is_none_or(|d| {
+                let d = d.trim_end_matches('.');
+                recipients.iter().any(|x| {
+                    x.rsplit_once('@')
+                        .is_some_and(|(_, domain)| same(domain, d))
+                })
+            })
+    }
+
+    /// `ids` plus the ids of the queued messages selected (asks the daemon for the list).
+    fn expand(
+        &self,
+        socket: &std::path::Path,
+        mut ids: Vec<String>,
+    ) -> Result<Vec<String>, String> {
+        if !self.all {
+            if self.filters() {
+                return Err("filters select from --all: add --all".into());
+            }
+            return Ok(ids);
+        }
+        let listed = call(socket, &Request::QueueList).map_err(|e| e.to_string())?;
+        for entry in listed.result.as_array().into_iter().flatten() {
+            if self.matches(entry) {
+                ids.extend(entry["id"].as_str().map(str::to_string));
+            }
+        }
+        Ok(ids)
+    }
 }
 
 fn main() -> ExitCode {
@@ -167,6 +261,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let mut list_filter: Option<Selection> = None;
     let (request, printer): (Request, fn(&Value)) = match args.command {
         Command::Status { json } => (
             Request::Status,
@@ -190,17 +285,32 @@ fn main() -> ExitCode {
             }
         },
         Command::Queue { command } => match command {
-            QueueCommand::List { json } => (
-                Request::QueueList,
-                if json { print_json } else { print_queue },
-            ),
+            QueueCommand::List { json, select } => {
+                list_filter = Some(select);
+                (
+                    Request::QueueList,
+                    if json { print_json } else { print_queue },
+                )
+            }
             QueueCommand::Show { id, body, json } => (
                 Request::QueueShow { id, body },
                 if json { print_json } else { print_show },
             ),
-            QueueCommand::Hold { ids } => (Request::QueueHold { ids }, print_done),
-            QueueCommand::Release { ids } => (Request::QueueRelease { ids }, print_done),
-            QueueCommand::Delete { ids } => (Request::QueueDelete { ids }, print_done),
+            QueueCommand::Hold { ids, select } => match select.expand(&socket, ids) {
+                Ok(ids) if ids.is_empty() && select.all => return nothing_selected(),
+                Ok(ids) => (Request::QueueHold { ids }, print_done),
+                Err(e) => return failure(&e),
+            },
+            QueueCommand::Release { ids, select } => match select.expand(&socket, ids) {
+                Ok(ids) if ids.is_empty() && select.all => return nothing_selected(),
+                Ok(ids) => (Request::QueueRelease { ids }, print_done),
+                Err(e) => return failure(&e),
+            },
+            QueueCommand::Delete { ids, select } => match select.expand(&socket, ids) {
+                Ok(ids) if ids.is_empty() && select.all => return nothing_selected(),
+                Ok(ids) => (Request::QueueDelete { ids }, print_done),
+                Err(e) => return failure(&e),
+            },
             QueueCommand::Flush => (Request::QueueFlush, print_done),
             QueueCommand::Destinations { json } => (
                 Request::QueueDestinations,
@@ -213,7 +323,10 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     match call(&socket, &request) {
-        Ok(response) if response.ok => {
+        Ok(mut response) if response.ok => {
+            if let (Some(select), Value::Array(entries)) = (&list_filter, &mut response.result) {
+                entries.retain(|entry| select.matches(entry));
+            }
             printer(&response.result);
             ExitCode::SUCCESS
         }
@@ -226,6 +339,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn failure(message: &str) -> ExitCode {
+    eprintln!("bulwarkctl: {message}");
+    ExitCode::FAILURE
+}
+
+fn nothing_selected() -> ExitCode {
+    println!("no queued message matches");
+    ExitCode::SUCCESS
 }
 
 fn request_needs_ids(request: &Request) -> bool {
