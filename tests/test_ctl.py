@@ -174,3 +174,25 @@ def test_queue_commands_select_with_all_and_filters(daemon):
     assert len(state()) == 2
     assert daemon.ctl("queue", "delete", "--all").returncode == 0
     assert state() == {}
+
+
+def test_queue_deliver_one_and_flush_one_destination(start_mta, sink, tmp_path):
+    from conftest import mid, route, send_message, wait_until
+    hop = sink("hop", start=False)
+    d = start_mta(tmp_path, [route(["example.com"], [hop])],
+                  delivery={"retry_initial": "1h", "retry_max": "1h"})
+    first, second = mid("deliver-1"), mid("deliver-2")
+    q1, q2 = send_message(d, message_id=first), send_message(d, message_id=second)
+    wait_until(lambda: all(e["attempts"] >= 1 for e in d.queue_list()) and len(d.queue_list()) == 2,
+               15, what="both messages deferred once (retry in 1 h)")
+    hop.start()
+    cp = d.ctl("queue", "deliver", q1)
+    assert cp.returncode == 0, cp.stderr
+    got = hop.wait_for(1, timeout=15, settle=1.0)
+    assert [m.message_id for m in got] == [first], got
+    assert [e["id"].lower() for e in d.queue_list()] == [q2.lower()]
+    name = json.loads(d.ctl("queue", "destinations", "--json").stdout)[0]["destination"]
+    assert d.ctl("queue", "flush", "--destination", name).returncode == 0
+    got = hop.wait_for(2, timeout=15, settle=0.5)
+    assert sorted(m.message_id for m in got) == sorted([first, second]), got
+    assert d.ctl("queue", "deliver", "0123456789ABCDEF").returncode != 0

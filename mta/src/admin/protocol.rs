@@ -21,7 +21,15 @@ pub enum Request {
     QueueDelete {
         ids: Vec<String>,
     },
-    QueueFlush,
+    /// Retry now: everything, or one destination (as `queue destinations` names it).
+    QueueFlush {
+        #[serde(default)]
+        destination: Option<String>,
+    },
+    /// Try one message now.
+    QueueDeliver {
+        id: String,
+    },
     QueueDestinations,
     Reload,
     /// The running configuration (restart-only keys as running, not as in the file).

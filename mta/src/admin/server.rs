@@ -13,6 +13,7 @@ use tokio::net::{UnixListener, UnixStream};
 
 use super::protocol::{Request, Response, MAX_REQUEST};
 use crate::config::changes::{Applies, Change};
+use crate::deliver::RetryScope;
 use crate::flow;
 use crate::gateway::Gateway;
 use crate::queue::{QueueId, QueueState, SpoolError, StateRecord};
@@ -95,7 +96,23 @@ async fn execute(request: Request, gateway: &Gateway, hooks: &ConfigHooks) -> Re
         Request::QueueHold { ids } => change_state(gateway, &ids, StateRecord::Hold).await,
         Request::QueueRelease { ids } => change_state(gateway, &ids, StateRecord::Release).await,
         Request::QueueDelete { ids } => delete(gateway, &ids).await,
-        Request::QueueFlush => {
+        Request::QueueFlush {
+            destination: Some(destination),
+        } => {
+            gateway
+                .delivery
+                .retry_now(RetryScope::Destination(destination.clone()));
+            Response::ok(json!({ "flushed": destination }))
+        }
+        Request::QueueDeliver { id } => match parse_ids(&[id]) {
+            Ok(ids) if gateway.queue.contains(ids[0]) => {
+                gateway.delivery.retry_now(RetryScope::Message(ids[0]));
+                Response::ok(json!({ "delivering": ids[0].to_string() }))
+            }
+            Ok(ids) => Response::error(format!("no message {} in the queue", ids[0])),
+            Err(response) => response,
+        },
+        Request::QueueFlush { destination: None } => {
             let waiting = gateway
                 .queue
                 .list()

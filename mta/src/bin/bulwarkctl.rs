@@ -152,8 +152,14 @@ enum QueueCommand {
         #[command(flatten)]
         select: Selection,
     },
-    /// Retry every queued message now, dead destinations included.
-    Flush,
+    /// Retry every queued message now, dead destinations included; or only one
+    /// destination's mail (`--destination`, as `queue destinations` names it).
+    Flush {
+        #[arg(long, value_name = "DESTINATION")]
+        destination: Option<String>,
+    },
+    /// Try one message now.
+    Deliver { id: String },
     /// Per-destination delivery state: up/down, queued, connections, last error.
     Destinations {
         #[arg(long)]
@@ -311,7 +317,10 @@ fn main() -> ExitCode {
                 Ok(ids) => (Request::QueueDelete { ids }, print_done),
                 Err(e) => return failure(&e),
             },
-            QueueCommand::Flush => (Request::QueueFlush, print_done),
+            QueueCommand::Flush { destination } => {
+                (Request::QueueFlush { destination }, print_done)
+            }
+            QueueCommand::Deliver { id } => (Request::QueueDeliver { id }, print_done),
             QueueCommand::Destinations { json } => (
                 Request::QueueDestinations,
                 if json { print_json } else { print_destinations },

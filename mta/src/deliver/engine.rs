@@ -71,9 +71,20 @@ impl JobReport {
     }
 }
 
+/// What `retry_now` moves ahead of its retry time.
+#[derive(Debug, Clone)]
+pub enum RetryScope {
+    /// One message (`bulwarkctl queue deliver ID`).
+    Message(QueueId),
+    /// Every job of one destination, as `queue destinations` names it, its down interval
+    /// ended (`bulwarkctl queue flush --destination D`).
+    Destination(String),
+}
+
 pub enum Event {
     Submit(QueueId),
     Flush,
+    RetryNow(RetryScope),
     Destinations(oneshot::Sender<Vec<DestinationStatus>>),
     NextJob {
         destination: String,
@@ -193,6 +204,7 @@ impl Engine {
         match event {
             Event::Submit(id) => self.submit(id),
             Event::Flush => self.flush(),
+            Event::RetryNow(scope) => self.retry_now(scope),
             Event::Destinations(reply) => {
                 let _ = reply.send(self.status());
             }
@@ -530,6 +542,42 @@ impl Engine {
             if let Ok(id) = entry.id.parse() {
                 self.submit(id);
             }
+        }
+    }
+
+    /// Like `flush`, for one message or one destination only.
+    fn retry_now(&mut self, scope: RetryScope) {
+        let chosen = |job: &Job| match &scope {
+            RetryScope::Message(id) => job.id == *id,
+            RetryScope::Destination(name) => job.destination == *name,
+        };
+        let due: Vec<u64> = self
+            .waiting
+            .iter()
+            .filter(|(_, job)| chosen(job))
+            .map(|(sequence, _)| *sequence)
+            .collect();
+        let mut touched = Vec::new();
+        for sequence in due {
+            // Its entry in the retry heap finds nothing waiting any more and is skipped.
+            if let Some(job) = self.waiting.remove(&sequence) {
+                touched.push(job.destination.clone());
+                self.requeue(job);
+            }
+        }
+        match &scope {
+            RetryScope::Destination(name) => {
+                if let Some(state) = self.destinations.get_mut(name) {
+                    if state.down_until.is_some() {
+                        state.down_until = Some(Instant::now());
+                    }
+                }
+                touched.push(name.clone());
+            }
+            RetryScope::Message(id) => self.submit(*id),
+        }
+        for name in touched {
+            self.pump(&name);
         }
     }
 

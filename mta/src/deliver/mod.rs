@@ -29,7 +29,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 pub use crate::smtp_client::{parse_reply_line, Client, ClientError, Response};
-pub use engine::{backoff, DestinationStatus};
+pub use engine::{backoff, DestinationStatus, RetryScope};
 use engine::{Engine, Event, Job, JobReport};
 
 use crate::gateway::Gateway;
@@ -59,6 +59,11 @@ impl DeliveryHandle {
     /// Retry everything now, down destinations included.
     pub fn flush(&self) {
         let _ = self.events.send(Event::Flush);
+    }
+
+    /// Retry one message, or one destination's mail, now.
+    pub fn retry_now(&self, scope: RetryScope) {
+        let _ = self.events.send(Event::RetryNow(scope));
     }
 
     pub async fn destinations(&self) -> Vec<DestinationStatus> {
