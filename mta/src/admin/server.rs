@@ -13,14 +13,26 @@ use tokio::net::{UnixListener, UnixStream};
 
 use super::protocol::{Request, Response, MAX_REQUEST};
 use super::quarantine;
+use crate::config::changes::{Applies, Change};
+use crate::deliver::RetryScope;
 use crate::filters::antivirus::Antivirus;
 use crate::flow;
 use crate::gateway::Gateway;
 use crate::queue::{QueueId, QueueState, SpoolError, StateRecord};
 use crate::track::{Event, EventKind, Query};
 
-/// Reloads the configuration (the daemon's SIGHUP path); returns a message on failure.
-pub type ReloadFn = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+/// Reloads the configuration (the daemon's SIGHUP path): every changed key and whether it
+/// was applied, or a message on failure.
+pub type ReloadFn = Arc<dyn Fn() -> Result<Vec<Change>, String> + Send + Sync>;
+/// Compares the running configuration with the file: every key that differs.
+pub type DiffFn = Arc<dyn Fn() -> Result<Vec<Change>, String> + Send + Sync>;
+
+/// What the control socket may do with the configuration.
+#[derive(Clone)]
+pub struct ConfigHooks {
+    pub reload: ReloadFn,
+    pub diff: DiffFn,
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("control socket {path}: {source}")]
@@ -48,11 +60,11 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
     Ok(listener)
 }
 
-pub async fn serve(listener: UnixListener, gateway: Arc<Gateway>, reload: ReloadFn) {
+pub async fn serve(listener: UnixListener, gateway: Arc<Gateway>, hooks: ConfigHooks) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(handle(stream, gateway.clone(), reload.clone()));
+                tokio::spawn(handle(stream, gateway.clone(), hooks.clone()));
             }
             Err(e) => {
                 log::warn!("control socket accept: {e}");
@@ -62,14 +74,14 @@ pub async fn serve(listener: UnixListener, gateway: Arc<Gateway>, reload: Reload
     }
 }
 
-async fn handle(stream: UnixStream, gateway: Arc<Gateway>, reload: ReloadFn) {
+async fn handle(stream: UnixStream, gateway: Arc<Gateway>, hooks: ConfigHooks) {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
     let mut line = String::new();
     let read = tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line)).await;
     let response = match read {
         Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
-            Ok(request) => execute(request, &gateway, &reload).await,
+            Ok(request) => execute(request, &gateway, &hooks).await,
             Err(e) => Response::error(format!("malformed request: {e}")),
         },
         _ => Response::error("no request received"),
@@ -79,7 +91,7 @@ async fn handle(stream: UnixStream, gateway: Arc<Gateway>, reload: ReloadFn) {
     let _ = write.write_all(&out).await;
 }
 
-async fn execute(request: Request, gateway: &Gateway, reload: &ReloadFn) -> Response {
+async fn execute(request: Request, gateway: &Gateway, hooks: &ConfigHooks) -> Response {
     match request {
         Request::Status => Response::ok(status(gateway)),
         Request::QueueList => Response::ok(json!(gateway.queue.list())),
@@ -87,7 +99,23 @@ async fn execute(request: Request, gateway: &Gateway, reload: &ReloadFn) -> Resp
         Request::QueueHold { ids } => change_state(gateway, &ids, StateRecord::Hold).await,
         Request::QueueRelease { ids } => change_state(gateway, &ids, StateRecord::Release).await,
         Request::QueueDelete { ids } => delete(gateway, &ids).await,
-        Request::QueueFlush => {
+        Request::QueueFlush {
+            destination: Some(destination),
+        } => {
+            gateway
+                .delivery
+                .retry_now(RetryScope::Destination(destination.clone()));
+            Response::ok(json!({ "flushed": destination }))
+        }
+        Request::QueueDeliver { id } => match parse_ids(&[id]) {
+            Ok(ids) if gateway.queue.contains(ids[0]) => {
+                gateway.delivery.retry_now(RetryScope::Message(ids[0]));
+                Response::ok(json!({ "delivering": ids[0].to_string() }))
+            }
+            Ok(ids) => Response::error(format!("no message {} in the queue", ids[0])),
+            Err(response) => response,
+        },
+        Request::QueueFlush { destination: None } => {
             let waiting = gateway
                 .queue
                 .list()
@@ -98,10 +126,22 @@ async fn execute(request: Request, gateway: &Gateway, reload: &ReloadFn) -> Resp
             Response::ok(json!({ "flushed": waiting }))
         }
         Request::QueueDestinations => Response::ok(json!(gateway.delivery.destinations().await)),
-        Request::Reload => match reload() {
-            Ok(()) => Response::ok(json!({ "reloaded": true })),
+        Request::Reload => match (hooks.reload)() {
+            Ok(changes) => Response::ok(reload_report(&changes)),
             Err(e) => Response::error(e),
         },
+        Request::ConfigDiff => match (hooks.diff)() {
+            Ok(changes) => Response::ok(json!(changes)),
+            Err(e) => Response::error(e),
+        },
+        Request::LogLevel { level } => match crate::service::journal::set_level(&level) {
+            Ok(level) => {
+                log::warn!("log level set to {level} by the operator");
+                Response::ok(json!({ "log_level": level.to_string().to_lowercase() }))
+            }
+            Err(e) => Response::error(e),
+        },
+        Request::ConfigShow => Response::ok(json!(*gateway.runtime().config)),
         Request::FlowStatus => Response::ok(gateway.flow.status()),
         Request::FlowTop { limit } => Response::ok(json!(gateway.flow.top(limit.unwrap_or(20)))),
         Request::FlowList => Response::ok(json!(gateway.flow.blocked())),
@@ -177,6 +217,22 @@ fn flow_unblock(gateway: &Gateway, target: &str) -> Response {
     }
 }
 
+/// `reloaded` plus the changed keys split by whether the reload applied them.
+fn reload_report(changes: &[Change]) -> Value {
+    let keys = |applies: Applies| {
+        changes
+            .iter()
+            .filter(|c| c.applies == applies)
+            .map(|c| json!({ "key": c.key, "running": c.running, "file": c.file }))
+            .collect::<Vec<_>>()
+    };
+    json!({
+        "reloaded": true,
+        "applied": keys(Applies::OnReload),
+        "needs_restart": keys(Applies::AtRestart),
+    })
+}
+
 fn status(gateway: &Gateway) -> Value {
     let runtime = gateway.runtime();
     let config = &runtime.config;
@@ -188,10 +244,9 @@ fn status(gateway: &Gateway) -> Value {
         "version": env!("CARGO_PKG_VERSION"),
         "pid": std::process::id(),
         "uptime_seconds": gateway.started.elapsed().as_secs(),
-        "listeners": config.listeners.iter().map(|l| json!({
-            "address": l.address.to_string(),
-            "role": format!("{:?}", l.role).to_lowercase(),
-        })).collect::<Vec<_>>(),
+        // The sockets actually bound at start (a reload never rebinds).
+        "listeners": gateway.listening(),
+        "control_socket": config.server.control_socket,
         "sessions": { "active": load(&c.sessions_active), "total": load(&c.sessions_total), "refused": load(&c.sessions_refused) },
         "messages": { "accepted": load(&c.messages_accepted), "rejected": load(&c.messages_rejected), "bytes_accepted": load(&c.bytes_accepted) },
         "recipients_rejected": load(&c.recipients_rejected),

@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{duration, DirectionScope};
 
 /// What a failed DMARC check with `p=reject` does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum DmarcRejectAction {
     /// 550 5.7.1 at end of data.
@@ -22,7 +22,7 @@ pub enum DmarcRejectAction {
 }
 
 /// Thresholds for the recipients of one domain (`[[antispam.domain]]`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpamDomainConfig {
     pub domain: String,
@@ -31,7 +31,7 @@ pub struct SpamDomainConfig {
     pub reject_score: Option<f64>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AntispamConfig {
     #[serde(default = "default_true")]

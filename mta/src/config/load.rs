@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use super::{Config, ListenerRole, RecipientCheckKind};
+use super::{domains, ranges, Config, ListenerRole, RecipientCheckKind};
 
 /// One segment of a key path: `listener[1].address` is `[Key(listener), Index(1), Key(address)]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,9 +212,9 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-type Found = Vec<(Vec<Segment>, String)>;
+pub(super) type Found = Vec<(Vec<Segment>, String)>;
 
-fn key(path: &[&str]) -> Vec<Segment> {
+pub(super) fn key(path: &[&str]) -> Vec<Segment> {
     path.iter().map(|k| Segment::Key(k.to_string())).collect()
 }
 
@@ -225,7 +225,7 @@ fn element(path: &[&str], index: usize) -> Vec<Segment> {
     segments
 }
 
-fn indexed(table: &str, index: usize, field: &str) -> Vec<Segment> {
+pub(super) fn indexed(table: &str, index: usize, field: &str) -> Vec<Segment> {
     vec![
         Segment::Key(table.to_string()),
         Segment::Index(index),
@@ -248,20 +248,9 @@ fn validate(config: &mut Config, base: &Path) -> Found {
     validate_antispam(config, &mut found);
     validate_tracking(config, &mut found);
     validate_milters(config, &mut found);
+    ranges::check(config, &mut found);
     resolve_paths(config, base);
     validate_quarantine(config, &mut found);
-    if config.limits.max_message_size == 0 {
-        found.push((
-            key(&["limits", "max_message_size"]),
-            "must be greater than 0".into(),
-        ));
-    }
-    if config.limits.max_recipients == 0 {
-        found.push((
-            key(&["limits", "max_recipients"]),
-            "must be greater than 0".into(),
-        ));
-    }
     found
 }
 
@@ -394,13 +383,10 @@ fn validate_listeners(config: &Config, found: &mut Found) {
 
 fn validate_relay(config: &mut Config, found: &mut Found) {
     for (i, domain) in config.relay.domains.iter_mut().enumerate() {
-        if domain.contains('*') || domain.is_empty() {
-            found.push((
-                element(&["relay", "domains"], i),
-                format!("{domain:?} is not a domain (wildcards would make an open relay)"),
-            ));
+        if let Some(problem) = domains::entry_problem(domain, false) {
+            found.push((element(&["relay", "domains"], i), problem));
         }
-        *domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        *domain = domains::normalise(domain);
     }
     for (i, net) in config.relay.trusted_networks.iter().enumerate() {
         if net.prefix_len() == 0 {
@@ -436,9 +422,12 @@ fn validate_recipient_checks(config: &Config, base: &Path, found: &mut Found) {
             _ => {}
         }
         for domain in &check.domains {
-            if !config.is_local_domain(&domain.to_ascii_lowercase()) {
+            let path = indexed("recipients", i, "domains");
+            if let Some(problem) = domains::entry_problem(domain, false) {
+                found.push((path, problem));
+            } else if !domains::covered_by(&config.relay.domains, &domains::normalise(domain)) {
                 found.push((
-                    indexed("recipients", i, "domains"),
+                    path,
                     format!("{domain:?} is not in relay.domains, so it is never checked"),
                 ));
             }
@@ -452,6 +441,19 @@ fn validate_routes(config: &Config, base: &Path, found: &mut Found) {
             found.push((
                 indexed("route", i, "domains"),
                 "name at least one domain, or \"*\"".into(),
+            ));
+        }
+        for (j, domain) in route.domains.iter().enumerate() {
+            if let Some(problem) = domains::entry_problem(domain, true) {
+                let mut path = indexed("route", i, "domains");
+                path.push(Segment::Index(j));
+                found.push((path, problem));
+            }
+        }
+        if route.maildir.is_some() && (route.smart_host.is_some() || !route.next_hops.is_empty()) {
+            found.push((
+                indexed("route", i, "maildir"),
+                "a route delivers into a maildir or to next hops, not both".into(),
             ));
         }
         if route.smart_host.is_some() && !route.next_hops.is_empty() {
@@ -601,8 +603,11 @@ fn resolve_paths(config: &mut Config, base: &Path) {
         if let Some(ca_file) = &mut route.ca_file {
             resolve(ca_file);
         }
+        if let Some(maildir) = &mut route.maildir {
+            resolve(maildir);
+        }
         for domain in &mut route.domains {
-            *domain = domain.trim_end_matches('.').to_ascii_lowercase();
+            *domain = domains::normalise(domain);
         }
     }
     for check in &mut config.recipient_checks {
@@ -610,7 +615,7 @@ fn resolve_paths(config: &mut Config, base: &Path) {
             resolve(file);
         }
         for domain in &mut check.domains {
-            *domain = domain.trim_end_matches('.').to_ascii_lowercase();
+            *domain = domains::normalise(domain);
         }
     }
 }

@@ -8,7 +8,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{duration, DirectionScope, OnError};
 
@@ -70,7 +70,14 @@ impl<'de> Deserialize<'de> for MilterAddress {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// Written back as the text it was read from (`inet:PORT@HOST`, `unix:PATH`).
+impl Serialize for MilterAddress {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct MilterConfig {
     /// Names the stage in logs and in `X-Bulwark-Unscanned`.
     pub name: String,

@@ -8,10 +8,13 @@
 
 mod antispam;
 mod builtin;
+pub mod changes;
+mod domains;
 mod duration;
 mod load;
 mod milter;
 mod pipeline;
+mod ranges;
 mod size;
 mod tracking;
 
@@ -20,7 +23,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 pub use antispam::{
     parse_allow_entry, parse_list_entry, AntispamConfig, DmarcRejectAction, ListEntry,
@@ -34,7 +37,7 @@ pub use size::parse as parse_size;
 pub use tracking::TrackingConfig;
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Config {
     pub server: ServerConfig,
     #[serde(default, rename = "listener")]
@@ -78,7 +81,7 @@ pub struct Config {
     pub milters: Vec<MilterConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct ServerConfig {
     /// The name this gateway announces in its greeting, EHLO reply and Received: headers.
     pub hostname: String,
@@ -86,16 +89,37 @@ pub struct ServerConfig {
     pub control_socket: PathBuf,
     /// How the spool makes a batch of messages durable before 250.
     #[serde(default)]
-    pub spool_sync: crate::queue::SyncMode,
+    pub spool_sync: SyncMode,
     /// Started as root (outside systemd), the daemon becomes this user once its ports are bound.
     #[serde(default)]
     pub user: Option<String>,
     /// The group to run as; default: the user's login group.
     #[serde(default)]
     pub group: Option<String>,
+    /// Free space kept on the spool's file system: below it new mail gets 452 4.3.1 at
+    /// MAIL (before the disk is full), while delivery and bounces go on. 0 = no reserve.
+    #[serde(default = "default_min_free_space", with = "size")]
+    pub min_free_space: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+fn default_min_free_space() -> u64 {
+    100 << 20
+}
+
+/// How the spool makes a batch of renamed per-message files durable before 250 (the
+/// type lives here, the ground floor; `queue` uses it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// `syncfs(2)` on the spool's file system: one call covers the whole batch.
+    #[default]
+    Syncfs,
+    /// Each session `fdatasync(2)`s its own file (concurrently, so the journal merges them),
+    /// then the queue directory is synced once per batch.
+    Fsync,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ListenerRole {
     /// Port 25: mail from the Internet and from trusted groupware servers.
@@ -106,7 +130,7 @@ pub enum ListenerRole {
     Submissions,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct ListenerConfig {
     pub address: SocketAddr,
     pub role: ListenerRole,
@@ -119,20 +143,20 @@ fn default_listener_sessions() -> usize {
     10_000
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct TlsConfig {
     /// PEM chain, leaf first.
     pub certificate: PathBuf,
     pub private_key: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct AuthConfig {
     /// Lines `user:$6$salt$hash` (SHA-512 crypt, as `openssl passwd -6` makes) or `$5$` (SHA-256).
     pub users_file: PathBuf,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct RelayConfig {
     /// The organisation's domains: mail to them is accepted from anyone.
     #[serde(default)]
@@ -142,7 +166,7 @@ pub struct RelayConfig {
     pub trusted_networks: Vec<IpNet>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RecipientCheckKind {
     AcceptAll,
@@ -150,8 +174,10 @@ pub enum RecipientCheckKind {
     Callout,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct RecipientCheckConfig {
+    /// Which of `relay.domains` this check covers, matched as there (`.example.com` =
+    /// every subdomain); the first check whose domains match a recipient applies.
     pub domains: Vec<String>,
     pub check: RecipientCheckKind,
     /// For `list`: one address per line (`#` comments); `@domain` accepts a whole domain.
@@ -181,7 +207,7 @@ fn default_callout_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct LimitsConfig {
     #[serde(default = "default_max_message_size")]
     pub max_message_size: u64,
@@ -208,6 +234,11 @@ pub struct LimitsConfig {
     /// Messages per session; more get 421 (keeps one client from pinning a session forever).
     #[serde(default = "default_max_messages_per_session")]
     pub max_messages_per_session: usize,
+    /// NOOP, RSET, VRFY, HELP and repeated HELO/EHLO a session may send before each further
+    /// one counts as an error (Postfix's smtpd_junk_command_limit); reset by each accepted
+    /// message.
+    #[serde(default = "default_junk_command_limit")]
+    pub junk_command_limit: u32,
 }
 
 fn default_max_message_size() -> u64 {
@@ -220,7 +251,8 @@ fn default_max_sessions_per_client() -> usize {
     50
 }
 fn default_max_errors() -> u32 {
-    10
+    // Postfix's smtpd_hard_error_limit: 10 cuts off a legitimate sender with a stale list.
+    20
 }
 fn default_max_received_headers() -> usize {
     50
@@ -237,6 +269,9 @@ fn default_data_timeout() -> Duration {
 fn default_max_messages_per_session() -> usize {
     10_000
 }
+fn default_junk_command_limit() -> u32 {
+    100
+}
 
 impl Default for LimitsConfig {
     fn default() -> Self {
@@ -250,13 +285,14 @@ impl Default for LimitsConfig {
             command_timeout: default_command_timeout(),
             data_timeout: default_data_timeout(),
             max_messages_per_session: default_max_messages_per_session(),
+            junk_command_limit: default_junk_command_limit(),
         }
     }
 }
 
 /// How a bare CR or LF inside message data is treated. Either way only `<CRLF>.<CRLF>` ends
 /// DATA, so no smuggled second message can appear.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BareNewline {
     /// Store a bare CR or LF as CRLF (what Postfix 3.9 calls `normalize`).
@@ -265,7 +301,18 @@ pub enum BareNewline {
     Reject,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// What happens to message lines over 998 octets (RFC 5321 4.5.3.1.6's 1,000 with CRLF).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LongLines {
+    /// Accept them (non-compliant senders are common) and fold them on the way out, so no
+    /// next hop ever sees a line over 998 octets (what Postfix does).
+    Accept,
+    /// Refuse the message with 554 5.6.0 at the end of data.
+    Reject,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct SmtpConfig {
     /// Pause before the greeting for untrusted clients; a client that talks during it is
     /// refused (spam bots often do). Zero still refuses clients whose bytes beat the banner.
@@ -273,6 +320,8 @@ pub struct SmtpConfig {
     pub greet_delay: Duration,
     #[serde(default = "default_bare_newline")]
     pub bare_newline: BareNewline,
+    #[serde(default = "default_long_lines")]
+    pub long_lines: LongLines,
 }
 
 fn default_greet_delay() -> Duration {
@@ -281,12 +330,16 @@ fn default_greet_delay() -> Duration {
 fn default_bare_newline() -> BareNewline {
     BareNewline::Normalize
 }
+fn default_long_lines() -> LongLines {
+    LongLines::Accept
+}
 
 impl Default for SmtpConfig {
     fn default() -> Self {
         Self {
             greet_delay: default_greet_delay(),
             bare_newline: default_bare_newline(),
+            long_lines: default_long_lines(),
         }
     }
 }
@@ -329,7 +382,7 @@ mod tests {
 }
 
 /// TLS towards a next hop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum OutboundTls {
     /// Never STARTTLS.
@@ -344,7 +397,7 @@ pub enum OutboundTls {
     Verify,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct RouteConfig {
     /// Recipient domains this route serves; `*` matches any, `.example.com` subdomains.
     pub domains: Vec<String>,
@@ -354,6 +407,9 @@ pub struct RouteConfig {
     /// One next hop for everything this route serves (an ISP relay).
     #[serde(default)]
     pub smart_host: Option<String>,
+    /// Deliver locally into this Maildir instead of over SMTP (one file per recipient).
+    #[serde(default)]
+    pub maildir: Option<PathBuf>,
     #[serde(default)]
     pub tls: OutboundTls,
     #[serde(default)]
@@ -372,7 +428,7 @@ fn default_messages_per_connection() -> usize {
     100
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct DeliveryConfig {
     /// First retry after a temporary failure; doubles per attempt up to `retry_max`.
     #[serde(default = "default_retry_initial", with = "duration")]
@@ -468,7 +524,7 @@ impl Default for DeliveryConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct DnsConfig {
     /// Resolvers as `ip:port`; empty uses /etc/resolv.conf.
     #[serde(default)]
@@ -491,7 +547,7 @@ impl Default for DnsConfig {
 }
 
 /// How flow control enforces its policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum FlowMode {
     /// XDP on `interfaces` when possible, else (or with no interfaces) userspace limits.
@@ -505,7 +561,7 @@ pub enum FlowMode {
 
 /// Connection-rate limiting and abuse blocking (`[flow]`): in the kernel (XDP) where it can
 /// attach, else at accept. Sources in `allow`, `relay.trusted_networks` and loopback are exempt.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct FlowConfig {
     #[serde(default)]
     pub mode: FlowMode,
@@ -609,7 +665,7 @@ pub enum AvEngine {
 }
 
 /// What happens to a message an engine found a virus in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum AvAction {
     /// 554 5.7.1 with the virus name.
@@ -621,7 +677,7 @@ pub enum AvAction {
     Discard,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct AntivirusConfig {
     /// The engines that scan each message, in order; the first detection decides.
     #[serde(default = "default_av_engines")]
@@ -685,7 +741,7 @@ fn default_av_max_signature_age() -> Duration {
 }
 
 /// `[quarantine]`: where stopped messages are kept and for how long (see `crate::quarantine`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct QuarantineConfig {
     /// The store: one raw message, one record per entry, and a rebuildable search index.
     #[serde(default = "default_quarantine_dir")]

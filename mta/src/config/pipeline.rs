@@ -27,7 +27,7 @@ impl Direction {
 }
 
 /// Which messages a rule or filter applies to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum DirectionScope {
     Inbound,
@@ -47,7 +47,7 @@ impl DirectionScope {
 }
 
 /// What a filter's failure (error or timeout) means for the message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum OnError {
     /// 451 4.7.1: the client keeps the message and retries; nothing is lost.
@@ -59,7 +59,7 @@ pub enum OnError {
     Reject,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct PipelineConfig {
     /// The whole chain's time at end of data; stays below the client's DATA patience
     /// (RFC 5321 4.5.3.2.6: 10 minutes).
@@ -72,7 +72,8 @@ pub struct PipelineConfig {
     /// larger one is still parsed, its body conditions see only the first `max_parse_size`.
     #[serde(
         default = "default_max_parse_size",
-        deserialize_with = "size::deserialize"
+        deserialize_with = "size::deserialize",
+        serialize_with = "size::serialize"
     )]
     pub max_parse_size: u64,
 }
@@ -98,7 +99,7 @@ impl Default for PipelineConfig {
 }
 
 /// A rule's action.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RuleAction {
     // Final: the first one that matches decides.
@@ -128,7 +129,7 @@ impl RuleAction {
 }
 
 /// `[[rule]]`: conditions (all must hold) and an action.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct RuleConfig {
     pub name: String,
     /// Higher runs first; equal priorities keep file order.
@@ -153,7 +154,11 @@ pub struct RuleConfig {
     /// Regex on the decoded text parts (text/plain, and text/html as text).
     #[serde(default)]
     pub body: Option<String>,
-    #[serde(default, deserialize_with = "size::option::deserialize")]
+    #[serde(
+        default,
+        deserialize_with = "size::option::deserialize",
+        serialize_with = "size::option::serialize"
+    )]
     pub size_over: Option<u64>,
     /// `true`: an earlier stage (anti-virus) found malware; `false`: none was found.
     #[serde(default)]
