@@ -8,6 +8,7 @@ pub mod admin;
 pub mod config;
 pub mod daemon;
 pub mod deliver;
+pub mod filters;
 pub mod flow;
 pub mod gateway;
 pub mod pipeline;

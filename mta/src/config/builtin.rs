@@ -49,6 +49,8 @@ pub fn builtin_default() -> Config {
         flow: Default::default(),
         pipeline: Default::default(),
         rules: Vec::new(),
+        dkim: Vec::new(),
+        outbound_limit: None,
     }
 }
 

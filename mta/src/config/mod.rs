@@ -10,6 +10,7 @@ mod builtin;
 mod duration;
 mod load;
 mod pipeline;
+mod policy;
 mod size;
 
 use std::net::SocketAddr;
@@ -21,7 +22,10 @@ use serde::Deserialize;
 
 pub use builtin::{builtin_default, DEFAULT_CONFIG_PATH};
 pub use load::{load_file, load_str, ConfigError, Problem};
-pub use pipeline::{Direction, DirectionScope, OnError, PipelineConfig, RuleAction, RuleConfig};
+pub use pipeline::{
+    disclaimer_source, Direction, DirectionScope, OnError, PipelineConfig, RuleAction, RuleConfig,
+};
+pub use policy::{DkimConfig, LimitKey, OutboundLimitConfig, OverLimit};
 pub use size::parse as parse_size;
 
 /// The whole configuration file.
@@ -54,6 +58,10 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     #[serde(default, rename = "rule")]
     pub rules: Vec<RuleConfig>,
+    #[serde(default)]
+    pub dkim: Vec<DkimConfig>,
+    #[serde(default)]
+    pub outbound_limit: Option<OutboundLimitConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
