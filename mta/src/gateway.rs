@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::deliver::DeliveryHandle;
+use crate::filters::ratelimit::LedgerSlot;
 use crate::flow::Flow;
 use crate::pipeline::stages::{self, StagesError};
 use crate::pipeline::Pipeline;
@@ -37,6 +38,8 @@ pub enum RuntimeError {
     Recipients(#[from] RecipientsError),
     #[error(transparent)]
     Pipeline(#[from] StagesError),
+    #[error(transparent)]
+    Dkim(#[from] crate::filters::dkim::DkimError),
 }
 
 /// Everything a reload replaces.
@@ -47,6 +50,8 @@ pub struct Runtime {
     pub pipeline: Pipeline,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub users: Option<Arc<Users>>,
+    /// DKIM keys for outbound mail.
+    pub sealer: Arc<crate::filters::dkim::Sealer>,
 }
 
 #[derive(Default, Serialize)]
@@ -83,6 +88,8 @@ pub struct Gateway {
     pub delivery: DeliveryHandle,
     /// Connection-rate limits and abuse blocks (kernel or userspace).
     pub flow: Flow,
+    /// Outbound rate-limit counters, kept across reloads.
+    ledgers: Arc<LedgerSlot>,
 }
 
 impl Gateway {
@@ -95,7 +102,8 @@ impl Gateway {
     ) -> Result<Self, RuntimeError> {
         let harvest = Arc::new(HarvestTracker::new(Duration::from_secs(60)));
         let callouts = Arc::new(CalloutCache::default());
-        let runtime = build_runtime(config, harvest.clone(), callouts.clone())?;
+        let ledgers = Arc::new(LedgerSlot::default());
+        let runtime = build_runtime(config, harvest.clone(), callouts.clone(), &ledgers)?;
         Ok(Self {
             runtime: RwLock::new(Arc::new(runtime)),
             spool,
@@ -108,6 +116,7 @@ impl Gateway {
             started: Instant::now(),
             delivery,
             flow,
+            ledgers,
         })
     }
 
@@ -120,7 +129,12 @@ impl Gateway {
 
     /// Swaps in a runtime built from `config`, or keeps the old one and says why not.
     pub fn reload(&self, config: Config) -> Result<(), RuntimeError> {
-        let runtime = build_runtime(config, self.harvest.clone(), self.callouts.clone())?;
+        let runtime = build_runtime(
+            config,
+            self.harvest.clone(),
+            self.callouts.clone(),
+            &self.ledgers,
+        )?;
         *self.runtime.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(runtime);
         Ok(())
     }
@@ -198,6 +212,7 @@ fn build_runtime(
     config: Config,
     harvest: Arc<HarvestTracker>,
     callouts: Arc<CalloutCache>,
+    ledgers: &LedgerSlot,
 ) -> Result<Runtime, RuntimeError> {
     let tls = config.tls.as_ref().map(load_server_config).transpose()?;
     let users = config
@@ -206,8 +221,10 @@ fn build_runtime(
         .map(|auth| Users::load(&auth.users_file).map(Arc::new))
         .transpose()?;
     let chain = Chain::from_config(&config, harvest, callouts)?;
-    let pipeline = stages::from_config(&config)?;
+    let pipeline = stages::from_config(&config, ledgers)?;
+    let sealer = Arc::new(crate::filters::dkim::Sealer::load(&config.dkim)?);
     Ok(Runtime {
+        sealer,
         config: Arc::new(config),
         chain,
         pipeline,

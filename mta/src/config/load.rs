@@ -245,6 +245,7 @@ fn validate(config: &mut Config, base: &Path) -> Found {
     validate_flow(config, &mut found);
     validate_rules(config, &mut found);
     resolve_paths(config, base);
+    validate_dkim(config, &mut found);
     if config.limits.max_message_size == 0 {
         found.push((
             key(&["limits", "max_message_size"]),
@@ -268,6 +269,39 @@ fn validate_rules(config: &Config, found: &mut Found) {
                 path.push(Segment::Index(index));
             }
             found.push((path, message));
+        }
+    }
+}
+
+/// After `resolve_paths`: each key must load, each domain be signed by one key only.
+fn validate_dkim(config: &Config, found: &mut Found) {
+    for (i, dkim) in config.dkim.iter().enumerate() {
+        if let Some(problem) = crate::filters::dkim::key_problem(&dkim.private_key) {
+            found.push((indexed("dkim", i, "private_key"), problem));
+        }
+        let selector_ok = !dkim.selector.is_empty()
+            && dkim.selector.split('.').all(|l| {
+                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !selector_ok {
+            found.push((indexed("dkim", i, "selector"), "not a DNS label".into()));
+        }
+        if config.dkim[..i]
+            .iter()
+            .any(|d| d.domain.eq_ignore_ascii_case(&dkim.domain))
+        {
+            found.push((
+                indexed("dkim", i, "domain"),
+                "a second key for this domain".into(),
+            ));
+        }
+    }
+    if let Some(limit) = &config.outbound_limit {
+        if limit.window.is_zero() {
+            found.push((
+                key(&["outbound_limit", "window"]),
+                "must be greater than 0".into(),
+            ));
         }
     }
 }
@@ -448,6 +482,21 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     };
     resolve(&mut config.server.spool_dir);
     resolve(&mut config.server.control_socket);
+    for dkim in &mut config.dkim {
+        resolve(&mut dkim.private_key);
+    }
+    for rule in &mut config.rules {
+        if let Some(dir) = &mut rule.archive_dir {
+            resolve(dir);
+        }
+    }
+    if let Some(file) = config
+        .outbound_limit
+        .as_mut()
+        .and_then(|l| l.state_file.as_mut())
+    {
+        resolve(file);
+    }
     if let Some(tls) = &mut config.tls {
         resolve(&mut tls.certificate);
         resolve(&mut tls.private_key);

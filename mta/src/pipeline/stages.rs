@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::config::Config;
+use crate::filters::ratelimit::{LedgerSlot, OutboundLimit};
 use crate::rules::{CompileError, RuleSet};
 
 use super::{Pipeline, Stage};
@@ -15,9 +16,20 @@ pub enum StagesError {
     Rule { index: usize, error: CompileError },
 }
 
-/// Builds the pipeline for `config`.
-pub fn from_config(config: &Config) -> Result<Pipeline, StagesError> {
+/// Builds the pipeline for `config`; `ledgers` keeps the outbound counters across reloads.
+pub fn from_config(config: &Config, ledgers: &LedgerSlot) -> Result<Pipeline, StagesError> {
     let mut stages: Vec<Arc<dyn Stage>> = Vec::new();
+    // First: a message over its sender's limit is not worth scanning.
+    if let Some(limit) = &config.outbound_limit {
+        let path = limit.state_file.clone().unwrap_or_else(|| {
+            let spool = &config.server.spool_dir;
+            spool.parent().unwrap_or(spool).join("outbound-limits.json")
+        });
+        stages.push(Arc::new(OutboundLimit::new(
+            limit.clone(),
+            ledgers.get(&path),
+        )));
+    }
     // Anti-virus, milters and anti-spam stages are added here, before the rules.
     let rules = RuleSet::compile(&config.rules, config.pipeline.stage_timeout)
         .map_err(|(index, error)| StagesError::Rule { index, error })?;
