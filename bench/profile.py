@@ -53,10 +53,16 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--perf", action="store_true", help="perf record -g instead of callgrind")
     parser.add_argument("--keep", action="store_true", help="keep the profile and logs (path printed)")
+    parser.add_argument("--rules", action="store_true",
+                        help="with bench/pipeline_bench.py's do-nothing rule set")
     args = parser.parse_args()
     subprocess.run(["cargo", "build", "--release", "--bins"], cwd=bench.REPO, check=True)
     work = Path(tempfile.mkdtemp(prefix="bulwark-profile-", dir=bench.REPO / "target"))
-    daemon = bench.Bulwark(work)
+    extra = ""
+    if args.rules:
+        import pipeline_bench
+        extra = pipeline_bench.DO_NOTHING_RULES
+    daemon = bench.Bulwark(work, extra_toml=extra)
     out = work / "profile.out"
     if args.perf:
         wrapper = ["perf", "record", "-g", "-o", str(out), "--"]
@@ -109,7 +115,7 @@ def main() -> int:
     per_message = instructions / max(delivered, 1)
     print("\n".join(annotate.splitlines()[:70]))
     line = (f"- {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC — "
-            f"`python3 bench/profile.py --count {args.count} --size {args.size}`: "
+            f"`python3 bench/profile.py --count {args.count} --size {args.size}{' --rules' if args.rules else ''}`: "
             f"{per_message / 1000:.0f} thousand instructions per relayed message "
             f"(callgrind, whole daemon incl. start-up, {delivered} messages)")
     print(line)

@@ -403,6 +403,25 @@ def make_message(subject: str = "hello", body: str = "hello world", message_id: 
     return text.encode("utf-8")
 
 
+def send_large(port: int, size: int, subject: str = "large", sender: str = "a@other.org",
+               rcpt: str = "alice@example.com") -> tuple[int, str]:
+    """One message of about `size` bytes (76-character lines), streamed a megabyte at a time;
+    returns the reply to the final dot."""
+    line = b"m" * 76 + CRLF
+    body = line * (size // len(line))
+    with RawSession(port, timeout=60) as s:
+        s.greeting()
+        s.ehlo()
+        expect(s.cmd(f"MAIL FROM:<{sender}> SIZE={size + 1000}"), 250)
+        expect(s.cmd(f"RCPT TO:<{rcpt}>"), 250)
+        expect(s.cmd("DATA"), 354)
+        s.send(f"Subject: {subject}\r\n\r\n".encode())
+        for off in range(0, len(body), 1 << 20):
+            s.sock.sendall(body[off:off + (1 << 20)])
+        s.send(b".\r\n")
+        return s.read_reply(timeout=60)
+
+
 def dot_stuff(message: bytes) -> bytes:
     """Wire form of a message for DATA: leading dots doubled, CRLF at the end, then '.'CRLF."""
     if not message.endswith(CRLF):
@@ -502,7 +521,7 @@ class Daemon:
 
     def __init__(self, base: Path, name: str | None = None, *, tls_cert=None, listeners=None,
                  server=None, relay=None, limits=None, smtp=None, tls=None, auth=None,
-                 users=None, recipients=None, extra_toml: str = "", env=None):
+                 users=None, recipients=None, quarantine=None, extra_toml: str = "", env=None):
         Daemon._counter += 1
         self.name = name or f"d{Daemon._counter}"
         self.dir = Path(base) / self.name
@@ -546,8 +565,12 @@ class Daemon:
             "recipients": recipients or None,
             "limits": {"command_timeout": "30s", "data_timeout": "30s", **(limits or {})},
             "smtp": {"greet_delay": "0s", **(smtp or {})},
+            # Each daemon its own store: the default (/var/lib/bulwark/quarantine) is the host's.
+            "quarantine": {"dir": str(self.dir / "quarantine"), **(quarantine or {})},
         }
         self.extra_toml = extra_toml
+        if "[tracking]" not in (extra_toml or ""):
+            self.doc["tracking"] = {"dir": str(self.dir / "tracking")}
         self._hold_mail_unless_routed(extra_toml or "")
         self.write_config()
 

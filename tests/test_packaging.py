@@ -105,6 +105,8 @@ def test_sysusers_and_tmpfiles_apply_to_a_root(tmp_path):
     assert cp.returncode == 0, cp.stderr
     st = os.stat(tmp_path / "var/spool/bulwark/queue")
     assert oct(st.st_mode & 0o777) == "0o750"
+    st = os.stat(tmp_path / "var/lib/bulwark/tracking")
+    assert oct(st.st_mode & 0o777) == "0o750", "the tracking store's directory"
 
 
 # --------------------------------------------------------------------------------------------

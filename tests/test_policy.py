@@ -4,6 +4,7 @@ limits. Real clients (RawSession), real MIME (Python's email package), real next
 smtp-sink), an independent DKIM verifier (dkimpy). Every wait is bounded."""
 
 import email
+import json
 import email.policy
 import io
 import re
@@ -150,8 +151,16 @@ def test_strip_replaces_only_the_matches_and_keeps_the_rest_byte_identical(gatew
         parsed = email.message_from_bytes(got.content, policy=email.policy.default)
         names = [p.get_filename() for p in parsed.iter_attachments()]
         assert names[-2:] == ["logo.png", "keep.pdf"], names
-    # The original goes to the quarantine hook; this branch has no store yet, which is logged.
-    assert "original not kept (stripped by rule:" in d.log()
+    # Each original is kept whole in the quarantine, and a release delivers it as sent.
+    cp = d.ctl("quarantine", "list", "--json")
+    assert cp.returncode == 0, cp.stderr
+    held = json.loads(cp.stdout)
+    assert len(held) == i + 1, held
+    assert all("stripped by rule:" in json.dumps(e) for e in held), held[0]
+    released = d.ctl("quarantine", "release", held[0]["id"], "--json")
+    assert released.returncode == 0, released.stderr + released.stdout
+    whole = hop.wait_for(i + 2)[-1]
+    assert whole.subject.startswith("strip ") and b"TVqQ" in whole.content or b"UEsD" in whole.content
 
 
 def text_message(kind: str) -> bytes:

@@ -5,11 +5,12 @@ add_header, copy, redirect), the per-recipient split, and config errors with lin
 Real SMTP clients (RawSession, the conftest helpers) talk to a real bulwarkd; next hops are
 Postfix smtp-sink processes. Every wait is bounded."""
 
+import json
 from pathlib import Path
 
 import pytest
 
-from conftest import (BULWARKD, RawSession, expect, make_message, mid, queue_id_of, route, run,
+from conftest import (BULWARKD, RawSession, send_large, expect, make_message, mid, queue_id_of, route, run,
                       to_toml, wait_queue_empty, wait_until)
 from conftest import send_message as send
 
@@ -221,30 +222,17 @@ def test_bad_rules_are_config_errors_with_line_and_column(tmp_path):
 def test_30mb_message_through_a_header_rule_stays_under_60mb_rss(gateway):
     """A rule that changes a header makes the pipeline rewrite the message into a fresh draft:
     streamed from the first draft's file, never held whole."""
-    from conftest import CRLF
     d, hop, _ = gateway({"name": "mark", "action": "add_header", "add_header": "X-Policy: checked"},
                         {"name": "tag", "subject": "large", "action": "tag", "tag": "[BIG]"})
     size = 30 * 1024 * 1024
-    line = b"m" * 76 + CRLF
-    body = line * (size // len(line))
-    with RawSession(d.port, timeout=60) as s:
-        s.greeting()
-        s.ehlo()
-        expect(s.cmd(f"MAIL FROM:<{SENDER}> SIZE={size + 1000}"), 250)
-        expect(s.cmd("RCPT TO:<alice@example.com>"), 250)
-        expect(s.cmd("DATA"), 354)
-        s.send(b"Subject: large\r\n\r\n")
-        for off in range(0, len(body), 1 << 20):
-            s.sock.sendall(body[off:off + (1 << 20)])
-        s.send(b".\r\n")
-        code, text = s.read_reply(timeout=60)
+    code, text = send_large(d.port, size, sender=SENDER)
     assert code == 250, (code, text)
     got = hop.wait_for(1, timeout=60)[0]
     hwm_mb = d.vm_hwm_kb() / 1024
     assert hwm_mb < 60, f"bulwarkd peak RSS {hwm_mb:.1f} MB after a 30 MB message through a rule"
     assert got.subject == "[BIG] large"
     assert got.msg["X-Policy"] == "checked"
-    assert len(got.content) >= len(body) * 77 // 78
+    assert len(got.content) >= size * 76 // 78
 
 
 def test_rules_reload_on_sighup_and_a_bad_rule_keeps_the_old_ones(gateway):
@@ -262,3 +250,57 @@ def test_rules_reload_on_sighup_and_a_bad_rule_keeps_the_old_ones(gateway):
     cp = d.ctl("reload")
     assert cp.returncode != 0 and "invalid regex" in (cp.stdout + cp.stderr), cp
     assert transaction(d, ["alice@example.com"], subject="beta")[0] == 550
+
+
+def test_tracking_follows_verdicts_splits_copies_and_discards(gateway):
+    from test_tracking import kinds, track, wait_for_event
+    d, hop, other = gateway(
+        {"name": "net policy", "to": ["example.net"], "subject": "split", "action": "tag", "tag": "[NET]"},
+        {"name": "journal", "subject": "split", "action": "copy", "copy_to": ["archive@other.org"]},
+        {"name": "drop", "subject": "drop me", "action": "discard", "reason": "noise"},
+        {"name": "refuse", "subject": "refuse me", "action": "reject", "reason": "policy"},
+    )
+    m = mid("track-split")
+    qid = queue_id_of(transaction(d, ["alice@example.com", "bob@example.net"], subject="split",
+                                  message_id=m))
+    hop.wait_for(2)
+    other.wait_for(1)
+    events = wait_for_event(d, qid, "delivered")
+    names = kinds(events)
+    assert names.index("received") < names.index("verdict") < names.index("queued"), names
+    verdicts = [e for e in events if e["event"] == "verdict"]
+    assert any("rule:net policy" in str(e) for e in verdicts), verdicts
+    # Asking by id shows the split copy and the journaling copy (linked by `from`).
+    assert "split" in names and "copied" in names, names
+    # The Message-ID finds all of them too.
+    by_mid = track(d, "--message-id", m.strip("<>"))
+    assert len({e["queue_id"] for e in by_mid}) >= 3, by_mid
+    dropped = queue_id_of(transaction(d, ["alice@example.com"], subject="drop me"))
+    assert "discarded" in kinds(wait_for_event(d, dropped, "discarded"))
+    code, _ = transaction(d, ["alice@example.com"], subject="refuse me", sender="refused@other.org")
+    assert code == 550
+    refused = track(d, "--sender", "refused@other.org")
+    assert "rejected" in kinds(refused), refused
+
+
+def test_timeline_of_a_message_quarantined_released_and_delivered(gateway):
+    from test_quarantine import quarantine_ids, quarantine_release
+    from test_tracking import kinds, track, wait_for_event
+    d, hop, _ = gateway({"name": "invoices", "subject": "(?i)invoice", "action": "quarantine",
+                         "reason": "macro invoice"})
+    m = mid("timeline")
+    code, text = transaction(d, ["alice@example.com"], subject="Invoice 42", message_id=m)
+    assert code == 250
+    qid = queue_id_of((code, text))
+    assert quarantine_ids(d) == [qid]
+    assert quarantine_release(d, qid).returncode == 0
+    hop.wait_for(1)
+    events = wait_for_event(d, qid, "delivered")
+    names = kinds(events)
+    for earlier, later in [("received", "verdict"), ("verdict", "quarantined"),
+                           ("quarantined", "released"), ("released", "copied"), ("copied", "delivered")]:
+        assert names.index(earlier) < names.index(later), names
+    quarantined = next(e for e in events if e["event"] == "quarantined")
+    assert "rule:invoices" in json.dumps(quarantined) and "macro invoice" in json.dumps(quarantined)
+    # Asked by Message-ID (without brackets), the same timeline.
+    assert "delivered" in kinds(track(d, "--message-id", m.strip("<>")))

@@ -93,6 +93,7 @@ def test_module_links_and_labels(linked):
                         (r"/etc/bulwark(/.*)?", "bulwark_conf_t"),
                         (r"/etc/bulwark/tls(/.*)?", "bulwark_tls_t"),
                         (r"/var/spool/bulwark(/.*)?", "bulwark_spool_t"),
+                        (r"/var/lib/bulwark(/.*)?", "bulwark_var_lib_t"),
                         (r"/run/bulwark(/.*)?", "bulwark_runtime_t"),
                         (r"/var/log/bulwark(/.*)?", "bulwark_log_t")]:
         assert re.search(rf"^{re.escape(path)}\s.*:{label}:", fc, re.M), (path, label)

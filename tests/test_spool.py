@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from conftest import CRLF, RawSession, dot_stuff, expect, make_message, queue_id_of, send_mail
+from conftest import (CRLF, RawSession, dot_stuff, expect, make_message, queue_id_of, send_large,
+                      send_mail)
 
 
 def message_id_in(text: str) -> str | None:
@@ -149,19 +150,7 @@ def test_queue_ids_unique_across_restarts(daemon):
 def test_large_message_memory_bounded(daemon):
     """A 30 MB message is streamed to disk, not held in memory."""
     size = 30 * 1024 * 1024
-    line = b"m" * 76 + CRLF
-    body = line * (size // len(line))
-    with RawSession(daemon.port, timeout=60) as s:
-        s.greeting()
-        s.ehlo()
-        expect(s.cmd(f"MAIL FROM:<a@other.org> SIZE={size + 1000}"), 250)
-        expect(s.cmd("RCPT TO:<alice@example.com>"), 250)
-        expect(s.cmd("DATA"), 354)
-        s.send(b"Subject: large\r\n\r\n")
-        for off in range(0, len(body), 1 << 20):
-            s.sock.sendall(body[off:off + (1 << 20)])
-        s.send(b".\r\n")
-        qid = queue_id_of(s.read_reply(timeout=60))
+    qid = queue_id_of(send_large(daemon.port, size))
     hwm_mb = daemon.vm_hwm_kb() / 1024
     assert hwm_mb < 60, f"bulwarkd peak RSS {hwm_mb:.1f} MB after a 30 MB message"
     entry = daemon.queue_entry(qid)

@@ -2,7 +2,9 @@
 //! privileged), then serve SMTP and the control socket until SIGTERM; SIGHUP reloads.
 //!
 //! Start order matters: the spool is recovered before any listener accepts, so a message
-//! acknowledged before a crash is in the queue before the first new session begins.
+//! acknowledged before a crash is in the queue before the first new session begins; the
+//! quarantine is opened (and its interrupted releases reconciled with the recovered queue)
+//! before delivery starts. A quarantine that cannot be opened stops the start.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,13 +18,17 @@ use crate::config::{self, Config, ConfigError};
 use crate::deliver::{self, DeliveryHandle};
 use crate::flow::Flow;
 use crate::gateway::Gateway;
+use crate::quarantine::Quarantine;
 use crate::queue::{QueueIndex, Spool};
 use crate::route::HickoryResolver;
 use crate::service::{notify, privileges};
 use crate::smtp::server;
+use crate::track::{TrackError, Tracker};
 
 /// How long sessions may take to finish after SIGTERM.
 const DRAIN: Duration = Duration::from_secs(30);
+/// How long the last tracking events may take to reach the store at shutdown.
+const TRACKING_FLUSH: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -42,6 +48,10 @@ pub enum StartError {
     Signals(std::io::Error),
     #[error(transparent)]
     Privileges(#[from] privileges::PrivilegeError),
+    #[error("message tracking cannot start: {0}")]
+    Tracking(#[from] TrackError),
+    #[error("cannot open the quarantine: {0}")]
+    Quarantine(#[from] crate::quarantine::QuarantineError),
 }
 
 /// Where the configuration came from: reloads read the same place.
@@ -81,7 +91,16 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
         config.server.spool_dir.display(),
         recovered.len()
     );
+    if spool.recovery_problems() > 0 {
+        log::error!(
+            "spool: {} damaged state log(s) at recovery; their messages are held (see above)",
+            spool.recovery_problems()
+        );
+    }
     let queue = QueueIndex::from_recovered(recovered);
+    let quarantine = Arc::new(Quarantine::open(&config.quarantine)?);
+    // Before delivery starts, so that a completed release's copy and the record agree.
+    quarantine.reconcile(&queue).await?;
     let listeners = server::bind_all(&config.listeners).await?;
     for bound in &listeners {
         let address = bound
@@ -97,16 +116,23 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
     let flow = Flow::start(&config);
     // Everything that needs root (ports below 1024, eBPF) is done: become the service user.
     if let Some(identity) = privileges::wanted(&config.server)? {
+        privileges::hand_over_dir(&identity, &config.tracking.dir)?;
+        privileges::hand_over_dir(&identity, &config.quarantine.dir)?;
         privileges::drop_to(
             &identity,
             &config.server.spool_dir,
             &config.server.control_socket,
         )?;
     }
+    let tracker = Arc::new(Tracker::open(&config.tracking)?);
+    log::info!("tracking: events in {}", config.tracking.dir.display());
     let (delivery, inbox) = DeliveryHandle::channel();
-    let gateway = Arc::new(Gateway::new(config, spool, queue, delivery, flow)?);
+    let gateway = Arc::new(Gateway::new(
+        config, spool, queue, delivery, flow, tracker, quarantine,
+    )?);
     deliver::start(gateway.clone(), inbox, Arc::new(resolver));
     spawn_flow_housekeeping(gateway.clone());
+    spawn_quarantine_purge(gateway.quarantine.clone());
 
     let reload_gateway = gateway.clone();
     let reload_source = source.clone();
@@ -131,6 +157,8 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
     if let Err(e) = gateway.spool.flush().await {
         log::error!("spool: final flush failed: {e}");
     }
+    let tracker = gateway.tracker.clone();
+    let _ = tokio::task::spawn_blocking(move || tracker.flush(TRACKING_FLUSH)).await;
     log::info!("bulwarkd stopped");
     Ok(())
 }
@@ -226,6 +254,19 @@ fn spawn_flow_housekeeping(gateway: Arc<Gateway>) {
         loop {
             tick.tick().await;
             gateway.flow.purge_expired();
+        }
+    });
+}
+
+/// Deletes expired quarantine entries at start and then every `purge_interval`.
+fn spawn_quarantine_purge(quarantine: Arc<Quarantine>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(quarantine.purge_interval());
+        loop {
+            tick.tick().await;
+            if let Err(e) = quarantine.purge_expired(crate::queue::unix_now()).await {
+                log::error!("quarantine: purge failed: {e}");
+            }
         }
     });
 }

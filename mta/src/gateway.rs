@@ -1,5 +1,5 @@
-//! The running daemon's shared state: the spool and queue, the reloadable runtime (config,
-//! filter chain, TLS, users) and the counters the control socket reports.
+//! The running daemon's shared state: the spool and queue, the quarantine, the reloadable
+//! runtime (config, filter chain, TLS, users) and the counters the control socket reports.
 //!
 //! # Reload contract
 //! `reload` builds a complete new [`Runtime`] from the new config and swaps it in only if
@@ -21,12 +21,15 @@ use crate::flow::Flow;
 use crate::pipeline::stages::{self, StagesError};
 use crate::pipeline::Pipeline;
 use crate::policy::{CalloutCache, Chain, HarvestTracker, RecipientsError};
+use crate::quarantine::Quarantine;
 use crate::queue::{
     unix_now, Draft, Envelope, QueueEntry, QueueId, QueueIndex, Recipient, RecipientOutcome, Spool,
     SpoolError,
 };
 use crate::smtp::auth::{Users, UsersError};
 use crate::smtp::tls::{load_server_config, TlsError};
+use crate::track::Tracker;
+use crate::track::{self, Event, EventKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -90,6 +93,10 @@ pub struct Gateway {
     pub flow: Flow,
     /// Outbound rate-limit counters, kept across reloads.
     ledgers: Arc<LedgerSlot>,
+    /// Message tracking: every message's events (`bulwarkctl track`).
+    pub tracker: Arc<Tracker>,
+    /// Messages the pipeline stopped (`[quarantine]`), opened at start.
+    pub quarantine: Arc<Quarantine>,
 }
 
 impl Gateway {
@@ -99,6 +106,8 @@ impl Gateway {
         queue: QueueIndex,
         delivery: DeliveryHandle,
         flow: Flow,
+        tracker: Arc<Tracker>,
+        quarantine: Arc<Quarantine>,
     ) -> Result<Self, RuntimeError> {
         let harvest = Arc::new(HarvestTracker::new(Duration::from_secs(60)));
         let callouts = Arc::new(CalloutCache::default());
@@ -117,6 +126,8 @@ impl Gateway {
             delivery,
             flow,
             ledgers,
+            tracker,
+            quarantine,
         })
     }
 
@@ -140,21 +151,31 @@ impl Gateway {
     }
 
     /// Commits `draft` with `envelope` and hands it to delivery: after `Ok` the message is
-    /// durable, in the queue index and scheduled.
-    pub async fn enqueue(&self, draft: Draft, envelope: Envelope) -> Result<QueueId, SpoolError> {
+    /// durable, in the queue index and scheduled. Its tracking events (by `origin`) are
+    /// recorded before the submit, so they precede every delivery event.
+    pub async fn enqueue(
+        &self,
+        draft: Draft,
+        envelope: Envelope,
+        origin: Origin<'_>,
+    ) -> Result<QueueId, SpoolError> {
         let size = draft.content_len();
         let id = self.spool.commit(draft, &envelope).await?;
+        origin.record(&self.tracker, id, &envelope, size);
         self.queue.insert(id, QueueEntry::new(id, envelope, size));
         self.delivery.submit(id);
         Ok(id)
     }
 
-    /// Queues a message this gateway wrote (a delivery status notice) from the null sender.
+    /// Queues a message this gateway wrote (a delivery status notice) from the null sender;
+    /// its timeline starts with a `generated` event naming the message `about`.
     pub async fn queue_notice(
         &self,
         to: &str,
         hostname: &str,
         message: &[u8],
+        about: QueueId,
+        reason: &str,
     ) -> Result<QueueId, SpoolError> {
         let mut draft = self.spool.begin();
         draft.write(message).await?;
@@ -186,7 +207,8 @@ impl Gateway {
                 .and_then(|m| m.subject())
                 .map(str::to_string),
         };
-        self.enqueue(draft, envelope).await
+        self.enqueue(draft, envelope, Origin::Generated { about, reason })
+            .await
     }
 
     pub fn greet_passed_recently(&self, ip: IpAddr) -> bool {
@@ -231,6 +253,53 @@ fn build_runtime(
         tls,
         users,
     })
+}
+
+/// Where a queued message came from, which decides the first events of its timeline.
+#[derive(Debug, Clone, Copy)]
+pub enum Origin<'a> {
+    /// A client's message with no filter in the way: `received`, then `queued`.
+    Client,
+    /// A client's message after the pipeline (which recorded `received` and the verdicts).
+    Filtered,
+    /// Part of the recipients of message `from`.
+    Split { from: QueueId },
+    /// A copy of message `from` (a `copy` rule).
+    Copy { from: QueueId, by: &'a str },
+    /// A message this gateway wrote about message `about` (a notice).
+    Generated { about: QueueId, reason: &'a str },
+    /// Let out of the quarantine or otherwise put back by an operator (already tracked).
+    Requeued,
+}
+
+impl Origin<'_> {
+    fn record(self, tracker: &Tracker, id: QueueId, envelope: &Envelope, size: u64) {
+        let mid = envelope.message_id.as_deref();
+        let recipients = || envelope.recipients.iter().map(|r| r.address.as_str());
+        let first = match self {
+            Origin::Client => return track::received_and_queued(tracker, id, envelope, size),
+            Origin::Filtered | Origin::Requeued => None,
+            Origin::Split { from } => Some(EventKind::Split {
+                from,
+                recipients: recipients().map(str::to_string).collect(),
+            }),
+            Origin::Copy { from, by } => Some(EventKind::Copied {
+                from,
+                reason: Some(by.to_string()),
+            }),
+            Origin::Generated { about, reason } => Some(EventKind::Generated {
+                from: about,
+                reason: reason.to_string(),
+            }),
+        };
+        if let Some(kind) = first {
+            tracker.record(Event::new(id, mid, kind).with_envelope(&envelope.sender, recipients()));
+        }
+        let queued = EventKind::Queued {
+            recipients: envelope.recipients.len(),
+        };
+        tracker.record(Event::new(id, mid, queued));
+    }
 }
 
 /// Concurrent sessions per client address, across all listeners.

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::quarantine::Filter;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "kebab-case")]
 pub enum Request {
@@ -39,6 +41,27 @@ pub enum Request {
         target: String,
     },
     FlowList,
+    /// A message timeline (`bulwarkctl track`).
+    Track(crate::track::Query),
+    QuarantineList {
+        #[serde(default)]
+        filter: Filter,
+    },
+    /// The entry, its record and the message as text; `raw` adds the exact bytes (base64).
+    QuarantineShow {
+        id: String,
+        #[serde(default)]
+        raw: bool,
+    },
+    /// Re-queues each message once, to all its unreleased recipients or only to `to`.
+    QuarantineRelease {
+        ids: Vec<String>,
+        #[serde(default)]
+        to: Option<String>,
+    },
+    QuarantineDelete {
+        ids: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -12,9 +12,11 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use super::protocol::{Request, Response, MAX_REQUEST};
+use super::quarantine;
 use crate::flow;
 use crate::gateway::Gateway;
 use crate::queue::{QueueId, QueueState, SpoolError, StateRecord};
+use crate::track::{Event, EventKind, Query};
 
 /// Reloads the configuration (the daemon's SIGHUP path); returns a message on failure.
 pub type ReloadFn = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
@@ -104,6 +106,13 @@ async fn execute(request: Request, gateway: &Gateway, reload: &ReloadFn) -> Resp
         Request::FlowList => Response::ok(json!(gateway.flow.blocked())),
         Request::FlowBlock { target, seconds } => flow_block(gateway, &target, seconds),
         Request::FlowUnblock { target } => flow_unblock(gateway, &target),
+        Request::Track(query) => track(gateway, query).await,
+        Request::QuarantineList { filter } => quarantine::list(gateway, &filter),
+        Request::QuarantineShow { id, raw } => quarantine::show(gateway, &id, raw),
+        Request::QuarantineRelease { ids, to } => {
+            quarantine::release(gateway, &ids, to.as_deref()).await
+        }
+        Request::QuarantineDelete { ids } => quarantine::delete(gateway, &ids).await,
     }
 }
 
@@ -151,12 +160,14 @@ fn status(gateway: &Gateway) -> Value {
         "recipients_rejected": load(&c.recipients_rejected),
         "queue": { "messages": gateway.queue.len(), "bytes": gateway.queue.total_size() },
         "journal": { "segments": journal_segments, "bytes": journal_bytes },
+        "tracking": gateway.tracker.status(),
+        "spool": { "recovery_problems": gateway.spool.recovery_problems() },
         "unknown_recipients_by_client": gateway.harvest.top(10).iter()
             .map(|(ip, n)| json!({ "client": ip.to_string(), "count": n })).collect::<Vec<_>>(),
     })
 }
 
-fn parse_ids(ids: &[String]) -> Result<Vec<QueueId>, Response> {
+pub(super) fn parse_ids(ids: &[String]) -> Result<Vec<QueueId>, Response> {
     ids.iter()
         .map(|id| {
             id.to_ascii_uppercase()
@@ -202,10 +213,12 @@ async fn change_state(gateway: &Gateway, ids: &[String], record: StateRecord) ->
             missing.push(id.to_string());
             continue;
         }
-        if let Err(e) = gateway.spool.record(*id, record.clone()).await {
+        // Durable before the reply: a power cut must not undo what the operator was told.
+        if let Err(e) = gateway.spool.record_durably(*id, record.clone()).await {
             return Response::error(e.to_string());
         }
         gateway.queue.apply(*id, &record);
+        track_operator(gateway, *id, &record);
         if record == StateRecord::Release {
             gateway.delivery.submit(*id);
         }
@@ -225,7 +238,12 @@ async fn delete(gateway: &Gateway, ids: &[String]) -> Response {
     for id in &ids {
         match gateway.spool.remove(*id).await {
             Ok(()) => {
-                gateway.queue.remove(*id);
+                let removed = gateway.queue.remove(*id);
+                let message_id = removed.as_ref().and_then(|e| e.message_id.as_deref());
+                let deleted = EventKind::Deleted {
+                    by: OPERATOR.into(),
+                };
+                gateway.tracker.record(Event::new(*id, message_id, deleted));
                 log::info!("deleted by operator: id={id}");
             }
             Err(SpoolError::NotFound(_)) => missing.push(id.to_string()),
@@ -236,4 +254,33 @@ async fn delete(gateway: &Gateway, ids: &[String]) -> Response {
         return Response::error(format!("not in the queue: {}", missing.join(" ")));
     }
     Response::ok(json!({ "deleted": ids.len() }))
+}
+
+/// Who tracking names for a `bulwarkctl queue` action.
+const OPERATOR: &str = "operator";
+
+/// Hold and release on the message's timeline (other state records are not the operator's).
+fn track_operator(gateway: &Gateway, id: QueueId, record: &StateRecord) {
+    let kind = match record {
+        StateRecord::Hold => EventKind::Held {
+            by: OPERATOR.into(),
+        },
+        StateRecord::Release => EventKind::Released {
+            by: OPERATOR.into(),
+        },
+        _ => return,
+    };
+    let entry = gateway.queue.get(id);
+    let message_id = entry.as_ref().and_then(|e| e.message_id.as_deref());
+    gateway.tracker.record(Event::new(id, message_id, kind));
+}
+
+/// Reads the store off the async runtime (a query may take a moment on a big store).
+async fn track(gateway: &Gateway, query: Query) -> Response {
+    let tracker = gateway.tracker.clone();
+    match tokio::task::spawn_blocking(move || tracker.timeline(&query)).await {
+        Ok(Ok(timeline)) => Response::ok(json!(timeline)),
+        Ok(Err(e)) => Response::error(e.to_string()),
+        Err(e) => Response::error(format!("tracking query failed: {e}")),
+    }
 }

@@ -6,7 +6,10 @@ use std::process::ExitCode;
 use bulwark::admin::client::call;
 use bulwark::admin::protocol::Request;
 use bulwark::daemon::ConfigSource;
+use bulwark::quarantine::Filter;
+use bulwark::track::{Query, Timeline};
 use clap::{Parser, Subcommand};
+use serde::Deserialize;
 use serde_json::Value;
 
 #[derive(Parser)]
@@ -49,6 +52,32 @@ enum Command {
     Dkim {
         #[command(subcommand)]
         command: DkimCommand,
+    },
+    /// A message's timeline: received, verdicts, queued, delivery attempts and outcomes.
+    /// Filters combine; with none, the last hour.
+    Track {
+        /// The queue id of the "250 ... queued as ID" reply (also shows the messages split or
+        /// copied from it, and those sharing its Message-ID).
+        #[arg(long, value_name = "ID")]
+        id: Option<String>,
+        /// The Message-ID, with or without angle brackets.
+        #[arg(long = "message-id", value_name = "MID")]
+        message_id: Option<String>,
+        #[arg(long, value_name = "S")]
+        sender: Option<String>,
+        #[arg(long, value_name = "R")]
+        recipient: Option<String>,
+        /// Only events this recent, e.g. 90s, 30m, 2h, 1d (or seconds).
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
+        /// A JSON array of events.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Messages a rule or filter stopped: search, read, release, delete.
+    Quarantine {
+        #[command(subcommand)]
+        command: QuarantineCommand,
     },
 }
 
@@ -115,6 +144,51 @@ fn dkim_keygen(command: DkimCommand) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+#[derive(Subcommand)]
+enum QuarantineCommand {
+    /// List quarantined messages, newest first; text filters match a case-insensitive part.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, value_name = "S")]
+        sender: Option<String>,
+        #[arg(long, value_name = "R")]
+        recipient: Option<String>,
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+        #[arg(long, value_name = "TEXT")]
+        subject: Option<String>,
+        /// Quarantined within this long, e.g. 2h, 7d.
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
+        /// inbound or outbound.
+        #[arg(long, value_name = "DIRECTION")]
+        direction: Option<String>,
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+    },
+    /// Show one message: why it was stopped, its envelope, and the message as text.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+        /// Write the message exactly as it arrived to standard output (download).
+        #[arg(long, conflicts_with = "json")]
+        raw: bool,
+    },
+    /// Deliver messages (once): to every recipient not yet released, or only to --to.
+    Release {
+        ids: Vec<String>,
+        /// One of the message's original recipients.
+        #[arg(long, value_name = "ADDR")]
+        to: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete messages from the quarantine for good.
+    Delete { ids: Vec<String> },
 }
 
 #[derive(Subcommand)]
@@ -209,9 +283,43 @@ fn main() -> ExitCode {
         Command::Reload => (Request::Reload, print_done),
         // Handled above: it needs no daemon.
         Command::Dkim { .. } => return ExitCode::SUCCESS,
+        Command::Track {
+            id,
+            message_id,
+            sender,
+            recipient,
+            since,
+            json,
+        } => {
+            let since_seconds = match since.as_deref().map(parse_since).transpose() {
+                Ok(seconds) => seconds,
+                Err(message) => {
+                    eprintln!("bulwarkctl: {message}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let query = Query {
+                id,
+                message_id,
+                sender,
+                recipient,
+                since_seconds,
+            };
+            (
+                Request::Track(query),
+                if json { print_track_json } else { print_track },
+            )
+        }
         Command::Flow { command } => match flow_request(command, &args.config) {
             Ok(Some(pair)) => pair,
             Ok(None) => return ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("bulwarkctl: {message}");
+                return ExitCode::FAILURE;
+            }
+        },
+        Command::Quarantine { command } => match quarantine_request(command) {
+            Ok(pair) => pair,
             Err(message) => {
                 eprintln!("bulwarkctl: {message}");
                 return ExitCode::FAILURE;
@@ -259,6 +367,7 @@ fn main() -> ExitCode {
 fn request_needs_ids(request: &Request) -> bool {
     matches!(request,
         Request::QueueHold { ids } | Request::QueueRelease { ids } | Request::QueueDelete { ids }
+        | Request::QuarantineRelease { ids, .. } | Request::QuarantineDelete { ids }
         if ids.is_empty())
 }
 
@@ -331,6 +440,17 @@ fn print_status(value: &Value) {
         "  spool journal: {} segment(s), {} bytes on disk",
         j["segments"], j["bytes"]
     );
+    let t = &value["tracking"];
+    println!(
+        "  tracking: {} event(s) recorded, {} written, {} dropped, {} write failure(s)",
+        t["recorded"], t["written"], t["dropped"], t["write_failures"]
+    );
+    let problems = &value["spool"]["recovery_problems"];
+    if problems.as_u64().is_some_and(|n| n > 0) {
+        println!(
+            "  spool recovery: {problems} damaged state log(s), their messages held (see the log)"
+        );
+    }
 }
 
 fn print_queue(value: &Value) {
@@ -450,6 +570,166 @@ fn flow_request(command: FlowCommand, config: &Option<PathBuf>) -> Result<Option
     }))
 }
 
+/// The request for a `quarantine` subcommand.
+fn quarantine_request(command: QuarantineCommand) -> Result<Call, String> {
+    let pick = |json: bool, human: fn(&Value)| if json { print_json } else { human };
+    Ok(match command {
+        QuarantineCommand::List {
+            json,
+            sender,
+            recipient,
+            reason,
+            subject,
+            since,
+            direction,
+            limit,
+        } => {
+            let since = since
+                .as_deref()
+                .map(|text| {
+                    humantime::parse_duration(text)
+                        .map(|ago| unix_now().saturating_sub(ago.as_secs()))
+                        .map_err(|e| format!("--since {text:?}: {e} (e.g. 30m, 2h, 7d)"))
+                })
+                .transpose()?;
+            let direction = direction
+                .as_deref()
+                .map(|text| {
+                    serde_json::from_value(Value::String(text.to_ascii_lowercase()))
+                        .map_err(|_| format!("--direction {text:?}: use inbound or outbound"))
+                })
+                .transpose()?;
+            let filter = Filter {
+                sender,
+                recipient,
+                subject,
+                reason,
+                since,
+                until: None,
+                direction,
+                limit,
+            };
+            (
+                Request::QuarantineList { filter },
+                pick(json, print_quarantine),
+            )
+        }
+        QuarantineCommand::Show { id, json, raw } => (
+            Request::QuarantineShow { id, raw },
+            if raw {
+                print_raw
+            } else {
+                pick(json, print_quarantine_show)
+            },
+        ),
+        QuarantineCommand::Release { ids, to, json } => (
+            Request::QuarantineRelease { ids, to },
+            pick(json, print_released),
+        ),
+        QuarantineCommand::Delete { ids } => (Request::QuarantineDelete { ids }, print_done),
+    })
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn print_quarantine(value: &Value) {
+    let Some(entries) = value.as_array() else {
+        return;
+    };
+    if entries.is_empty() {
+        println!("Quarantine is empty (or nothing matches)");
+        return;
+    }
+    println!(
+        "{:<16} {:>7} {:>9} {:<16} {:<8} SENDER / RECIPIENTS / SUBJECT / REASON",
+        "ID", "AGE", "SIZE", "STATE", "DIR"
+    );
+    let now = unix_now();
+    for e in entries {
+        let age = now.saturating_sub(e["quarantined_at"].as_u64().unwrap_or(now));
+        let sender = e["sender"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("<>");
+        println!(
+            "{:<16} {:>6}s {:>9} {:<16} {:<8} {}",
+            text(&e["id"]),
+            age,
+            e["size"],
+            text(&e["state"]),
+            text(&e["direction"]),
+            sender
+        );
+        for r in e["recipients"].as_array().into_iter().flatten() {
+            println!("{:>62} {}", "", text(r));
+        }
+        println!("{:>62} subject: {}", "", text(&e["subject"]));
+        println!("{:>62} {}: {}", "", text(&e["stage"]), text(&e["reason"]));
+    }
+    println!("-- {} message(s)", entries.len());
+}
+
+fn print_quarantine_show(value: &Value) {
+    let entry = &value["entry"];
+    for field in [
+        "id",
+        "state",
+        "direction",
+        "stage",
+        "reason",
+        "score",
+        "subject",
+    ] {
+        println!("{field}: {}", text(&entry[field]));
+    }
+    println!("quarantined_at: {}", entry["quarantined_at"]);
+    for release in value["record"]["releases"].as_array().into_iter().flatten() {
+        println!(
+            "released: as {} to {} at {}",
+            text(&release["queue_id"]),
+            text(&release["recipients"]),
+            release["at"]
+        );
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&value["record"]["envelope"]).unwrap_or_default()
+    );
+    println!();
+    print!("{}", text(&value["content"]).replace("\r\n", "\n"));
+}
+
+/// `show --raw`: the exact bytes, for `> message.eml`.
+fn print_raw(value: &Value) {
+    use base64::Engine;
+    use std::io::Write;
+    let encoded = value["raw_base64"].as_str().unwrap_or_default();
+    match base64::engine::general_purpose::STANDARD.decode(encoded) {
+        Ok(bytes) => {
+            let _ = std::io::stdout().write_all(&bytes);
+        }
+        Err(e) => eprintln!("bulwarkctl: the daemon sent no valid message: {e}"),
+    }
+}
+
+fn print_released(value: &Value) {
+    for r in value["released"].as_array().into_iter().flatten() {
+        println!(
+            "{} released as {} to {}",
+            text(&r["id"]),
+            text(&r["queue_id"]),
+            r["recipients"]
+                .as_array()
+                .map(|a| a.iter().map(text).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default()
+        );
+    }
+}
+
 fn parse_duration(text: &str) -> Result<u64, String> {
     if let Ok(seconds) = text.parse::<u64>() {
         return Ok(seconds);
@@ -457,6 +737,44 @@ fn parse_duration(text: &str) -> Result<u64, String> {
     humantime::parse_duration(text)
         .map(|d| d.as_secs().max(1))
         .map_err(|e| format!("--for {text:?}: {e} (use seconds or e.g. 30m, 1h)"))
+}
+
+fn parse_since(text: &str) -> Result<u64, String> {
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(seconds);
+    }
+    humantime::parse_duration(text)
+        .map(|d| d.as_secs())
+        .map_err(|e| format!("--since {text:?}: {e} (use seconds or e.g. 30m, 2h, 1d)"))
+}
+
+fn warn_if_truncated(value: &Value) {
+    if value["truncated"].as_bool() == Some(true) {
+        let shown = value["events"].as_array().map_or(0, Vec::len);
+        eprintln!("bulwarkctl: only the first {shown} events are shown; narrow the query");
+    }
+}
+
+fn print_track(value: &Value) {
+    warn_if_truncated(value);
+    let timeline = match Timeline::deserialize(value) {
+        Ok(timeline) => timeline,
+        Err(e) => {
+            eprintln!("bulwarkctl: bulwarkd sent a timeline this bulwarkctl cannot read: {e}");
+            return;
+        }
+    };
+    if timeline.events.is_empty() {
+        println!("No events");
+    }
+    for entry in &timeline.events {
+        println!("{}", entry.line());
+    }
+}
+
+fn print_track_json(value: &Value) {
+    warn_if_truncated(value);
+    print_json(&value["events"]);
 }
 
 fn print_flow_status(v: &Value) {

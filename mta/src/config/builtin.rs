@@ -4,14 +4,15 @@
 use std::path::PathBuf;
 
 use super::{
-    Config, LimitsConfig, ListenerConfig, ListenerRole, RelayConfig, ServerConfig, SmtpConfig,
+    Config, LimitsConfig, ListenerConfig, ListenerRole, QuarantineConfig, RelayConfig,
+    ServerConfig, SmtpConfig,
 };
 
 /// Where packages install the configuration.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/bulwark/bulwark.toml";
 
 /// The laptop default: 127.0.0.1:2525, accepts mail for `localhost`, relays for loopback
-/// clients, spools under `$XDG_STATE_HOME/bulwark` (or `~/.local/state/bulwark`).
+/// clients, spools (and quarantines) under `$XDG_STATE_HOME/bulwark` (or `~/.local/state/bulwark`).
 pub fn builtin_default() -> Config {
     let state = state_dir();
     let runtime = std::env::var_os("XDG_RUNTIME_DIR")
@@ -51,6 +52,14 @@ pub fn builtin_default() -> Config {
         rules: Vec::new(),
         dkim: Vec::new(),
         outbound_limit: None,
+        tracking: super::TrackingConfig {
+            dir: state.join("tracking"),
+            ..Default::default()
+        },
+        quarantine: QuarantineConfig {
+            dir: state.join("quarantine"),
+            ..Default::default()
+        },
     }
 }
 

@@ -244,8 +244,10 @@ fn validate(config: &mut Config, base: &Path) -> Found {
     validate_routes(config, base, &mut found);
     validate_flow(config, &mut found);
     validate_rules(config, &mut found);
+    validate_tracking(config, &mut found);
     resolve_paths(config, base);
     validate_dkim(config, &mut found);
+    validate_quarantine(config, &mut found);
     if config.limits.max_message_size == 0 {
         found.push((
             key(&["limits", "max_message_size"]),
@@ -474,6 +476,18 @@ fn validate_routes(config: &Config, base: &Path, found: &mut Found) {
     }
 }
 
+fn validate_tracking(config: &Config, found: &mut Found) {
+    if config.tracking.retention.is_zero() {
+        found.push((
+            key(&["tracking", "retention"]),
+            "must be greater than 0 (events would be purged as they are written)".into(),
+        ));
+    }
+    if config.tracking.dir.as_os_str().is_empty() {
+        found.push((key(&["tracking", "dir"]), "must name a directory".into()));
+    }
+}
+
 fn resolve_paths(config: &mut Config, base: &Path) {
     let resolve = |p: &mut PathBuf| {
         if p.is_relative() {
@@ -497,6 +511,8 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     {
         resolve(file);
     }
+    resolve(&mut config.tracking.dir);
+    resolve(&mut config.quarantine.dir);
     if let Some(tls) = &mut config.tls {
         resolve(&mut tls.certificate);
         resolve(&mut tls.private_key);
@@ -519,6 +535,21 @@ fn resolve_paths(config: &mut Config, base: &Path) {
         for domain in &mut check.domains {
             *domain = domain.trim_end_matches('.').to_ascii_lowercase();
         }
+    }
+}
+
+/// After `resolve_paths`: the quarantine must not share the spool's directory (both keep a
+/// `tmp/` that they empty at start).
+fn validate_quarantine(config: &Config, found: &mut Found) {
+    let quarantine = &config.quarantine;
+    if quarantine.retention.is_zero() {
+        found.push((key(&["quarantine", "retention"]), "must not be 0".into()));
+    }
+    if quarantine.dir == config.server.spool_dir {
+        found.push((
+            key(&["quarantine", "dir"]),
+            "must not be the spool directory".into(),
+        ));
     }
 }
 
@@ -616,6 +647,45 @@ trusted_networks = ["10.1.0.0/24"]
         assert_eq!(config.limits.command_timeout.as_secs(), 120);
         assert_eq!(config.limits.data_timeout.as_secs(), 7);
     }
+
+    #[test]
+    fn tracking_defaults_paths_and_problems() {
+        let config = load(MINIMAL).expect("valid");
+        assert_eq!(
+            config.tracking.dir,
+            PathBuf::from("/var/lib/bulwark/tracking")
+        );
+        assert_eq!(config.tracking.retention.as_secs(), 14 * 24 * 3600);
+        let text = MINIMAL.to_string() + "\n[tracking]\ndir = \"track\"\nretention = \"2d\"\n";
+        let config = load(&text).expect("valid");
+        assert_eq!(
+            config.tracking.dir,
+            PathBuf::from("/track"),
+            "relative to the file"
+        );
+        assert_eq!(config.tracking.retention.as_secs(), 2 * 24 * 3600);
+        let text = MINIMAL.to_string() + "\n[tracking]\nretention = 0\n";
+        let err = load(&text).expect_err("zero retention");
+        assert_eq!(err.problems()[0].key_path, "tracking.retention", "{err}");
+    }
+
+    #[test]
+    fn quarantine_defaults_and_problems() {
+        let config = load(MINIMAL).expect("valid");
+        assert_eq!(
+            config.quarantine.dir,
+            PathBuf::from("/var/lib/bulwark/quarantine")
+        );
+        assert_eq!(config.quarantine.retention.as_secs(), 30 * 24 * 3600);
+        let text = MINIMAL.to_string() + "\n[quarantine]\ndir = \"q\"\nretention = \"2d\"\n";
+        let config = load_str(&text, "test.toml", Path::new("/etc/bulwark")).expect("valid");
+        assert_eq!(config.quarantine.dir, PathBuf::from("/etc/bulwark/q"));
+        assert_eq!(config.quarantine.retention.as_secs(), 2 * 24 * 3600);
+        let text = MINIMAL.to_string() + "\n[quarantine]\ndir = \"/tmp/spool\"\nretention = 0\n";
+        let err = load(&text).expect_err("bad quarantine");
+        let paths: Vec<&str> = err.problems().iter().map(|p| p.key_path.as_str()).collect();
+        assert_eq!(paths, ["quarantine.dir", "quarantine.retention"], "{err}");
+    }
 }
 
 #[cfg(test)]
@@ -629,6 +699,10 @@ mod shipped_example {
             .expect("the shipped example must load");
         assert_eq!(config.server.spool_dir, PathBuf::from("/var/spool/bulwark"));
         assert_eq!(config.server.user.as_deref(), Some("bulwark"));
+        assert_eq!(
+            config.quarantine.dir,
+            PathBuf::from("/var/lib/bulwark/quarantine")
+        );
     }
 }
 

@@ -12,6 +12,7 @@ mod load;
 mod pipeline;
 mod policy;
 mod size;
+mod tracking;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,6 +28,7 @@ pub use pipeline::{
 };
 pub use policy::{DkimConfig, LimitKey, OutboundLimitConfig, OverLimit};
 pub use size::parse as parse_size;
+pub use tracking::TrackingConfig;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -62,6 +64,10 @@ pub struct Config {
     pub dkim: Vec<DkimConfig>,
     #[serde(default)]
     pub outbound_limit: Option<OutboundLimitConfig>,
+    #[serde(default)]
+    pub tracking: TrackingConfig,
+    #[serde(default)]
+    pub quarantine: QuarantineConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -580,6 +586,33 @@ impl Default for FlowConfig {
             error_sessions: default_error_sessions(),
             block_seconds: default_block_seconds(),
             pin_dir: default_pin_dir(),
+        }
+    }
+}
+
+/// `[quarantine]`: where stopped messages are kept and for how long (see `crate::quarantine`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct QuarantineConfig {
+    /// The store: one raw message, one record per entry, and a rebuildable search index.
+    #[serde(default = "default_quarantine_dir")]
+    pub dir: PathBuf,
+    /// Entries older than this are purged (released or not).
+    #[serde(default = "default_quarantine_retention", with = "duration")]
+    pub retention: Duration,
+}
+
+fn default_quarantine_dir() -> PathBuf {
+    PathBuf::from("/var/lib/bulwark/quarantine")
+}
+fn default_quarantine_retention() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
+}
+
+impl Default for QuarantineConfig {
+    fn default() -> Self {
+        Self {
+            dir: default_quarantine_dir(),
+            retention: default_quarantine_retention(),
         }
     }
 }

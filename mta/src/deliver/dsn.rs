@@ -22,7 +22,7 @@ pub enum Action {
 }
 
 impl Action {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Action::Failed => "failed",
             Action::Delayed => "delayed",

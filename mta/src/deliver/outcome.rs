@@ -10,6 +10,7 @@ use super::dsn::{self, Action, Reported};
 use super::engine::{backoff, Job};
 use super::Context;
 use crate::queue::{unix_now, QueueEntry, QueueId, Recipient, RecipientOutcome, StateRecord};
+use crate::track::{Event, EventKind, Tracker};
 
 /// What is left to retry, and when.
 pub struct Applied {
@@ -35,11 +36,21 @@ pub async fn apply(
     let mut notices: Vec<Reported> = Vec::new();
     let mut deferred = Vec::new();
     let mut last_error = None;
+    let retry_in = backoff(delivery.retry_initial, delivery.retry_max, job.attempts);
+    let tracked = Tracked {
+        tracker: &gateway.tracker,
+        id: job.id,
+        message_id: entry.envelope.message_id.as_deref(),
+        relay: relay.as_deref(),
+        expired,
+        retry_in,
+    };
     for (index, outcome) in results {
         let Some(recipient) = entry.envelope.recipients.get(index) else {
             continue;
         };
         log_outcome(job.id, recipient, &outcome, relay.as_deref(), age);
+        tracked.record(recipient, &outcome);
         match outcome {
             Outcome::Delivered { reply } => {
                 records.push(StateRecord::Recipient {
@@ -99,7 +110,6 @@ pub async fn apply(
             }
         }
     }
-    let retry_in = backoff(delivery.retry_initial, delivery.retry_max, job.attempts);
     if !deferred.is_empty() {
         let warn_due =
             !delivery.delay_warning.is_zero() && age >= delivery.delay_warning && !entry.warned;
@@ -157,19 +167,12 @@ fn log_outcome(
     relay: Option<&str>,
     age: Duration,
 ) {
-    let (status, dsn, reply) = match outcome {
-        Outcome::Delivered { reply } => ("sent", "2.0.0".to_string(), reply.as_str()),
-        Outcome::Bounced { status, diagnostic } => ("bounced", status.clone(), diagnostic.as_str()),
-        Outcome::Deferred { diagnostic } => ("deferred", "4.0.0".to_string(), diagnostic.as_str()),
+    let (status, reply) = match outcome {
+        Outcome::Delivered { reply } => ("sent", reply.as_str()),
+        Outcome::Bounced { diagnostic, .. } => ("bounced", diagnostic.as_str()),
+        Outcome::Deferred { diagnostic } => ("deferred", diagnostic.as_str()),
     };
-    let dsn = match outcome {
-        Outcome::Delivered { reply } => reply
-            .split_whitespace()
-            .nth(1)
-            .filter(|w| w.starts_with('2') && w.contains('.'))
-            .map_or(dsn, str::to_string),
-        _ => dsn,
-    };
+    let dsn = dsn_status(outcome);
     log::info!(
         queue_id:% = id, recipient = recipient.address.as_str(), relay = relay.unwrap_or("none"), dsn_status = dsn.as_str(), status:% = status;
         "delivery: id={id} to=<{}> relay={} delay={}s dsn={dsn} status={status} ({})",
@@ -181,6 +184,78 @@ fn log_outcome(
             .filter(|c| !c.is_control())
             .collect::<String>()
     );
+}
+
+/// The RFC 3463 status of an outcome: the bounce's, else the one in the next hop's reply
+/// (`250 2.0.0 Ok`), else the class default.
+fn dsn_status(outcome: &Outcome) -> String {
+    let (reply, class, default) = match outcome {
+        Outcome::Bounced { status, .. } => return status.clone(),
+        Outcome::Delivered { reply } => (reply, '2', "2.0.0"),
+        Outcome::Deferred { diagnostic } => (diagnostic, '4', "4.0.0"),
+    };
+    reply
+        .split_whitespace()
+        .nth(1)
+        .filter(|w| w.starts_with(class) && w.contains('.'))
+        .unwrap_or(default)
+        .to_string()
+}
+
+/// One attempt's tracking events: per recipient the attempt, then what became of it.
+struct Tracked<'a> {
+    tracker: &'a Tracker,
+    id: QueueId,
+    message_id: Option<&'a str>,
+    relay: Option<&'a str>,
+    /// Deferrals are bounces now (queue lifetime over).
+    expired: bool,
+    retry_in: Duration,
+}
+
+impl Tracked<'_> {
+    fn record(&self, recipient: &Recipient, outcome: &Outcome) {
+        let address = recipient.address.clone();
+        let reply = match outcome {
+            Outcome::Delivered { reply } => reply,
+            Outcome::Bounced { diagnostic, .. } | Outcome::Deferred { diagnostic } => diagnostic,
+        };
+        let attempt = EventKind::Attempt {
+            recipient: address.clone(),
+            relay: self.relay.map(str::to_string),
+            reply: reply.clone(),
+            dsn_status: dsn_status(outcome),
+        };
+        self.event(attempt);
+        let result = match outcome {
+            Outcome::Delivered { .. } => EventKind::Delivered {
+                recipient: address,
+                relay: self.relay.map(str::to_string),
+                dsn_status: dsn_status(outcome),
+            },
+            Outcome::Bounced { status, diagnostic } => EventKind::Bounced {
+                recipient: address,
+                dsn_status: status.clone(),
+                reason: diagnostic.clone(),
+            },
+            Outcome::Deferred { diagnostic } if self.expired => EventKind::Bounced {
+                recipient: address,
+                dsn_status: "4.4.7".into(),
+                reason: format!("queue lifetime expired; last error: {diagnostic}"),
+            },
+            Outcome::Deferred { diagnostic } => EventKind::Deferred {
+                recipient: address,
+                reason: diagnostic.clone(),
+                retry_in_seconds: self.retry_in.as_secs(),
+            },
+        };
+        self.event(result);
+    }
+
+    fn event(&self, kind: EventKind) {
+        self.tracker
+            .record(Event::new(self.id, self.message_id, kind));
+    }
 }
 
 /// Applies the records; removes the message when nothing is pending (then the records
@@ -250,11 +325,36 @@ async fn send_notices(
             original: content,
             now: unix_now() as i64,
         });
-        match context.gateway.queue_notice(&to, &hostname, &message).await {
+        let reason = format!("delivery status notice ({})", action.as_str());
+        match context
+            .gateway
+            .queue_notice(&to, &hostname, &message, id, &reason)
+            .await
+        {
             Ok(notice) => {
-                log::info!("delivery: id={id}: {action:?} notice {notice} queued for <{to}>")
+                log::info!("delivery: id={id}: {action:?} notice {notice} queued for <{to}>");
+                track_notice(context, id, entry, action, notice);
             }
             Err(e) => log::error!("delivery: id={id}: cannot queue the {action:?} notice: {e}"),
         }
     }
+}
+
+/// The notice on the original's timeline (the notice links back by its `generated` event).
+fn track_notice(
+    context: &Context,
+    id: QueueId,
+    entry: &QueueEntry,
+    action: Action,
+    notice: QueueId,
+) {
+    let sent = EventKind::Notice {
+        action: action.as_str().to_string(),
+        notice_id: notice,
+    };
+    let message_id = entry.envelope.message_id.as_deref();
+    context
+        .gateway
+        .tracker
+        .record(Event::new(id, message_id, sent));
 }

@@ -190,6 +190,11 @@ impl ContentReader {
         ContentReader { snapshot, offset }
     }
 
+    /// Reads `snapshot` from `offset` on.
+    pub fn from_snapshot(snapshot: Arc<DraftSnapshot>, offset: u64) -> Self {
+        ContentReader::new(snapshot, offset)
+    }
+
     /// Bytes left to read.
     pub fn remaining(&self) -> u64 {
         self.snapshot.len().saturating_sub(self.offset)

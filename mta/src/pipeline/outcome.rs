@@ -12,8 +12,8 @@ use super::{Group, GroupVerdict};
 /// What becomes of the message.
 #[derive(Debug)]
 pub enum Disposal {
-    /// Commit nothing; reply this.
-    Refuse(Reply),
+    /// Commit nothing; reply this (the groups say who decided, for the timeline).
+    Refuse(Reply, Vec<Group>),
     /// Reply 250 once every group is durable (queued, quarantined) or dropped.
     Take(Vec<Group>),
 }
@@ -25,7 +25,7 @@ impl Disposal {
             _ => None,
         });
         if let Some(reply) = tempfail {
-            return Disposal::Refuse(reply);
+            return Disposal::Refuse(reply, groups);
         }
         let mut rejects = groups.iter().map(|g| match &g.verdict {
             Some(GroupVerdict::Reject(reply)) => Some(reply.clone()),
@@ -34,7 +34,7 @@ impl Disposal {
         let first = rejects.next().flatten();
         if let Some(first) = first {
             if rejects.all(|r| r.is_some()) {
-                return Disposal::Refuse(first);
+                return Disposal::Refuse(first, groups);
             }
         }
         Disposal::Take(groups)
@@ -70,7 +70,7 @@ mod tests {
     #[test]
     fn reject_only_when_every_group_rejects() {
         match Disposal::of(vec![group(vec![0], reject()), group(vec![1], reject())]) {
-            Disposal::Refuse(reply) => assert_eq!(reply.code, 550),
+            Disposal::Refuse(reply, _) => assert_eq!(reply.code, 550),
             other => panic!("{other:?}"),
         }
         assert!(matches!(
@@ -83,7 +83,7 @@ mod tests {
     fn any_tempfail_tempfails_the_message() {
         let tempfail = Some(GroupVerdict::Tempfail(Reply::new(451, "4.7.1 later")));
         match Disposal::of(vec![group(vec![0], None), group(vec![1], tempfail)]) {
-            Disposal::Refuse(reply) => assert_eq!(reply.code, 451),
+            Disposal::Refuse(reply, _) => assert_eq!(reply.code, 451),
             other => panic!("{other:?}"),
         }
     }

@@ -314,7 +314,7 @@ mod tests {
     use crate::config::{Direction, ListenerRole};
     use crate::pipeline::MessageContent;
     use crate::policy::SessionInfo;
-    use crate::queue::{Envelope, Recipient, RecipientOutcome, Spool, SyncMode};
+    use crate::queue::{Envelope, Spool, SyncMode};
     use async_trait::async_trait;
 
     /// A stage that sleeps, fails or answers per recipient, to exercise the runner.
@@ -360,33 +360,6 @@ mod tests {
         }
     }
 
-    fn envelope(recipients: &[&str]) -> Envelope {
-        Envelope {
-            sender: "a@example.org".into(),
-            recipients: recipients
-                .iter()
-                .map(|r| Recipient {
-                    address: r.to_string(),
-                    notify: None,
-                    orcpt: None,
-                    outcome: RecipientOutcome::Pending,
-                })
-                .collect(),
-            received_at: 0,
-            client_addr: "192.0.2.1".parse().expect("ip"),
-            helo: "c".into(),
-            auth_user: None,
-            tls: None,
-            body: Default::default(),
-            smtputf8: false,
-            eight_bit: false,
-            dsn_ret: None,
-            dsn_envid: None,
-            message_id: None,
-            subject: None,
-        }
-    }
-
     async fn run(stages: Vec<Arc<dyn Stage>>, recipients: &[&str]) -> Vec<Group> {
         let dir = tempfile::tempdir().expect("tempdir");
         let (spool, _) = Spool::open(dir.path(), SyncMode::default()).expect("spool");
@@ -407,7 +380,7 @@ mod tests {
             auth_user: None,
             tls: None,
         };
-        let envelope = envelope(recipients);
+        let envelope = Envelope::for_test("a@example.org", recipients);
         let all: Vec<usize> = (0..recipients.len()).collect();
         let findings = Findings::default();
         let cx = Context {

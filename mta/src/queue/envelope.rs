@@ -78,6 +78,37 @@ pub struct Envelope {
     pub subject: Option<String>,
 }
 
+impl Envelope {
+    /// An envelope from `sender` to `recipients` from 192.0.2.1, for tests.
+    #[cfg(test)]
+    pub fn for_test(sender: &str, recipients: &[&str]) -> Envelope {
+        Envelope {
+            sender: sender.to_string(),
+            recipients: recipients
+                .iter()
+                .map(|r| Recipient {
+                    address: r.to_string(),
+                    notify: None,
+                    orcpt: None,
+                    outcome: RecipientOutcome::Pending,
+                })
+                .collect(),
+            received_at: 1_700_000_000,
+            client_addr: IpAddr::from([192, 0, 2, 1]),
+            helo: "client.test".into(),
+            auth_user: None,
+            tls: None,
+            body: BodyType::SevenBit,
+            smtputf8: false,
+            eight_bit: false,
+            dsn_ret: None,
+            dsn_envid: None,
+            message_id: None,
+            subject: None,
+        }
+    }
+}
+
 /// Seconds since the epoch, the clock of `Envelope::received_at` and the state log.
 pub fn unix_now() -> u64 {
     SystemTime::now()

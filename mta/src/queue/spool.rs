@@ -81,9 +81,30 @@ impl Paths {
         self.queue.join(format!("{id}.st"))
     }
 
-    /// The replayed state log of `id` (empty when it has none).
-    fn read_state_log(&self, id: QueueId) -> Vec<StateRecord> {
-        state::replay(&fs::read(self.state_log(id)).unwrap_or_default())
+    /// The replayed state log of `id` (empty when it has none). A log that cannot be read, or
+    /// with a damaged line before its last, is counted in `problems` and logged; its message
+    /// is recovered held, so that neither a hold nor a delivered recipient is lost silently:
+    /// the operator looks at it and releases it.
+    fn read_state_log(&self, id: QueueId, problems: &mut usize) -> Vec<StateRecord> {
+        let path = self.state_log(id);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Vec::new(),
+            Err(e) => {
+                log::error!(queue_id:% = id, error:% = e;
+                    "spool: state log {} unreadable at recovery: {e}; {id} is held", path.display());
+                *problems += 1;
+                return vec![StateRecord::Hold];
+            }
+        };
+        let (mut records, damaged) = state::replay_checked(&bytes);
+        if damaged > 0 {
+            log::error!(queue_id:% = id, damaged = damaged;
+                "spool: state log {} has {damaged} damaged line(s); {id} is held", path.display());
+            *problems += 1;
+            records.push(StateRecord::Hold);
+        }
+        records
     }
 }
 
@@ -95,6 +116,8 @@ pub struct Spool {
     mode: SyncMode,
     /// Tells the migration thread to stop.
     closed: Arc<AtomicBool>,
+    /// State logs found unreadable or damaged at recovery (`bulwarkctl status`).
+    recovery_problems: usize,
 }
 
 impl Drop for Spool {
@@ -118,7 +141,8 @@ impl Spool {
         let journal_dir = root.join("journal");
         let (journal, found) = Journal::open(&journal_dir).map_err(io_at(&journal_dir))?;
         let journaled: HashSet<QueueId> = found.messages.iter().map(|(id, ..)| *id).collect();
-        let mut recovered = recover(root, &paths, &found.done, &journaled)?;
+        let mut problems = 0;
+        let mut recovered = recover(root, &paths, &found.done, &journaled, &mut problems)?;
         let files: HashSet<QueueId> = recovered.iter().map(|m| m.id).collect();
         for (id, image, mut placed) in found.messages {
             if files.contains(&id) {
@@ -133,7 +157,7 @@ impl Spool {
                         id,
                         envelope,
                         content_len: content.len() as u64,
-                        records: paths.read_state_log(id),
+                        records: paths.read_state_log(id, &mut problems),
                     });
                     journal.adopt(id, placed);
                 }
@@ -159,6 +183,7 @@ impl Spool {
             journal,
             mode,
             closed: Arc::new(AtomicBool::new(false)),
+            recovery_problems: problems,
         };
         spool.start_migration()?;
         Ok((spool, recovered))
@@ -188,6 +213,11 @@ impl Spool {
             .map_err(io_at(&self.journal.dir))
     }
 
+    /// State logs that recovery found unreadable or damaged (their messages were held).
+    pub fn recovery_problems(&self) -> usize {
+        self.recovery_problems
+    }
+
     /// Segments in the journal and their bytes.
     pub fn journal_usage(&self) -> (usize, u64) {
         self.journal.usage()
@@ -198,6 +228,11 @@ impl Spool {
         let mut state = self.journal.lock();
         state.limits.segment_max = segment_max;
         state.limits.migrate_after = migrate_after;
+    }
+
+    /// A fresh queue id for something that is not queued (a second quarantine copy).
+    pub fn new_id(&self) -> QueueId {
+        self.ids.next()
     }
 
     /// Starts receiving a new message.
@@ -328,7 +363,33 @@ impl Spool {
         .await
     }
 
-    /// Appends a state change to the message's log.
+    /// Appends a state change to the message's log and makes it durable before returning:
+    /// for the operator's hold and release, which a power cut must not undo.
+    pub async fn record_durably(&self, id: QueueId, record: StateRecord) -> Result<(), SpoolError> {
+        self.journal.note_state_log(id);
+        let path = self.paths.state_log(id);
+        let queue = self.paths.queue.clone();
+        blocking(move || {
+            let created = !path.exists();
+            let mut file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(io_at(&path))?;
+            file.write_all(&state::encode(&record))
+                .and_then(|()| file.sync_data())
+                .map_err(io_at(&path))?;
+            if created {
+                File::open(&queue)
+                    .and_then(|dir| dir.sync_all())
+                    .map_err(io_at(&queue))?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Appends a state change to the message's log (not synced: see `state.rs`).
     pub async fn record(&self, id: QueueId, record: StateRecord) -> Result<(), SpoolError> {
         self.journal.note_state_log(id);
         let path = self.paths.state_log(id);
@@ -816,6 +877,7 @@ fn recover(
     paths: &Paths,
     done: &HashSet<QueueId>,
     journaled: &HashSet<QueueId>,
+    problems: &mut usize,
 ) -> Result<Vec<Recovered>, SpoolError> {
     let queue = &paths.queue;
     let mut found = Vec::new();
@@ -838,7 +900,7 @@ fn recover(
                     id,
                     envelope,
                     content_len,
-                    records: paths.read_state_log(id),
+                    records: paths.read_state_log(id, problems),
                 });
             }
             Err(SpoolError::Corrupt { reason, .. }) if journaled.contains(&id) => {
@@ -1232,6 +1294,42 @@ mod tests {
         );
         spool.remove(survivor).await.expect("remove");
         assert!(!spool.queue_path(survivor).exists());
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_or_damaged_state_log_is_reported_and_holds_its_message() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (spool, _) = Spool::open(dir.path(), SyncMode::Syncfs).expect("open");
+        let damaged = small(&spool, b"Subject: a\r\n\r\nbody\r\n").await;
+        let unreadable = small(&spool, b"Subject: b\r\n\r\nbody\r\n").await;
+        let fine = small(&spool, b"Subject: c\r\n\r\nbody\r\n").await;
+        spool
+            .record_durably(fine, StateRecord::Hold)
+            .await
+            .expect("hold");
+        spool
+            .record_durably(fine, StateRecord::Release)
+            .await
+            .expect("release");
+        let queue = dir.path().join("queue");
+        let mut log = b"{garbage\n".to_vec();
+        log.extend(state::encode(&StateRecord::Release));
+        fs::write(queue.join(format!("{damaged}.st")), log).expect("write");
+        // A directory where the log should be: reading it fails with EISDIR.
+        fs::create_dir(queue.join(format!("{unreadable}.st"))).expect("mkdir");
+        drop(spool);
+        let (spool, found) = Spool::open(dir.path(), SyncMode::Syncfs).expect("reopen");
+        assert_eq!(spool.recovery_problems(), 2);
+        let records = |id| {
+            found
+                .iter()
+                .find(|m| m.id == id)
+                .map(|m| m.records.clone())
+                .expect("recovered")
+        };
+        assert_eq!(records(fine), [StateRecord::Hold, StateRecord::Release]);
+        assert_eq!(records(unreadable), [StateRecord::Hold]);
+        assert_eq!(records(damaged).last(), Some(&StateRecord::Hold));
     }
 
     #[tokio::test]

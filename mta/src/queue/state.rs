@@ -1,7 +1,9 @@
 //! The per-message state log (`queue/ID.st`): one JSON object per line, appended.
 //!
 //! Losing the tail of this log in a crash can only make Bulwark retry a recipient (a possible
-//! duplicate), never lose one, so appends are not synced individually.
+//! duplicate), never lose one, so delivery's appends are not synced individually. The
+//! operator's hold and release are (`Spool::record_durably`): a power cut must not release
+//! held mail.
 
 use serde::{Deserialize, Serialize};
 
@@ -27,12 +29,23 @@ pub enum StateRecord {
     },
 }
 
-/// Parses a state log, ignoring a torn or garbled line (only the last can be torn).
-pub fn replay(log: &[u8]) -> Vec<StateRecord> {
-    log.split(|&b| b == b'\n')
+/// Parses a state log and counts the damaged lines other than the last (a torn last line is
+/// what a crash leaves; any other is damage that recovery reports).
+pub fn replay_checked(log: &[u8]) -> (Vec<StateRecord>, usize) {
+    let lines: Vec<&[u8]> = log
+        .split(|&b| b == b'\n')
         .filter(|line| !line.is_empty())
-        .filter_map(|line| serde_json::from_slice(line).ok())
-        .collect()
+        .collect();
+    let mut records = Vec::with_capacity(lines.len());
+    let mut damaged = 0;
+    for (at, line) in lines.iter().enumerate() {
+        match serde_json::from_slice(line) {
+            Ok(record) => records.push(record),
+            Err(_) if at + 1 == lines.len() && !log.ends_with(b"\n") => {}
+            Err(_) => damaged += 1,
+        }
+    }
+    (records, damaged)
 }
 
 pub fn encode(record: &StateRecord) -> Vec<u8> {
@@ -50,6 +63,13 @@ mod tests {
         let mut log = encode(&StateRecord::Hold);
         log.extend(encode(&StateRecord::Release));
         log.extend_from_slice(b"{\"event\":\"ho");
-        assert_eq!(replay(&log), vec![StateRecord::Hold, StateRecord::Release]);
+        assert_eq!(
+            replay_checked(&log),
+            (vec![StateRecord::Hold, StateRecord::Release], 0),
+            "a torn tail is ignored and is not damage"
+        );
+        let mut damaged = b"{\"event\":\"ho\n".to_vec();
+        damaged.extend(encode(&StateRecord::Release));
+        assert_eq!(replay_checked(&damaged), (vec![StateRecord::Release], 1));
     }
 }

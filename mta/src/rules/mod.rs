@@ -389,6 +389,14 @@ impl RuleSet {
         if !edits.is_empty() {
             self.finish_edits(cx, edits, &mut decision).await;
         }
+        if decision.decided_by.is_none() && !hits.is_empty() {
+            // Only non-final rules matched: the timeline names them all.
+            let names: Vec<String> = hits
+                .iter()
+                .map(|&i| format!("rule:{}", self.rules[i].name))
+                .collect();
+            decision.decided_by = Some(names.join(","));
+        }
         decision
     }
 

@@ -24,6 +24,11 @@ pub enum PrivilegeError {
     Lookup(String, nix::Error),
     #[error("handing {path} to the service user: {source}")]
     Chown { path: PathBuf, source: nix::Error },
+    #[error("creating {path}: {source}")]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("reading {path}: {source}")]
     Walk {
         path: PathBuf,
@@ -72,6 +77,16 @@ pub fn wanted(server: &ServerConfig) -> Result<Option<Identity>, PrivilegeError>
         uid: user.uid,
         gid,
     }))
+}
+
+/// Creates `dir` if needed and hands it (recursively) to `who`: a state directory the daemon
+/// writes after the drop (the tracking store).
+pub fn hand_over_dir(who: &Identity, dir: &Path) -> Result<(), PrivilegeError> {
+    std::fs::create_dir_all(dir).map_err(|source| PrivilegeError::Create {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    chown_tree(dir, who)
 }
 
 /// Hands `spool_dir` (recursively) and `control_socket` to `who`, then becomes `who`.

@@ -15,23 +15,25 @@ use std::sync::Arc;
 use crate::config::Direction;
 use crate::deliver::dsn;
 use crate::filters::{archive, dkim::Sealer};
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Origin};
 use crate::pipeline::{
-    apply_to_envelope, rewrite_header, ArchiveRequest, CopyRequest, Group, GroupVerdict,
-    Modification,
+    apply_to_envelope, rewrite_header, ArchiveRequest, ContentError, ContentReader, CopyRequest,
+    Group, GroupVerdict, Modification, Step,
 };
 use crate::policy::SessionInfo;
+use crate::quarantine::{QuarantineError, Why};
 use crate::queue::{
     unix_now, Draft, DraftSnapshot, Envelope, QueueId, Recipient, RecipientOutcome, SpoolError,
 };
+use crate::track::{self, Event, EventKind, Tracker};
 
 /// Why the message could not be taken (the client gets 451 or 452 and retries).
 #[derive(Debug, thiserror::Error)]
 pub enum DisposalError {
     #[error(transparent)]
     Spool(#[from] SpoolError),
-    #[error("quarantine: {0}")]
-    Quarantine(String),
+    #[error(transparent)]
+    Quarantine(#[from] QuarantineError),
     #[error("archive {dir}: {source}")]
     Archive {
         dir: std::path::PathBuf,
@@ -41,7 +43,11 @@ pub enum DisposalError {
 
 impl DisposalError {
     pub fn is_disk_full(&self) -> bool {
-        matches!(self, DisposalError::Spool(e) if e.is_disk_full())
+        match self {
+            DisposalError::Spool(e) => e.is_disk_full(),
+            DisposalError::Quarantine(e) => e.is_disk_full(),
+            DisposalError::Archive { source, .. } => source.raw_os_error() == Some(libc::ENOSPC),
+        }
     }
 }
 
@@ -76,6 +82,8 @@ pub async fn take(
     mut groups: Vec<Group>,
 ) -> Result<Taken, DisposalError> {
     let id = message.draft.id();
+    let size = message.draft.content_len();
+    record_received(&gateway.tracker, id, &message.envelope, size, &groups);
     let mut taken = Taken::default();
     let sealing = session.direction() == Direction::Outbound && sealer.signs(message.header);
     let fast_path = !sealing
@@ -90,7 +98,9 @@ pub async fn take(
         apply_to_envelope(&mut envelope, &groups[0].modifications);
         let recipients = addresses(&envelope);
         if !envelope.recipients.is_empty() {
-            gateway.enqueue(message.draft, envelope).await?;
+            gateway
+                .enqueue(message.draft, envelope, Origin::Filtered)
+                .await?;
             taken.queued.push((id, recipients));
         }
         return Ok(taken);
@@ -125,7 +135,16 @@ pub async fn take(
         .iter()
         .filter(|g| g.final_verdict() == GroupVerdict::Quarantine)
     {
-        quarantine(gateway, session, &source, &message.envelope, group).await?;
+        let keeps_id = taken.quarantined.is_empty();
+        quarantine(
+            gateway,
+            session,
+            &source,
+            &message.envelope,
+            group,
+            keeps_id,
+        )
+        .await?;
         taken
             .quarantined
             .push(group_addresses(&message.envelope, group));
@@ -155,13 +174,71 @@ pub async fn take(
                     taken.queued.push(queued);
                 }
             }
-            GroupVerdict::Discard => taken.discarded.push(recipients),
-            GroupVerdict::Reject(_) => taken.rejected.push(recipients),
+            GroupVerdict::Discard => {
+                record_end(&gateway.tracker, id, &message.envelope, group);
+                taken.discarded.push(recipients)
+            }
+            GroupVerdict::Reject(_) => {
+                record_end(&gateway.tracker, id, &message.envelope, group);
+                taken.rejected.push(recipients)
+            }
             GroupVerdict::Quarantine | GroupVerdict::Tempfail(_) => {}
         }
     }
     notify_rejected(gateway, hostname, &source, &message.envelope, &groups).await;
     Ok(taken)
+}
+
+/// The message's first events: what the client sent and what each stage said (a stage that
+/// answered before a split is recorded once).
+pub fn record_received(
+    tracker: &Tracker,
+    id: QueueId,
+    envelope: &Envelope,
+    size: u64,
+    groups: &[Group],
+) {
+    let mid = envelope.message_id.as_deref();
+    tracker.record(track::received_event(id, envelope, size));
+    let mut seen: Vec<&Step> = Vec::new();
+    for step in groups.iter().flat_map(|g| g.steps.iter()) {
+        if seen.contains(&step) {
+            continue;
+        }
+        seen.push(step);
+        let verdict = EventKind::Verdict {
+            stage: step.stage.clone(),
+            verdict: step.verdict.to_string(),
+            reason: step.reason.clone(),
+            score: step.score,
+        };
+        tracker.record(Event::new(id, mid, verdict));
+    }
+}
+
+/// A group's end that is not a queued copy: rejected, discarded (quarantine records its own).
+pub fn record_end(tracker: &Tracker, id: QueueId, envelope: &Envelope, group: &Group) {
+    let mid = envelope.message_id.as_deref();
+    let stage = group
+        .decided_by
+        .clone()
+        .unwrap_or_else(|| "pipeline".to_string());
+    let kind = match group.final_verdict() {
+        GroupVerdict::Discard => EventKind::Discarded {
+            stage,
+            reason: group.reason.clone(),
+        },
+        GroupVerdict::Reject(reply) | GroupVerdict::Tempfail(reply) => EventKind::Rejected {
+            stage,
+            reply: format!("{} {}", reply.code, reply.text),
+        },
+        GroupVerdict::Accept | GroupVerdict::Quarantine => return,
+    };
+    let recipients = group_addresses(envelope, group);
+    tracker.record(
+        Event::new(id, mid, kind)
+            .with_envelope(&envelope.sender, recipients.iter().map(String::as_str)),
+    );
 }
 
 /// The received message, readable as many times as copies need.
@@ -194,14 +271,20 @@ fn group_addresses(envelope: &Envelope, group: &Group) -> Vec<String> {
         .collect()
 }
 
-/// The envelope of one group: its recipients only, with the stages' envelope changes.
-fn group_envelope(envelope: &Envelope, group: &Group) -> Envelope {
+/// The envelope as received, with the group's recipients only.
+fn group_original_envelope(envelope: &Envelope, group: &Group) -> Envelope {
     let mut own = envelope.clone();
     own.recipients = group
         .recipients
         .iter()
         .filter_map(|&i| envelope.recipients.get(i).cloned())
         .collect();
+    own
+}
+
+/// The envelope of one group: its recipients only, with the stages' envelope changes.
+fn group_envelope(envelope: &Envelope, group: &Group) -> Envelope {
+    let mut own = group_original_envelope(envelope, group);
     apply_to_envelope(&mut own, &group.modifications);
     own
 }
@@ -233,7 +316,12 @@ async fn queue_group(
         }
     };
     let recipients = addresses(&own);
-    let id = gateway.enqueue(draft, own).await?;
+    let origin = if keeps_id {
+        Origin::Filtered
+    } else {
+        Origin::Split { from: source.id }
+    };
+    let id = gateway.enqueue(draft, own, origin).await?;
     Ok(Some((id, recipients)))
 }
 
@@ -260,34 +348,19 @@ async fn write_edited(
 }
 
 /// Streams the received content from `offset` into `draft`, a megabyte at a time.
-async fn copy_body(
-    draft: &mut Draft,
-    source: &Source<'_>,
-    mut offset: u64,
-) -> Result<(), SpoolError> {
-    const PIECE: usize = 1 << 20;
-    while offset < source.snapshot.len() {
-        let snapshot = source.snapshot.clone();
-        let at = offset;
-        let piece = tokio::task::spawn_blocking(move || {
-            let mut piece = vec![0u8; PIECE];
-            let n = snapshot.read_at(at, &mut piece)?;
-            piece.truncate(n);
-            Ok::<_, std::io::Error>(piece)
-        })
-        .await
-        .map_err(|e| read_error(std::io::Error::other(e.to_string())))?
-        .map_err(read_error)?;
-        if piece.is_empty() {
-            break;
-        }
-        offset += piece.len() as u64;
+async fn copy_body(draft: &mut Draft, source: &Source<'_>, offset: u64) -> Result<(), SpoolError> {
+    let mut reader = ContentReader::from_snapshot(source.snapshot.clone(), offset);
+    while let Some(piece) = reader.next(1 << 20).await.map_err(read_error)? {
         draft.write(&piece).await?;
     }
     Ok(())
 }
 
-fn read_error(source: std::io::Error) -> SpoolError {
+fn read_error(error: ContentError) -> SpoolError {
+    let source = match error {
+        ContentError::Read(e) => e,
+        ContentError::Task(e) => std::io::Error::other(e),
+    };
     SpoolError::Io {
         path: "draft".into(),
         source,
@@ -322,8 +395,8 @@ async fn final_form(source: &Source<'_>, group: &Group) -> Result<Vec<u8>, Spool
         Ok::<_, std::io::Error>(body)
     })
     .await
-    .map_err(|e| read_error(std::io::Error::other(e.to_string())))?
-    .map_err(read_error)?;
+    .map_err(|e| read_error(ContentError::Task(e.to_string())))?
+    .map_err(|e| read_error(ContentError::Read(e)))?;
     message.extend_from_slice(&body);
     Ok(message)
 }
@@ -484,7 +557,11 @@ async fn queue_copy(
             outcome: RecipientOutcome::Pending,
         })
         .collect();
-    Ok(gateway.enqueue(draft, copy).await?)
+    let origin = Origin::Copy {
+        from: source.id,
+        by: &request.by,
+    };
+    Ok(gateway.enqueue(draft, copy, origin).await?)
 }
 
 /// `<a@x>, <b@y>` folded so no line exceeds 78 characters much (RFC 5322 2.1.1).
@@ -508,22 +585,55 @@ fn original_recipients(envelope: &Envelope) -> String {
     value
 }
 
+/// Stores one quarantined group durably: the message as received (our Received: first), the
+/// envelope with the group's recipients, and the deciding stage's reason. The first group keeps
+/// the message's id (the one in the 250 reply); a second quarantined group gets its own.
 async fn quarantine(
-    _gateway: &Gateway,
-    _session: &SessionInfo,
-    _source: &Source<'_>,
-    _envelope: &Envelope,
+    gateway: &Gateway,
+    session: &SessionInfo,
+    source: &Source<'_>,
+    envelope: &Envelope,
     group: &Group,
+    keeps_id: bool,
 ) -> Result<(), DisposalError> {
-    Err(DisposalError::Quarantine(format!(
-        "no quarantine store for {}",
-        group.decided_by.as_deref().unwrap_or("pipeline")
-    )))
+    let id = if keeps_id {
+        source.id
+    } else {
+        gateway.spool.new_id()
+    };
+    let own = group_original_envelope(envelope, group);
+    let why = Why {
+        stage: group
+            .decided_by
+            .clone()
+            .unwrap_or_else(|| "pipeline".into()),
+        reason: group.reason.clone().unwrap_or_else(|| "quarantined".into()),
+        score: group.score,
+        direction: session.direction(),
+    };
+    let snapshot = source.snapshot.clone();
+    let write = Box::new(move |file: &mut std::fs::File| snapshot.copy_to(file));
+    let stage = why.stage.clone();
+    gateway
+        .quarantine
+        .store(id, &own, why, write)
+        .await
+        .map_err(DisposalError::Quarantine)?;
+    let quarantined = EventKind::Quarantined {
+        stage,
+        reason: group.reason.clone(),
+    };
+    let recipients = own.recipients.iter().map(|r| r.address.as_str());
+    gateway.tracker.record(
+        Event::new(id, own.message_id.as_deref(), quarantined)
+            .with_envelope(&own.sender, recipients),
+    );
+    Ok(())
 }
 
-/// The original of a message delivered changed (`strip`), kept in quarantine so it can be
-/// released whole. Until the quarantine store is in this build the original is NOT kept: the
-/// changed message is still delivered and the loss is logged as an error.
+/// The original of a message delivered changed (`strip`), kept whole in the quarantine (under
+/// an id of its own) so it can be released; like any quarantine copy it is durable before
+/// the 250, and a failure to keep it refuses the message (451) rather than lose it.
 async fn keep_original(
     gateway: &Gateway,
     session: &SessionInfo,
@@ -531,17 +641,15 @@ async fn keep_original(
     envelope: &Envelope,
     group: &Group,
 ) -> Result<(), DisposalError> {
-    match quarantine(gateway, session, source, envelope, group).await {
-        Err(DisposalError::Quarantine(why)) => {
-            log::error!(
-                queue_id:% = source.id;
-                "filter: id={}: original not kept ({}): {why}",
-                source.id, group.hold_original.as_deref().unwrap_or("")
-            );
-            Ok(())
-        }
-        other => other,
-    }
+    let mut held = group.clone();
+    held.reason = group.hold_original.clone();
+    quarantine(gateway, session, source, envelope, &held, false).await?;
+    log::info!(
+        queue_id:% = source.id;
+        "filter: id={}: original kept in quarantine ({})",
+        source.id, group.hold_original.as_deref().unwrap_or("")
+    );
+    Ok(())
 }
 
 /// Rejected groups of a message that was otherwise accepted: their recipients are reported to
@@ -586,7 +694,13 @@ async fn notify_rejected(
         now: unix_now() as i64,
     });
     match gateway
-        .queue_notice(&envelope.sender, hostname, &notice)
+        .queue_notice(
+            &envelope.sender,
+            hostname,
+            &notice,
+            source.id,
+            "notice for recipients refused by a filter",
+        )
         .await
     {
         Ok(notice_id) => log::info!(

@@ -101,6 +101,15 @@ pub const AUTH_BAD_MECHANISM: Reply = Reply::new(504, "5.5.4 Unrecognized authen
 pub const AUTH_REQUIRED: Reply = Reply::new(530, "5.7.0 Authentication required");
 pub const LOCAL_ERROR: Reply = Reply::new(451, "4.3.0 Local error in processing, try again later");
 pub const DISK_FULL: Reply = Reply::new(452, "4.3.1 Insufficient system storage");
+/// Why a message could not be stored: the disk is full (452 4.3.1) or anything else (451).
+pub fn not_stored(disk_full: bool) -> Reply {
+    if disk_full {
+        DISK_FULL
+    } else {
+        LOCAL_ERROR
+    }
+}
+
 pub const PREGREET: Reply = Reply::new(554, "5.5.1 Protocol error: talked before greeting");
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use super::reply::{self, Reply};
 use super::stream::{acceptor, Greeting, Line, SmtpStream, StreamError, TlsInfo};
 use crate::config::{LimitsConfig, ListenerRole};
 use crate::flow::Signal;
-use crate::gateway::{Counters, Gateway, Runtime};
+use crate::gateway::{Counters, Gateway, Origin, Runtime};
 use crate::pipeline::{Context, Disposal, Findings, Group, MessageContent};
 use crate::policy::{MessageView, SessionInfo, Verdict};
 use crate::queue::{unix_now, BodyType, Draft, DsnRet, Envelope, QueueId, Recipient, SpoolError};
@@ -618,8 +618,14 @@ impl Session {
         let header = [receiving.trace.as_bytes(), receiving.header.header()].concat();
         let groups = self.run_pipeline(&receiving, &header, &envelope).await;
         match Disposal::of(groups) {
-            Disposal::Refuse(reply) => {
+            Disposal::Refuse(reply, groups) => {
                 self.refuse_message(&envelope.sender, "filter", &reply);
+                let (id, size) = (receiving.draft.id(), receiving.draft.content_len());
+                let tracker = &self.gateway.tracker;
+                disposal::record_received(tracker, id, &envelope, size, &groups);
+                for group in groups.iter().filter(|g| g.verdict.is_some()) {
+                    disposal::record_end(tracker, id, &envelope, group);
+                }
                 self.answer(&reply);
             }
             Disposal::Take(groups) => self.take(receiving, &header, envelope, groups).await,
@@ -695,12 +701,7 @@ impl Session {
                     client_addr:% = self.info.client.ip();
                     "filter: id={id}: cannot commit the message: {e}"
                 );
-                let reply = if e.is_disk_full() {
-                    reply::DISK_FULL
-                } else {
-                    reply::LOCAL_ERROR
-                };
-                self.stream.reply(&reply);
+                self.stream.reply(&reply::not_stored(e.is_disk_full()));
             }
         }
     }
@@ -754,11 +755,7 @@ impl Session {
         let anomalies = receiving.decoder.anomalies;
         if let Some(e) = &receiving.spool_error {
             log::error!("spool: {e}");
-            return Some(if e.is_disk_full() {
-                reply::DISK_FULL
-            } else {
-                reply::LOCAL_ERROR
-            });
+            return Some(reply::not_stored(e.is_disk_full()));
         }
         if receiving.too_big {
             return Some(reply::TOO_BIG);
@@ -815,7 +812,7 @@ impl Session {
         let sender = envelope.sender.clone();
         let nrcpt = envelope.recipients.len();
         let message_id = envelope.message_id.clone();
-        match self.gateway.enqueue(draft, envelope).await {
+        match self.gateway.enqueue(draft, envelope, Origin::Client).await {
             Ok(id) => {
                 let client = self.info.client.ip();
                 log::info!(
@@ -833,12 +830,7 @@ impl Session {
             }
             Err(e) => {
                 log::error!("spool commit failed: {e}");
-                let reply = if e.is_disk_full() {
-                    reply::DISK_FULL
-                } else {
-                    reply::LOCAL_ERROR
-                };
-                self.stream.reply(&reply);
+                self.stream.reply(&reply::not_stored(e.is_disk_full()));
             }
         }
     }
