@@ -60,6 +60,7 @@ pub fn builtin_default() -> Config {
             dir: state.join("quarantine"),
             ..Default::default()
         },
+        milters: Vec::new(),
     }
 }
 

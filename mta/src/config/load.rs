@@ -245,6 +245,7 @@ fn validate(config: &mut Config, base: &Path) -> Found {
     validate_flow(config, &mut found);
     validate_rules(config, &mut found);
     validate_tracking(config, &mut found);
+    validate_milters(config, &mut found);
     resolve_paths(config, base);
     validate_dkim(config, &mut found);
     validate_quarantine(config, &mut found);
@@ -488,6 +489,30 @@ fn validate_tracking(config: &Config, found: &mut Found) {
     }
 }
 
+fn validate_milters(config: &Config, found: &mut Found) {
+    for (i, milter) in config.milters.iter().enumerate() {
+        if milter.name.trim().is_empty() {
+            found.push((indexed("milter", i, "name"), "must not be empty".into()));
+        }
+        if config.milters[..i].iter().any(|m| m.name == milter.name) {
+            found.push((
+                indexed("milter", i, "name"),
+                format!("a milter named {:?} is already defined", milter.name),
+            ));
+        }
+        let timeouts = [
+            ("connect_timeout", milter.connect_timeout),
+            ("command_timeout", milter.command_timeout),
+            ("message_timeout", milter.message_timeout),
+        ];
+        for (field, timeout) in timeouts {
+            if timeout.is_zero() {
+                found.push((indexed("milter", i, field), "must not be 0".into()));
+            }
+        }
+    }
+}
+
 fn resolve_paths(config: &mut Config, base: &Path) {
     let resolve = |p: &mut PathBuf| {
         if p.is_relative() {
@@ -691,6 +716,31 @@ trusted_networks = ["10.1.0.0/24"]
 #[cfg(test)]
 mod shipped_example {
     use super::*;
+
+    #[test]
+    fn milters_load_with_defaults_and_problems() {
+        let load = |text: &str| load_str(text, "test.toml", Path::new("/"));
+        let base = "[server]\nhostname = \"mx.example\"\nspool_dir = \"/var/spool/b\"\ncontrol_socket = \"/run/b.sock\"\n[[listener]]\naddress = \"127.0.0.1:25\"\nrole = \"mx\"\n";
+        let good = format!("{base}[[milter]]\nname = \"rspamd\"\naddress = \"inet:11332@127.0.0.1\"\ncommand_timeout = \"5s\"\n");
+        let config = load(&good).expect("valid milter");
+        let milter = &config.milters[0];
+        assert_eq!(milter.command_timeout, std::time::Duration::from_secs(5));
+        assert_eq!(milter.default_action, crate::config::OnError::Tempfail);
+        assert_eq!(milter.rcpt_macros, ["i", "{rcpt_addr}", "{rcpt_host}"]);
+        let bad = format!("{base}[[milter]]\nname = \"a\"\naddress = \"unix:/s\"\nconnect_timeout = 0\n[[milter]]\nname = \"a\"\naddress = \"unix:/t\"\n");
+        let error = load(&bad).expect_err("two problems");
+        let paths: Vec<_> = error
+            .problems()
+            .iter()
+            .map(|p| p.key_path.clone())
+            .collect();
+        assert_eq!(paths, ["milter[0].connect_timeout", "milter[1].name"]);
+        let address = format!("{base}[[milter]]\nname = \"a\"\naddress = \"11332\"\n");
+        assert!(load(&address)
+            .expect_err("bad address")
+            .to_string()
+            .contains("inet:PORT@HOST"));
+    }
 
     #[test]
     fn packaged_example_config_is_valid() {

@@ -9,6 +9,7 @@
 mod builtin;
 mod duration;
 mod load;
+mod milter;
 mod pipeline;
 mod policy;
 mod size;
@@ -23,6 +24,7 @@ use serde::Deserialize;
 
 pub use builtin::{builtin_default, DEFAULT_CONFIG_PATH};
 pub use load::{load_file, load_str, ConfigError, Problem};
+pub use milter::{MilterAddress, MilterConfig};
 pub use pipeline::{
     disclaimer_source, Direction, DirectionScope, OnError, PipelineConfig, RuleAction, RuleConfig,
 };
@@ -68,6 +70,9 @@ pub struct Config {
     pub tracking: TrackingConfig,
     #[serde(default)]
     pub quarantine: QuarantineConfig,
+    /// External mail filters, asked in this order (`[[milter]]`).
+    #[serde(default, rename = "milter")]
+    pub milters: Vec<MilterConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

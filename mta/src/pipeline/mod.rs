@@ -218,6 +218,15 @@ impl Decision {
         }
     }
 
+    /// Nothing to say: no verdict, no change, no score (logged at debug, not tracked).
+    pub fn is_quiet(&self) -> bool {
+        self.verdict == Verdict::Continue
+            && self.modifications.is_empty()
+            && self.copies.is_empty()
+            && self.score.is_none()
+            && self.decided_by.is_none()
+    }
+
     pub fn with_reason(mut self, reason: impl Into<String>) -> Self {
         self.reason = Some(reason.into());
         self

@@ -31,6 +31,12 @@ pub fn from_config(config: &Config, ledgers: &LedgerSlot) -> Result<Pipeline, St
         )));
     }
     // Anti-virus, milters and anti-spam stages are added here, before the rules.
+    for milter in &config.milters {
+        stages.push(Arc::new(crate::filters::milter::MilterStage::new(
+            milter.clone(),
+            config.limits.max_message_size,
+        )));
+    }
     let rules = RuleSet::compile(&config.rules, config.pipeline.stage_timeout)
         .map_err(|(index, error)| StagesError::Rule { index, error })?;
     if !rules.is_empty() {

@@ -453,9 +453,9 @@ fn tag_subject(cx: &Context<'_>, tag: &str) -> Vec<Modification> {
     let current = cx
         .content
         .header_fields()
-        .into_iter()
+        .iter()
         .find(|(name, _)| name.eq_ignore_ascii_case("subject"))
-        .map(|(_, value)| value);
+        .map(|(_, value)| value.clone());
     match current {
         Some(subject) if subject.starts_with(tag) => Vec::new(),
         Some(subject) => vec![Modification::ChangeHeader {

@@ -10,7 +10,8 @@
 //!   mode, so a timeline query reads while the writer writes.
 //! - Events of one producer keep their order: what a session records before it submits a
 //!   message for delivery comes before every delivery event of that message.
-//! - Events older than `[tracking] retention` are purged when the tracker opens and hourly.
+//! - Events older than `[tracking] retention` are purged when the tracker opens and hourly,
+//!   in bounded pieces between batches (a large purge never leaves the channel unread).
 //! - A timeline query first waits (bounded) until everything recorded before it is written.
 //!
 //! # Keys

@@ -24,7 +24,7 @@ pub const DATABASE: &str = "events.sqlite";
 /// How many messages a linked query (`--id`, `--message-id`) gathers at most.
 const MAX_LINKED: usize = 1000;
 /// Rows deleted per statement by a purge, so the writer is never away for long.
-const PURGE_CHUNK: usize = 5000;
+pub(super) const PURGE_CHUNK: usize = 5000;
 /// The writer's page cache in KiB (SQLite's negative `cache_size`): the Message-ID, sender and
 /// recipient indexes take random inserts, and a cache holding their hot pages keeps the
 /// writer from waiting on reads (measured: 20k events/s with SQLite's default 2 MiB, 56k
@@ -76,6 +76,14 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("tracking store: event {seq} is unreadable: {source}")]
     Details { seq: i64, source: serde_json::Error },
+}
+
+/// What one [`Store::purge_step`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PurgeStep {
+    pub deleted: u64,
+    /// Nothing older is left.
+    pub done: bool,
 }
 
 pub struct Store {
@@ -164,15 +172,27 @@ impl Store {
     pub fn purge(&mut self, before_ms: i64) -> Result<u64, StoreError> {
         let mut deleted = 0u64;
         loop {
-            let n = self.connection.execute(
-                "DELETE FROM events WHERE seq IN \
-                 (SELECT seq FROM events WHERE at_ms < ?1 ORDER BY at_ms LIMIT ?2)",
-                params![before_ms, PURGE_CHUNK as i64],
-            )?;
-            deleted += n as u64;
-            if n < PURGE_CHUNK {
-                break;
+            let step = self.purge_step(before_ms)?;
+            deleted += step.deleted;
+            if step.done {
+                return Ok(deleted);
             }
+        }
+    }
+
+    /// One bounded piece of a purge (at most [`PURGE_CHUNK`] events), so the writer can take
+    /// new events between pieces; the last piece also drops the orphaned keys.
+    pub fn purge_step(&mut self, before_ms: i64) -> Result<PurgeStep, StoreError> {
+        let deleted = self.connection.execute(
+            "DELETE FROM events WHERE seq IN \
+             (SELECT seq FROM events WHERE at_ms < ?1 ORDER BY at_ms LIMIT ?2)",
+            params![before_ms, PURGE_CHUNK as i64],
+        )?;
+        if deleted == PURGE_CHUNK {
+            return Ok(PurgeStep {
+                deleted: deleted as u64,
+                done: false,
+            });
         }
         self.connection.execute(
             "DELETE FROM messages WHERE first_ms < ?1 AND NOT EXISTS \
@@ -184,7 +204,12 @@ impl Store {
              (SELECT 1 FROM messages m WHERE m.queue_id = recipients.queue_id)",
             [],
         )?;
-        Ok(deleted)
+        // Some remembered ids may have lost their row.
+        self.known.clear();
+        Ok(PurgeStep {
+            deleted: deleted as u64,
+            done: true,
+        })
     }
 
     /// The events `filter` asks for, oldest first, at most `limit`.

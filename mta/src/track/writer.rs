@@ -1,6 +1,7 @@
 //! The one writer thread: takes events from the channel, inserts them in batches (one
 //! transaction each), answers flush requests once what came before them is written, and
-//! purges expired events when the tracker opens and hourly.
+//! purges expired events when the tracker opens and hourly, a bounded piece at a time between
+//! batches, so even a large purge (a shortened retention) never leaves the channel unread.
 //!
 //! A batch the store refuses is counted (`write_failures`) and logged, then forgotten: the
 //! writer keeps going, so a full disk costs history, never the thread.
@@ -50,12 +51,16 @@ struct Writer {
 impl Writer {
     /// Runs until every sender (the tracker) is gone and the channel is drained.
     fn run(mut self, commands: Receiver<Command>) {
-        self.purge();
+        let mut purge = Some(Purge::new(self.retention));
         let mut next_purge = Instant::now() + PURGE_EVERY;
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut flushes = Vec::new();
         loop {
-            let wait = next_purge.saturating_duration_since(Instant::now());
+            // While a purge is under way, only look for waiting events between its pieces.
+            let wait = match purge {
+                Some(_) => Duration::ZERO,
+                None => next_purge.saturating_duration_since(Instant::now()),
+            };
             match commands.recv_timeout(wait) {
                 Ok(first) => {
                     take(first, &mut batch, &mut flushes);
@@ -70,11 +75,17 @@ impl Writer {
                         let _ = done.send(());
                     }
                 }
-                Err(RecvTimeoutError::Timeout) => {
-                    self.purge();
+                Err(RecvTimeoutError::Timeout) if purge.is_none() => {
+                    purge = Some(Purge::new(self.retention));
                     next_purge = Instant::now() + PURGE_EVERY;
                 }
+                Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
+            }
+            if let Some(running) = &mut purge {
+                if running.step(&mut self.store) {
+                    purge = None;
+                }
             }
         }
     }
@@ -97,13 +108,37 @@ impl Writer {
         }
         batch.clear();
     }
+}
 
-    fn purge(&mut self) {
-        let before = now_ms().saturating_sub(self.retention.as_millis() as i64);
-        match self.store.purge(before) {
-            Ok(0) => {}
-            Ok(n) => log::info!(events = n; "tracking: purged {n} event(s) past retention"),
-            Err(e) => log::error!("tracking: retention purge failed: {e}"),
+/// A purge in progress: everything older than `before_ms` goes.
+struct Purge {
+    before_ms: i64,
+    deleted: u64,
+}
+
+impl Purge {
+    fn new(retention: Duration) -> Self {
+        Self {
+            before_ms: now_ms().saturating_sub(retention.as_millis() as i64),
+            deleted: 0,
+        }
+    }
+
+    /// One piece; true when the purge is over (done, or failed and logged).
+    fn step(&mut self, store: &mut Store) -> bool {
+        match store.purge_step(self.before_ms) {
+            Ok(step) => {
+                self.deleted += step.deleted;
+                if step.done && self.deleted > 0 {
+                    let n = self.deleted;
+                    log::info!(events = n; "tracking: purged {n} event(s) past retention");
+                }
+                step.done
+            }
+            Err(e) => {
+                log::error!("tracking: retention purge failed: {e}");
+                true
+            }
         }
     }
 }
