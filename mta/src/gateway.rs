@@ -20,6 +20,7 @@ use crate::config::changes::{self, Change};
 use crate::config::Config;
 use crate::deliver::DeliveryHandle;
 use crate::filters::antivirus::{self, Antivirus, AntivirusError};
+use crate::filters::ratelimit::LedgerSlot;
 use crate::flow::source_network;
 use crate::flow::Flow;
 use crate::pipeline::stages::{self, StagesError};
@@ -49,6 +50,8 @@ pub enum RuntimeError {
     Antivirus(#[from] AntivirusError),
     #[error("flow control: {0}")]
     Flow(#[from] crate::flow::FlowControlError),
+    #[error(transparent)]
+    Dkim(#[from] crate::filters::dkim::DkimError),
 }
 
 /// Everything a reload replaces.
@@ -61,6 +64,8 @@ pub struct Runtime {
     pub users: Option<Arc<Users>>,
     /// `[antivirus]`, with its clamd monitor and update poller running while it lives.
     pub antivirus: Option<Arc<Antivirus>>,
+    /// DKIM keys for outbound mail.
+    pub sealer: Arc<crate::filters::dkim::Sealer>,
 }
 
 #[derive(Default, Serialize)]
@@ -97,6 +102,8 @@ pub struct Gateway {
     pub delivery: DeliveryHandle,
     /// Connection-rate limits and abuse blocks (kernel or userspace).
     pub flow: Flow,
+    /// Outbound rate-limit counters, kept across reloads.
+    ledgers: Arc<LedgerSlot>,
     /// Message tracking: every message's events (`bulwarkctl track`).
     pub tracker: Arc<Tracker>,
     /// Messages the pipeline stopped (`[quarantine]`), opened at start.
@@ -123,7 +130,8 @@ impl Gateway {
     ) -> Result<Self, RuntimeError> {
         let harvest = Arc::new(HarvestTracker::new(Duration::from_secs(60)));
         let callouts = Arc::new(CalloutCache::default());
-        let runtime = build_runtime(config, harvest.clone(), callouts.clone())?;
+        let ledgers = Arc::new(LedgerSlot::default());
+        let runtime = build_runtime(config, harvest.clone(), callouts.clone(), &ledgers)?;
         Ok(Self {
             runtime: RwLock::new(Arc::new(runtime)),
             spool,
@@ -136,6 +144,7 @@ impl Gateway {
             started: Instant::now(),
             delivery,
             flow,
+            ledgers,
             tracker,
             quarantine,
             listening: OnceLock::new(),
@@ -156,7 +165,12 @@ impl Gateway {
         let running = self.runtime().config.clone();
         let changes = changes::diff(&running, &config);
         changes::keep_restart_only(&running, &mut config);
-        let runtime = build_runtime(config, self.harvest.clone(), self.callouts.clone())?;
+        let runtime = build_runtime(
+            config,
+            self.harvest.clone(),
+            self.callouts.clone(),
+            &self.ledgers,
+        )?;
         self.flow.reload(&runtime.config)?;
         *self.runtime.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(runtime);
         Ok(changes)
@@ -249,6 +263,7 @@ fn build_runtime(
     config: Config,
     harvest: Arc<HarvestTracker>,
     callouts: Arc<CalloutCache>,
+    ledgers: &LedgerSlot,
 ) -> Result<Runtime, RuntimeError> {
     let tls = config.tls.as_ref().map(load_server_config).transpose()?;
     let users = config
@@ -258,8 +273,10 @@ fn build_runtime(
         .transpose()?;
     let chain = Chain::from_config(&config, harvest, callouts)?;
     let antivirus = config.antivirus.as_ref().map(start_antivirus).transpose()?;
-    let pipeline = stages::from_config(&config, antivirus.clone())?;
+    let pipeline = stages::from_config(&config, antivirus.clone(), ledgers)?;
+    let sealer = Arc::new(crate::filters::dkim::Sealer::load(&config.dkim)?);
     Ok(Runtime {
+        sealer,
         config: Arc::new(config),
         chain,
         pipeline,

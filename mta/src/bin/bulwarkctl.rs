@@ -72,6 +72,11 @@ enum Command {
         #[command(subcommand)]
         command: SpamCommand,
     },
+    /// DKIM signing keys.
+    Dkim {
+        #[command(subcommand)]
+        command: DkimCommand,
+    },
     /// A message's timeline: received, verdicts, queued, delivery attempts and outcomes.
     /// Filters combine; with none, the last hour.
     Track {
@@ -153,6 +158,71 @@ enum SpamCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum DkimCommand {
+    /// Write a new key for DOMAIN and SELECTOR and print the DNS TXT record to publish.
+    Keygen {
+        domain: String,
+        selector: String,
+        /// rsa (2048 bits, what every verifier knows) or ed25519 (RFC 8463).
+        #[arg(long, default_value = "rsa")]
+        algorithm: String,
+        /// RSA key size.
+        #[arg(long, default_value_t = 2048)]
+        bits: usize,
+        /// Where to write the key (default: ./DOMAIN.SELECTOR.pem); never overwritten.
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
+    },
+}
+
+/// `bulwarkctl dkim keygen`: local, no daemon needed.
+fn dkim_keygen(command: DkimCommand) -> ExitCode {
+    use bulwark::filters::dkim::keygen::{self, Algorithm};
+    let DkimCommand::Keygen {
+        domain,
+        selector,
+        algorithm,
+        bits,
+        out,
+    } = command;
+    let algorithm = match algorithm.to_ascii_lowercase().as_str() {
+        "rsa" if (2048..=8192).contains(&bits) => Algorithm::Rsa(bits),
+        "rsa" => {
+            eprintln!("bulwarkctl: --bits must be between 2048 and 8192");
+            return ExitCode::FAILURE;
+        }
+        "ed25519" => Algorithm::Ed25519,
+        other => {
+            eprintln!("bulwarkctl: unknown algorithm {other:?} (rsa or ed25519)");
+            return ExitCode::FAILURE;
+        }
+    };
+    let path = out.unwrap_or_else(|| PathBuf::from(format!("{domain}.{selector}.pem")));
+    let written = keygen::generate(algorithm)
+        .and_then(|generated| keygen::write_new(&path, &generated.pem).map(|()| generated));
+    match written {
+        Ok(generated) => {
+            println!("# key written to {}", path.display());
+            println!("# publish this record in DNS:");
+            println!(
+                "{}",
+                keygen::zone_line(&domain, &selector, &generated.record)
+            );
+            println!("# and add to bulwark.toml:");
+            println!(
+                "# [[dkim]]\n# domain = \"{domain}\"\n# selector = \"{selector}\"\n# private_key = \"{}\"",
+                path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bulwarkctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -391,6 +461,10 @@ impl Selection {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let args = match args.command {
+        Command::Dkim { command } => return dkim_keygen(command),
+        command => Args { command, ..args },
+    };
     if let Command::Spam { command } = args.command {
         return match spam::run(command, &args.config) {
             Ok(()) => ExitCode::SUCCESS,
@@ -425,6 +499,8 @@ fn main() -> ExitCode {
             if json { print_json } else { print_status },
         ),
         Command::Spam { .. } => return ExitCode::SUCCESS,
+        // Handled above: it needs no daemon.
+        Command::Dkim { .. } => return ExitCode::SUCCESS,
         Command::Track {
             id,
             message_id,

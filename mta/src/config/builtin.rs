@@ -53,6 +53,8 @@ pub fn builtin_default() -> Config {
         pipeline: Default::default(),
         rules: Vec::new(),
         antispam: Some(Default::default()),
+        dkim: Vec::new(),
+        outbound_limit: None,
         tracking: super::TrackingConfig {
             dir: state.join("tracking"),
             ..Default::default()

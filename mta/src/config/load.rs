@@ -250,6 +250,7 @@ fn validate(config: &mut Config, base: &Path) -> Found {
     validate_milters(config, &mut found);
     ranges::check(config, &mut found);
     resolve_paths(config, base);
+    validate_dkim(config, &mut found);
     validate_quarantine(config, &mut found);
     found
 }
@@ -303,6 +304,39 @@ fn validate_antispam(config: &Config, found: &mut Found) {
     }
     if spam.timeout.is_zero() {
         found.push((at("timeout"), "must not be 0".into()));
+    }
+}
+
+/// After `resolve_paths`: each key must load, each domain be signed by one key only.
+fn validate_dkim(config: &Config, found: &mut Found) {
+    for (i, dkim) in config.dkim.iter().enumerate() {
+        if let Some(problem) = crate::filters::dkim::key_problem(&dkim.private_key) {
+            found.push((indexed("dkim", i, "private_key"), problem));
+        }
+        let selector_ok = !dkim.selector.is_empty()
+            && dkim.selector.split('.').all(|l| {
+                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !selector_ok {
+            found.push((indexed("dkim", i, "selector"), "not a DNS label".into()));
+        }
+        if config.dkim[..i]
+            .iter()
+            .any(|d| d.domain.eq_ignore_ascii_case(&dkim.domain))
+        {
+            found.push((
+                indexed("dkim", i, "domain"),
+                "a second key for this domain".into(),
+            ));
+        }
+    }
+    if let Some(limit) = &config.outbound_limit {
+        if limit.window.is_zero() {
+            found.push((
+                key(&["outbound_limit", "window"]),
+                "must be greater than 0".into(),
+            ));
+        }
     }
 }
 
@@ -583,6 +617,21 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     };
     resolve(&mut config.server.spool_dir);
     resolve(&mut config.server.control_socket);
+    for dkim in &mut config.dkim {
+        resolve(&mut dkim.private_key);
+    }
+    for rule in &mut config.rules {
+        if let Some(dir) = &mut rule.archive_dir {
+            resolve(dir);
+        }
+    }
+    if let Some(file) = config
+        .outbound_limit
+        .as_mut()
+        .and_then(|l| l.state_file.as_mut())
+    {
+        resolve(file);
+    }
     resolve(&mut config.tracking.dir);
     resolve(&mut config.quarantine.dir);
     if let Some(tls) = &mut config.tls {

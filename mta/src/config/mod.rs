@@ -14,6 +14,7 @@ mod duration;
 mod load;
 mod milter;
 mod pipeline;
+mod policy;
 mod ranges;
 mod size;
 mod tracking;
@@ -32,7 +33,10 @@ pub use antispam::{
 pub use builtin::{builtin_default, DEFAULT_CONFIG_PATH};
 pub use load::{load_file, load_str, ConfigError, Problem};
 pub use milter::{MilterAddress, MilterConfig};
-pub use pipeline::{Direction, DirectionScope, OnError, PipelineConfig, RuleAction, RuleConfig};
+pub use pipeline::{
+    disclaimer_source, Direction, DirectionScope, OnError, PipelineConfig, RuleAction, RuleConfig,
+};
+pub use policy::{DkimConfig, LimitKey, OutboundLimitConfig, OverLimit};
 pub use size::parse as parse_size;
 pub use tracking::TrackingConfig;
 
@@ -72,6 +76,10 @@ pub struct Config {
     /// Absent: no anti-spam stage (the built-in default and the shipped file enable it).
     #[serde(default)]
     pub antispam: Option<AntispamConfig>,
+    #[serde(default)]
+    pub dkim: Vec<DkimConfig>,
+    #[serde(default)]
+    pub outbound_limit: Option<OutboundLimitConfig>,
     #[serde(default)]
     pub tracking: TrackingConfig,
     #[serde(default)]

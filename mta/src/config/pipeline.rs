@@ -113,6 +113,11 @@ pub enum RuleAction {
     AddHeader,
     Copy,
     Redirect,
+    /// Removes the attachments the rule's attachment conditions match (the original is kept
+    /// in quarantine).
+    Strip,
+    /// Adds `disclaimer_text` / `disclaimer_html`.
+    Disclaimer,
 }
 
 impl RuleAction {
@@ -166,6 +171,21 @@ pub struct RuleConfig {
     /// The anti-spam score is above this (an unscored message never matches).
     #[serde(default)]
     pub spam_score_over: Option<f64>,
+    /// Attachment name globs (case-insensitive, on the decoded name, tricks undone).
+    #[serde(default)]
+    pub attachment_names: Vec<String>,
+    /// MIME type globs, matched on the declared and on the detected (magic bytes) type.
+    #[serde(default)]
+    pub attachment_types: Vec<String>,
+    #[serde(
+        default,
+        deserialize_with = "size::option::deserialize",
+        serialize_with = "size::option::serialize"
+    )]
+    pub attachment_size_over: Option<u64>,
+    /// An attachment is a password-protected zip.
+    #[serde(default)]
+    pub encrypted_archive: bool,
     pub action: RuleAction,
     #[serde(default)]
     pub reason: Option<String>,
@@ -175,9 +195,18 @@ pub struct RuleConfig {
     /// For `copy`.
     #[serde(default)]
     pub copy_to: Vec<String>,
+    /// For `copy`: also (or instead) written to this local archive directory.
+    #[serde(default)]
+    pub archive_dir: Option<std::path::PathBuf>,
     /// For `redirect`.
     #[serde(default)]
     pub redirect_to: Vec<String>,
+    /// For `disclaimer`: the text (inline, or an absolute path to a file).
+    #[serde(default)]
+    pub disclaimer_text: Option<String>,
+    /// For `disclaimer`: the HTML fragment (inline, or an absolute path to a file).
+    #[serde(default)]
+    pub disclaimer_html: Option<String>,
     /// For `tag`: the subject prefix.
     #[serde(default)]
     pub tag: Option<String>,
@@ -214,6 +243,16 @@ impl RuleConfig {
                 _ => found.push(("header", Some(i), "expected \"Name: regex\"".into())),
             }
         }
+        for (field, list) in [
+            ("attachment_names", &self.attachment_names),
+            ("attachment_types", &self.attachment_types),
+        ] {
+            for (i, pattern) in list.iter().enumerate() {
+                if let Err(e) = globset::Glob::new(pattern) {
+                    found.push((field, Some(i), format!("invalid pattern: {e}")));
+                }
+            }
+        }
         for (field, list) in [("from", &self.from), ("to", &self.to)] {
             for (i, pattern) in list.iter().enumerate() {
                 if let Some(message) = address_pattern_problem(pattern) {
@@ -246,9 +285,27 @@ impl RuleConfig {
                     _ => found.push(("add_header", None, "expected \"Name: value\"".into())),
                 }
             }
-            RuleAction::Copy if self.copy_to.is_empty() => found.push(needs("copy_to")),
+            RuleAction::Copy if self.copy_to.is_empty() && self.archive_dir.is_none() => {
+                found.push(needs("copy_to or archive_dir"))
+            }
+            RuleAction::Strip if !self.has_attachment_conditions() => {
+                found.push(needs("an attachment condition"))
+            }
+            RuleAction::Disclaimer
+                if self.disclaimer_text.is_none() && self.disclaimer_html.is_none() =>
+            {
+                found.push(needs("disclaimer_text or disclaimer_html"))
+            }
             RuleAction::Redirect if self.redirect_to.is_empty() => found.push(needs("redirect_to")),
             _ => {}
+        }
+        for (field, value) in [
+            ("disclaimer_text", &self.disclaimer_text),
+            ("disclaimer_html", &self.disclaimer_html),
+        ] {
+            if let Err(e) = value.as_deref().map(disclaimer_source).transpose() {
+                found.push((field, None, e));
+            }
         }
         for (field, list) in [
             ("copy_to", &self.copy_to),
@@ -266,6 +323,23 @@ impl RuleConfig {
         }
         found
     }
+}
+
+impl RuleConfig {
+    pub fn has_attachment_conditions(&self) -> bool {
+        !self.attachment_names.is_empty()
+            || !self.attachment_types.is_empty()
+            || self.attachment_size_over.is_some()
+            || self.encrypted_archive
+    }
+}
+
+/// A disclaimer given inline, or as an absolute path to a file holding it.
+pub fn disclaimer_source(value: &str) -> Result<String, String> {
+    if !value.starts_with('/') || value.contains('\n') {
+        return Ok(value.to_string());
+    }
+    std::fs::read_to_string(value).map_err(|e| format!("cannot read {value}: {e}"))
 }
 
 /// regex's errors span lines (pattern, caret, message): one line for `FILE:LINE:COL: ...`.

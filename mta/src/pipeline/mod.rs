@@ -185,12 +185,23 @@ pub struct CopyRequest {
     pub by: String,
 }
 
+/// A copy of the message as received written to a local archive directory (`archive_dir`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveRequest {
+    pub dir: std::path::PathBuf,
+    pub by: String,
+}
+
 /// A stage's decision for a group of recipients.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Decision {
     pub verdict: Verdict,
     pub modifications: Vec<Modification>,
     pub copies: Vec<CopyRequest>,
+    pub archives: Vec<ArchiveRequest>,
+    /// The message is delivered changed (attachments stripped) and the original, as
+    /// received, is kept in quarantine for this reason so it can be released whole.
+    pub hold_original: Option<String>,
     /// Why (logged; shown in the quarantine and, for rules, in the reply text).
     pub reason: Option<String>,
     pub score: Option<f64>,
@@ -225,6 +236,8 @@ impl Decision {
 /// A stage's answer: one decision, or one per group of recipients (indexes into
 /// `envelope.recipients`, a partition of `Context::recipients`).
 #[derive(Debug, Clone, PartialEq)]
+// One answer per stage and message, moved once: boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum Answer {
     One(Decision),
     PerRecipient(Vec<(Vec<usize>, Decision)>),

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use crate::smtp::reply::Reply;
 
 use super::{
-    Answer, Context, CopyRequest, Decision, Findings, Modification, OnError, Stage, StageError,
-    Verdict,
+    Answer, ArchiveRequest, Context, CopyRequest, Decision, Findings, Modification, OnError, Stage,
+    StageError, Verdict,
 };
 
 /// The final verdict of a group of recipients.
@@ -50,6 +50,9 @@ pub struct Group {
     pub verdict: Option<GroupVerdict>,
     pub modifications: Vec<Modification>,
     pub copies: Vec<CopyRequest>,
+    pub archives: Vec<ArchiveRequest>,
+    /// Keep the original in quarantine (the reason) while delivering the changed message.
+    pub hold_original: Option<String>,
     pub findings: Findings,
     /// The stage (or `rule:NAME`) that made the final decision, and why.
     pub decided_by: Option<String>,
@@ -65,6 +68,8 @@ impl Group {
             verdict: None,
             modifications: Vec::new(),
             copies: Vec::new(),
+            archives: Vec::new(),
+            hold_original: None,
             findings: Findings::default(),
             decided_by: None,
             reason: None,
@@ -105,6 +110,10 @@ impl Group {
         });
         self.modifications.extend(decision.modifications);
         self.copies.extend(decision.copies);
+        self.archives.extend(decision.archives);
+        if decision.hold_original.is_some() {
+            self.hold_original = decision.hold_original;
+        }
         self.findings.merge(decision.findings);
         if decision.score.is_some() {
             self.score = decision.score;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::filters::antispam::{AntispamStage, SpamSetupError};
 use crate::filters::antivirus::{stage::AntivirusStage, Antivirus};
+use crate::filters::ratelimit::{LedgerSlot, OutboundLimit};
 use crate::route::{HickoryResolver, ResolverSetupError};
 use crate::rules::{CompileError, RuleSet};
 
@@ -22,12 +23,24 @@ pub enum StagesError {
     Resolver(#[from] ResolverSetupError),
 }
 
-/// Builds the pipeline for `config`; `antivirus` is the scanner built for its `[antivirus]`.
+/// Builds the pipeline for `config`; `ledgers` keeps the outbound counters across reloads.
 pub fn from_config(
     config: &Config,
     antivirus: Option<Arc<Antivirus>>,
+    ledgers: &LedgerSlot,
 ) -> Result<Pipeline, StagesError> {
     let mut stages: Vec<Arc<dyn Stage>> = Vec::new();
+    // First: a message over its sender's limit is not worth scanning.
+    if let Some(limit) = &config.outbound_limit {
+        let path = limit.state_file.clone().unwrap_or_else(|| {
+            let spool = &config.server.spool_dir;
+            spool.parent().unwrap_or(spool).join("outbound-limits.json")
+        });
+        stages.push(Arc::new(OutboundLimit::new(
+            limit.clone(),
+            ledgers.get(&path),
+        )));
+    }
     let mut rules = RuleSet::compile(&config.rules, config.pipeline.stage_timeout)
         .map_err(|(index, error)| StagesError::Rule { index, error })?;
     if let Some(antivirus) = antivirus {

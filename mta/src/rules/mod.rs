@@ -19,11 +19,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub use condition::{AddressPattern, CompileError, Conditions};
+pub use condition::{AddressPattern, AttachmentMatch, CompileError, Conditions};
 
-use crate::config::{DirectionScope, RuleAction, RuleConfig};
+use crate::config::{disclaimer_source, DirectionScope, RuleAction, RuleConfig};
+use crate::filters::attachment::{self, Removal};
+use crate::filters::disclaimer::Disclaimer;
+use crate::filters::mime::archive::Limits;
+use crate::filters::mime::splice::Edits;
+use crate::filters::mime::{inventory, Inventory};
 use crate::pipeline::{
-    Answer, Context, CopyRequest, Decision, Modification, Stage, StageError, Verdict,
+    Answer, ArchiveRequest, Context, CopyRequest, Decision, Modification, Stage, StageError,
+    Verdict,
 };
 use crate::smtp::reply::Reply;
 
@@ -36,9 +42,17 @@ enum Action {
     Discard,
     Quarantine,
     Tag(String),
-    AddHeader { name: String, value: String },
-    Copy(Vec<String>),
+    AddHeader {
+        name: String,
+        value: String,
+    },
+    Copy {
+        to: Vec<String>,
+        archive: Option<std::path::PathBuf>,
+    },
     Redirect(Vec<String>),
+    Strip,
+    Disclaimer(Disclaimer),
 }
 
 #[derive(Debug, Clone)]
@@ -148,7 +162,19 @@ fn compile_rule(config: &RuleConfig) -> Result<Rule, CompileError> {
                 value: value.trim().to_string(),
             }
         }
-        RuleAction::Copy => Action::Copy(addresses("copy_to", &config.copy_to)?),
+        RuleAction::Copy if config.copy_to.is_empty() && config.archive_dir.is_some() => {
+            Action::Copy {
+                to: Vec::new(),
+                archive: config.archive_dir.clone(),
+            }
+        }
+        RuleAction::Copy => Action::Copy {
+            to: addresses("copy_to", &config.copy_to)?,
+            archive: config.archive_dir.clone(),
+        },
+        RuleAction::Strip if config.has_attachment_conditions() => Action::Strip,
+        RuleAction::Strip => return Err(missing("an attachment condition")),
+        RuleAction::Disclaimer => Action::Disclaimer(disclaimer(config)?),
         RuleAction::Redirect => Action::Redirect(addresses("redirect_to", &config.redirect_to)?),
     };
     Ok(Rule {
@@ -158,6 +184,30 @@ fn compile_rule(config: &RuleConfig) -> Result<Rule, CompileError> {
         action,
         reason: config.reason.clone(),
     })
+}
+
+fn disclaimer(config: &RuleConfig) -> Result<Disclaimer, CompileError> {
+    let read = |field: &str, value: &Option<String>| {
+        value
+            .as_deref()
+            .map(disclaimer_source)
+            .transpose()
+            .map_err(|message| CompileError {
+                field: field.to_string(),
+                message,
+            })
+    };
+    let found = Disclaimer {
+        text: read("disclaimer_text", &config.disclaimer_text)?,
+        html: read("disclaimer_html", &config.disclaimer_html)?,
+    };
+    if found.text.is_none() && found.html.is_none() {
+        return Err(CompileError {
+            field: "action".into(),
+            message: "action \"disclaimer\" needs disclaimer_text or disclaimer_html".into(),
+        });
+    }
+    Ok(found)
 }
 
 fn addresses(field: &str, list: &[String]) -> Result<Vec<String>, CompileError> {
@@ -185,6 +235,10 @@ fn addresses(field: &str, list: &[String]) -> Result<Vec<String>, CompileError> 
 struct MessageFacts<'c, 'a> {
     cx: &'c Context<'a>,
     matched: Vec<Option<bool>>,
+    /// The attachments, listed once for all rules.
+    inventory: Option<Inventory>,
+    /// The attachments each rule's attachment conditions matched (for `strip`).
+    attachments: Vec<Vec<AttachmentMatch>>,
 }
 
 impl<'c, 'a> MessageFacts<'c, 'a> {
@@ -192,9 +246,27 @@ impl<'c, 'a> MessageFacts<'c, 'a> {
         if let Some(known) = self.matched[index] {
             return known;
         }
-        let result = message_conditions_hold(&rule.conditions, self.cx).await;
+        let mut result = message_conditions_hold(&rule.conditions, self.cx).await;
+        if result {
+            if let Some(conditions) = &rule.conditions.attachments {
+                let found = conditions.matches(self.inventory().await);
+                result = !found.is_empty();
+                self.attachments[index] = found;
+            }
+        }
         self.matched[index] = Some(result);
         result
+    }
+
+    async fn inventory(&mut self) -> &Inventory {
+        if self.inventory.is_none() {
+            let listed = match self.cx.content.mime().await {
+                Some(message) => inventory(message, Limits::default()),
+                None => Inventory::default(),
+            };
+            self.inventory = Some(listed);
+        }
+        self.inventory.get_or_insert_with(Inventory::default)
     }
 }
 
@@ -267,8 +339,15 @@ impl RuleSet {
         hits
     }
 
-    fn decision(&self, hits: &[usize], cx: &Context<'_>, recipients: &[usize]) -> Decision {
+    async fn decision(
+        &self,
+        hits: &[usize],
+        facts: &MessageFacts<'_, '_>,
+        recipients: &[usize],
+    ) -> Decision {
+        let cx = facts.cx;
         let mut decision = Decision::default();
+        let mut edits = Edits::default();
         for &index in hits {
             let rule = &self.rules[index];
             let reason = rule.reason.clone().unwrap_or_else(|| rule.name.clone());
@@ -284,17 +363,59 @@ impl RuleSet {
                         value: value.clone(),
                     })
                 }
-                Action::Copy(to) => decision.copies.push(CopyRequest {
-                    recipients: to.clone(),
-                    by: format!("rule:{}", rule.name),
-                }),
+                Action::Copy { to, archive } => {
+                    let by = format!("rule:{}", rule.name);
+                    if !to.is_empty() {
+                        decision.copies.push(CopyRequest {
+                            recipients: to.clone(),
+                            by: by.clone(),
+                        });
+                    }
+                    if let Some(dir) = archive {
+                        decision.archives.push(ArchiveRequest {
+                            dir: dir.clone(),
+                            by,
+                        });
+                    }
+                }
                 Action::Redirect(to) => decision.modifications.extend(redirect(cx, recipients, to)),
+                Action::Strip => {
+                    let Some(message) = cx.content.mime().await else {
+                        continue;
+                    };
+                    let removals: Vec<Removal> = facts.attachments[index]
+                        .iter()
+                        .map(|m| Removal {
+                            part: m.part,
+                            name: m.name.clone(),
+                            why: format!("{reason} ({})", m.what),
+                        })
+                        .collect();
+                    attachment::strip(message, &removals, &mut edits);
+                    decision.hold_original =
+                        Some(format!("stripped by rule:{}: {reason}", rule.name));
+                }
+                Action::Disclaimer(disclaimer) => {
+                    let Some(message) = cx.content.mime().await else {
+                        continue;
+                    };
+                    if let Err(skipped) = disclaimer.add(message, &mut edits) {
+                        log::info!(
+                            queue_id:% = cx.queue_id, rule = rule.name.as_str();
+                            "disclaimer: id={} not added by rule:{}: {}",
+                            cx.queue_id, rule.name, skipped.as_str()
+                        );
+                    }
+                }
                 final_action => {
-                    decision.verdict = final_verdict(final_action, &reason);
+                    decision.verdict = final_verdict(final_action, &rule.conditions, &reason);
                     decision.reason = Some(reason);
                     decision.decided_by = Some(format!("rule:{}", rule.name));
                 }
             }
+        }
+        if !edits.is_empty() {
+            self.finish_edits(cx, edits, &mut decision).await;
         }
         if decision.decided_by.is_none() && !hits.is_empty() {
             // Only non-final rules matched: the timeline names them all.
@@ -313,12 +434,36 @@ impl RuleSet {
         }
         decision
     }
+
+    /// Turns the collected body edits into modifications; a message too large to have been
+    /// parsed whole cannot be spliced safely, so it is quarantined instead.
+    async fn finish_edits(&self, cx: &Context<'_>, edits: Edits, decision: &mut Decision) {
+        match cx.content.bytes(u64::MAX).await {
+            Ok(Some(raw)) => {
+                let body_offset = cx.content.body_offset() as usize;
+                decision
+                    .modifications
+                    .extend(edits.into_modifications(&raw, body_offset));
+            }
+            _ if decision.verdict.is_final() => {}
+            _ => {
+                decision.verdict = Verdict::Quarantine;
+                decision.reason = Some("too large to edit in place".into());
+                decision.hold_original = None;
+            }
+        }
+    }
 }
 
-fn final_verdict(action: &Action, reason: &str) -> Verdict {
+fn final_verdict(action: &Action, conditions: &Conditions, reason: &str) -> Verdict {
     let text = printable(reason);
     match action {
         Action::Accept => Verdict::Accept,
+        // RFC 3463: 5.3.4, message too big for system (a size policy, not a content one).
+        Action::Reject if conditions.size_over.is_some() => Verdict::Reject(Reply::owned(
+            552,
+            format!("5.3.4 Message size exceeds a policy limit: {text}"),
+        )),
         Action::Reject => {
             Verdict::Reject(Reply::owned(550, format!("5.7.1 Message rejected: {text}")))
         }
@@ -389,10 +534,12 @@ impl Stage for RuleSet {
         let mut facts = MessageFacts {
             cx,
             matched: vec![None; self.rules.len()],
+            inventory: None,
+            attachments: vec![Vec::new(); self.rules.len()],
         };
         if !self.per_recipient() {
             let hits = self.matching(&mut facts, None).await;
-            return Ok(self.decision(&hits, cx, cx.recipients).into());
+            return Ok(self.decision(&hits, &facts, cx.recipients).await.into());
         }
         let mut by_outcome: BTreeMap<Vec<usize>, Vec<usize>> = BTreeMap::new();
         for &index in cx.recipients {
@@ -406,15 +553,13 @@ impl Stage for RuleSet {
         }
         if by_outcome.len() == 1 {
             let (hits, _) = by_outcome.into_iter().next().unwrap_or_default();
-            return Ok(self.decision(&hits, cx, cx.recipients).into());
+            return Ok(self.decision(&hits, &facts, cx.recipients).await.into());
         }
-        let parts = by_outcome
-            .into_iter()
-            .map(|(hits, recipients)| {
-                let decision = self.decision(&hits, cx, &recipients);
-                (recipients, decision)
-            })
-            .collect();
+        let mut parts = Vec::with_capacity(by_outcome.len());
+        for (hits, recipients) in by_outcome {
+            let decision = self.decision(&hits, &facts, &recipients).await;
+            parts.push((recipients, decision));
+        }
         Ok(Answer::PerRecipient(parts))
     }
 }

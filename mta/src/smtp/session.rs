@@ -738,7 +738,17 @@ impl Session {
         };
         let sender = message.envelope.sender.clone();
         let hostname = self.runtime.config.server.hostname.clone();
-        match disposal::take(&self.gateway, &self.info, &hostname, message, groups).await {
+        let sealer = self.runtime.sealer.clone();
+        match disposal::take(
+            &self.gateway,
+            &self.info,
+            &hostname,
+            &sealer,
+            message,
+            groups,
+        )
+        .await
+        {
             Ok(taken) => {
                 self.log_taken(id, &sender, size, &taken);
                 let counters = &self.gateway.counters;
