@@ -43,4 +43,6 @@ def pytest_terminal_summary(terminalreporter):
     tried = sum(1 for o in _results.values() if o in ("passed", "failed"))
     refused = sum(1 for o in _results.values() if o == "passed")
     lost = sum(1 for o in _results.values() if o == "failed")
-    terminalreporter.write_line(f"abuse tally: tried {tried}, refused {refused}, lost {lost}")
+    terminalreporter.write_line(
+        f"abuse tally: {tried} abuse tests run, {refused} passed (attack refused or neutralised,"
+        f" nothing acknowledged lost), {lost} failed")

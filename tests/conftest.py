@@ -25,7 +25,7 @@ from typing import Iterable
 
 import pytest
 
-# Counts the abuse tests of a run (tried / refused / lost) in the terminal summary.
+# Counts the abuse tests of a run (run / passed / failed) in the terminal summary.
 pytest_plugins = ["abuse_tally"]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -1244,6 +1244,27 @@ def wait_queue_empty(daemon: Daemon, timeout: float = 30.0) -> None:
         last = daemon.queue_list()
         return not last
     wait_until(empty, timeout, interval=0.2, what=lambda: f"an empty queue; still queued: {last}")
+
+
+def assert_every_entry_scheduled(daemon: Daemon, timeout: float = 10.0, grace: float = 5.0) -> list[dict]:
+    """Walks the queue index: every entry must have a next attempt that is not overdue (by
+    more than `grace` seconds) or a state that explains why it has none (hold). A message
+    with neither waits forever: it never delivers, never expires, never bounces. Polls for
+    `timeout` so an attempt that is running right now may finish."""
+    last: list[dict] = []
+    unscheduled: list[dict] = []
+
+    def check():
+        nonlocal last, unscheduled
+        now = time.time()
+        last = daemon.queue_list()
+        unscheduled = [e for e in last if e.get("state") != "hold"
+                       and not (isinstance(e.get("next_attempt"), int)
+                                and e["next_attempt"] >= now - grace)]
+        return not unscheduled
+    wait_until(check, timeout, interval=0.2,
+               what=lambda: f"every queue entry scheduled or held; with nothing scheduled: {unscheduled}")
+    return last
 
 
 def wait_queue_len(daemon: Daemon, n: int, timeout: float = 30.0) -> list[dict]:

@@ -4,7 +4,7 @@ neutralised) while the daemon keeps serving, and nothing acknowledged may be los
 
 The other abuse tests live beside the code they exercise (test_smuggling.py, test_relay.py's
 relay battery, test_tls_auth.py's STARTTLS injection, test_smtp_protocol.py's pre-greet
-talker, test_limits.py); `abuse_tally.py` counts all of them (tried / refused / lost).
+talker, test_limits.py); `abuse_tally.py` counts all of them (tests run / passed / failed).
 """
 
 from __future__ import annotations
@@ -117,8 +117,12 @@ def test_endless_command_line(daemon):
     alive(daemon)
 
 
-def test_endless_data_line(daemon):
-    """A single 16 MiB line inside DATA: refused at the final dot, memory bounded."""
+@pytest.mark.parametrize("long_lines", ["reject", "accept"])
+def test_endless_data_line(start_daemon, tmp_path, long_lines):
+    """A single 16 MiB line inside DATA, memory bounded either way: with long_lines =
+    "reject" refused at the final dot; with "accept" (the default) queued, to be folded when
+    relayed (see test_guards.py)."""
+    daemon = start_daemon(tmp_path, smtp={"long_lines": long_lines})
     before = daemon.vm_hwm_kb()
     with daemon.session(timeout=60) as s:
         s.greeting()
@@ -131,10 +135,13 @@ def test_endless_data_line(daemon):
             s.sock.sendall(b"B" * 65536)
         s.send(b"\r\n.\r\n")
         code, text = s.read_reply(timeout=60)
-        assert 500 <= code < 600, f"16 MiB line accepted: {code} {text}"
+        if long_lines == "reject":
+            assert 500 <= code < 600, f"16 MiB line accepted: {code} {text}"
+        else:
+            assert code == 250, f"16 MiB line with long_lines = accept: {code} {text}"
     grown = daemon.vm_hwm_kb() - before
     assert grown < 48 * 1024, f"bulwarkd grew {grown} KiB on an endless DATA line"
-    assert daemon.queue_list() == []
+    assert len(daemon.queue_list()) == (0 if long_lines == "reject" else 1)
     alive(daemon)
 
 

@@ -73,6 +73,17 @@ INVALID = [
     ("recipient check for a foreign domain",
      {"recipients": [{"domains": ["example.org"], "check": "accept-all"}]}, "recipients[0].domains"),
     ("zero recipients allowed", {"limits": {"max_recipients": 0}}, "limits.max_recipients"),
+    ("zero errors allowed", {"limits": {"max_errors": 0}}, "limits.max_errors"),
+    ("zero sessions per client", {"limits": {"max_sessions_per_client": 0}}, "limits.max_sessions_per_client"),
+    ("zero command timeout", {"limits": {"command_timeout": "0s"}}, "limits.command_timeout"),
+    ("zero listener sessions", {"listeners": [{"role": "mx", "max_sessions": 0}]}, "listener[0].max_sessions"),
+    ("zero delivery connections", {"extra_toml": "[delivery]\nmax_connections = 0\n"}, "delivery.max_connections"),
+    ("relay domain with a space", {"relay": {"domains": ["exa mple.com"]}}, "relay.domains[0]"),
+    ("relay domain that is an address", {"relay": {"domains": ["postmaster@example.com"]}}, "relay.domains[0]"),
+    ("recipient check for subdomains relay does not accept",
+     {"recipients": [{"domains": [".example.com"], "check": "accept-all"}]}, "recipients[0].domains"),
+    ("route domain with a wildcard label",
+     {"extra_toml": '[[route]]\ndomains = ["*.example.com"]\nnext_hops = ["127.0.0.1:9"]\n'}, "route[0].domains[0]"),
     ("unknown listener role", {"listeners": [{"role": "relay"}]}, None),
     ("bad listener address", {"listeners": [{"role": "mx", "address": "not an address"}]}, None),
     ("bad duration", {"limits": {"command_timeout": "5 parsecs"}}, None),
@@ -172,6 +183,23 @@ def test_builtin_default_without_config(tmp_path):
         cp = run([BULWARKCTL, "--socket", sock, "status"], timeout=10)
         assert cp.returncode == 0, cp.stdout + cp.stderr
         assert (tmp_path / "state" / "bulwark" / "spool").is_dir()
+        # Mail to localhost arrives in a Maildir under the state directory, and the log says where.
+        maildir = tmp_path / "state" / "bulwark" / "Maildir"
+        assert str(maildir) in log, log
+        with RawSession(2525) as s:
+            s.greeting()
+            s.ehlo()
+            expect(s.mail_transaction("me@localhost", ["me@localhost"],
+                                      b"Subject: first message\r\n\r\nit arrived\r\n"), 250)
+        new = maildir / "new"
+        deadline = time.monotonic() + 15
+        while not (new.is_dir() and any(new.iterdir())) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        files = list(new.iterdir()) if new.is_dir() else []
+        assert len(files) == 1, f"no message in {new}: {err.read_text(errors='replace')[-2000:]}"
+        text = files[0].read_text()
+        assert text.startswith("Delivered-To: <me@localhost>\n") and "it arrived\n" in text, text
+        assert "\r" not in text
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -180,3 +208,29 @@ def test_builtin_default_without_config(tmp_path):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+
+
+def test_maildir_route_delivers_locally(start_daemon, tmp_path):
+    """`[[route]] maildir = DIR`: each recipient's copy lands in DIR/new (what the built-in
+    default does for localhost), and the start log names the directory."""
+    maildir = tmp_path / "Maildir"
+    d = start_daemon(tmp_path, relay={"domains": ["localhost"]},
+                     extra_toml=f'[[route]]\ndomains = ["localhost"]\nmaildir = "{maildir}"\n')
+    assert str(maildir) in d.log()
+    with RawSession(d.port) as s:
+        s.greeting()
+        s.ehlo()
+        expect(s.mail_transaction("a@other.org", ["me@localhost", "you@localhost"],
+                                  b"Subject: local\r\n\r\nhello\r\n"), 250)
+    new = maildir / "new"
+    deadline = time.monotonic() + 15
+    while len(list(new.iterdir()) if new.is_dir() else []) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    texts = sorted(p.read_text() for p in new.iterdir())
+    assert [t.splitlines()[0] for t in texts] == ["Delivered-To: <me@localhost>",
+                                                  "Delivered-To: <you@localhost>"], texts
+    assert all("hello\n" in t and "\r" not in t for t in texts)
+    deadline = time.monotonic() + 10
+    while d.queue_list() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert d.queue_list() == []

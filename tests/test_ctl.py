@@ -43,6 +43,23 @@ def test_queue_list_human(queued):
     assert "sender@other.org" in cp.stdout
 
 
+def test_queue_list_shows_the_next_attempt_as_a_time_in_aligned_columns(queued):
+    d, ids = queued
+    from conftest import wait_until
+    wait_until(lambda: all(e.get("next_attempt") for e in d.queue_list()), 15,
+               what="a failed first attempt (the next hop is a closed port)")
+    lines = d.ctl("queue", "list").stdout.splitlines()
+    header = lines[0]
+    sender_column = header.index("SENDER")
+    rows = [l for l in lines if any(l.lower().startswith(q.lower()) for q in ids)]
+    assert len(rows) == 2, lines
+    for row in rows:
+        assert re.search(r" \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", row), f"NEXT ATTEMPT is not a time: {row!r}"
+        assert row.index("sender@other.org") == sender_column, (header, row)
+    recipients = [l for l in lines if l.strip() in ("alice@example.com", "bob@example.com")]
+    assert recipients and all(l.index(l.strip()) == sender_column for l in recipients), lines
+
+
 def test_queue_list_empty(daemon):
     assert daemon.queue_list() == []
     assert daemon.ctl("queue", "list").returncode == 0
@@ -116,3 +133,66 @@ def test_stale_socket_after_kill9(daemon):
     assert cp.returncode != 0
     assert str(daemon.control_socket) in out, out
     assert re.search(r"not running|is bulwarkd running|cannot reach", out, re.I), out
+
+
+def test_log_level_at_run_time(daemon):
+    from conftest import wait_until
+    send_mail(daemon.port)
+    assert "connect from" not in daemon.log(), "debug events logged at the default level"
+    cp = daemon.ctl("log-level", "debug")
+    assert cp.returncode == 0 and "debug" in cp.stdout, cp.stderr + cp.stdout
+    send_mail(daemon.port)
+    wait_until(lambda: "connect from" in daemon.log(), 5, what="a debug event after log-level debug")
+    assert daemon.ctl("log-level", "warn").returncode == 0
+    queued_before = daemon.log().count("queued: id=")
+    send_mail(daemon.port)
+    assert daemon.log().count("queued: id=") == queued_before, "info events still logged at warn"
+    cp = daemon.ctl("log-level", "loud")
+    assert cp.returncode != 0 and "not a level" in cp.stderr, cp.stderr
+
+
+def test_queue_commands_select_with_all_and_filters(daemon):
+    a1 = queue_id_of(send_mail(daemon.port, "a@other.org", ["alice@example.com"]))
+    a2 = queue_id_of(send_mail(daemon.port, "a@other.org", ["carol@example.com"]))
+    b1 = queue_id_of(send_mail(daemon.port, "b@other.org", ["alice@example.com"]))
+    state = lambda: {e["id"].lower(): e["state"] for e in daemon.queue_list()}
+    cp = daemon.ctl("queue", "hold", "--all", "--sender", "b@other.org")
+    assert cp.returncode == 0, cp.stderr
+    assert state() == {a1.lower(): "queued", a2.lower(): "queued", b1.lower(): "hold"}
+    listed = json.loads(daemon.ctl("queue", "list", "--json", "--state", "hold").stdout)
+    assert [e["id"].lower() for e in listed] == [b1.lower()], listed
+    by_domain = json.loads(daemon.ctl("queue", "list", "--json", "--destination", "EXAMPLE.com").stdout)
+    assert len(by_domain) == 3
+    assert daemon.ctl("queue", "release", "--all", "--state", "hold").returncode == 0
+    assert set(state().values()) == {"queued"}
+    cp = daemon.ctl("queue", "delete", "--sender", "a@other.org")
+    assert cp.returncode != 0 and "--all" in cp.stderr, "a filter without --all must not act"
+    assert daemon.ctl("queue", "delete", "--all", "--recipient", "carol@example.com").returncode == 0
+    assert sorted(state()) == sorted([a1.lower(), b1.lower()])
+    cp = daemon.ctl("queue", "delete", "--all", "--sender", "nobody@other.org")
+    assert cp.returncode == 0 and "no queued message matches" in cp.stdout
+    assert len(state()) == 2
+    assert daemon.ctl("queue", "delete", "--all").returncode == 0
+    assert state() == {}
+
+
+def test_queue_deliver_one_and_flush_one_destination(start_mta, sink, tmp_path):
+    from conftest import mid, route, send_message, wait_until
+    hop = sink("hop", start=False)
+    d = start_mta(tmp_path, [route(["example.com"], [hop])],
+                  delivery={"retry_initial": "1h", "retry_max": "1h"})
+    first, second = mid("deliver-1"), mid("deliver-2")
+    q1, q2 = send_message(d, message_id=first), send_message(d, message_id=second)
+    wait_until(lambda: all(e["attempts"] >= 1 for e in d.queue_list()) and len(d.queue_list()) == 2,
+               15, what="both messages deferred once (retry in 1 h)")
+    hop.start()
+    cp = d.ctl("queue", "deliver", q1)
+    assert cp.returncode == 0, cp.stderr
+    got = hop.wait_for(1, timeout=15, settle=1.0)
+    assert [m.message_id for m in got] == [first], got
+    assert [e["id"].lower() for e in d.queue_list()] == [q2.lower()]
+    name = json.loads(d.ctl("queue", "destinations", "--json").stdout)[0]["destination"]
+    assert d.ctl("queue", "flush", "--destination", name).returncode == 0
+    got = hop.wait_for(2, timeout=15, settle=0.5)
+    assert sorted(m.message_id for m in got) == sorted([first, second]), got
+    assert d.ctl("queue", "deliver", "0123456789ABCDEF").returncode != 0

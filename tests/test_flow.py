@@ -356,3 +356,29 @@ def test_kernel_maps_keep_working_after_dropping_to_the_service_user(net, bpffs,
     assert net.probe(1) == "timeout"
     d.flow("unblock", "10.77.1.2")
     assert net.probe(1) == "220"
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["xdp", "userspace"])
+def test_reload_applies_trusted_networks_and_rate_to_flow(net, bpffs, started, tmp_path, kernel):
+    """A groupware server added to relay.trusted_networks by a reload is exempt from the
+    rate limit at once (in the kernel maps too), and a new syn_rate applies without restart."""
+    d = start(started, tmp_path, net, bpffs if kernel else None, syn_rate=1, syn_burst=3)
+    assert d.flow("status")["enforcement"] == ("xdp" if kernel else "userspace")
+    before = net.client(1, "flood", net.server_addr(1), PORT, 20, 0.1)
+    assert before["accepted"] < before["attempts"], f"not rate-limited before the reload: {before}"
+    d.doc["relay"]["trusted_networks"] = ["10.77.1.0/24"]
+    d.write_config()
+    cp = d.ctl("reload", "--json")
+    assert cp.returncode == 0, cp.stderr
+    report = json.loads(cp.stdout)
+    assert "relay.trusted_networks" in [c["key"] for c in report["applied"]], report
+    time.sleep(1.5)  # the bucket refills whatever happens; the exemption must do the rest
+    after = net.client(1, "flood", net.server_addr(1), PORT, 20, 0.1)
+    assert after["accepted"] == after["attempts"], f"trusted after the reload, still limited: {after}"
+    # Client 2 is not trusted: the new rate (burst 3 -> 1) applies to it after the reload.
+    d.extra_toml = flow_toml(net, bpffs if kernel else None, syn_rate=1, syn_burst=1)
+    d.write_config()
+    assert d.ctl("reload").returncode == 0
+    time.sleep(1.5)
+    limited = net.client(2, "flood", net.server_addr(2), PORT, 10, 0.1)
+    assert limited["accepted"] <= 3, f"the reloaded burst of 1 did not apply: {limited}"

@@ -110,8 +110,10 @@ def test_few_received_headers_accepted(small):
 
 
 @pytest.mark.parametrize("line_len,accepted", [(998, True), (999, False), (5000, False)])
-def test_message_line_length(daemon, line_len, accepted):
-    """A message line is at most 1000 bytes including CRLF (RFC 5322 2.1.1)."""
+def test_message_line_length(start_daemon, tmp_path, line_len, accepted):
+    """With long_lines = "reject", a message line is at most 1000 bytes including CRLF
+    (RFC 5322 2.1.1). The default ("accept", folded on relay) is tested in test_guards.py."""
+    daemon = start_daemon(tmp_path, smtp={"long_lines": "reject"})
     msg = b"Subject: long line\r\n\r\nshort\r\n" + b"y" * line_len + b"\r\nend\r\n"
     reply = send_mail(daemon.port, message=msg)
     if accepted:

@@ -18,7 +18,7 @@ import time
 import pytest
 
 from conftest import (ThreadedServer, assert_no_new_messages, free_port, make_message, parse_dsn, route, send_mail,
-                      wait_queue_empty, wait_queue_len, wait_until)
+                      wait_queue_empty, wait_queue_len, wait_until, assert_every_entry_scheduled)
 
 LONG = os.environ.get("BULWARK_LONG") == "1"
 OUTAGE = 180.0 if LONG else 8.0
@@ -67,6 +67,7 @@ def test_next_hop_down_then_back(tmp_path, start_mta, sink):
         actions = {r.get("action") for r in parse_dsn(m).recipients}
         assert actions == {"delayed"}, f"not a delay warning: {actions}"
     assert len(daemon.queue_list()) == N
+    assert_every_entry_scheduled(daemon)
     time.sleep(max(0.0, OUTAGE - (time.monotonic() - accepted_at)))
     next_hop.start()
     assert_once(next_hop, ids)
@@ -137,6 +138,7 @@ def test_faulty_next_hop_defers_then_delivers_once(tmp_path, start_mta, sink, mo
                    what=lambda: f"3 deferrals at the {mode} next hop; log:\n{daemon.log()[-2000:]}")
         assert len(daemon.queue_list()) == 3, "messages left the queue while the next hop failed"
         assert notices.count() == 0, f"a notice while the next hop failed ({mode})"
+        assert_every_entry_scheduled(daemon)
     finally:
         faulty.stop()
     fixed = sink("fixed", port=port)

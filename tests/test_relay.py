@@ -222,6 +222,20 @@ def test_recipient_list_domain_wildcard(start_daemon, tmp_path):
     assert rcpt(d.port, "<anyone@example.com>")[0] == 550
 
 
+def test_recipient_check_for_subdomains_matches_like_relay_domains(start_daemon, tmp_path):
+    """`.example.com` in [[recipients]] domains means every subdomain, as in relay.domains:
+    the list is enforced for them (a leading dot used to match nothing, so every address of
+    every subdomain was accepted)."""
+    listfile = tmp_path / "recipients.txt"
+    listfile.write_text("alice@eu.example.com\n")
+    d = start_daemon(tmp_path, relay={"domains": [".example.com"]},
+                     recipients=[{"domains": [".example.com"], "check": "list", "file": str(listfile)}])
+    assert rcpt(d.port, "<alice@eu.example.com>")[0] == 250
+    code, text = rcpt(d.port, "<mallory@eu.example.com>")
+    assert code == 550 and enhanced(text) == "5.1.1", f"unlisted subdomain address: {code} {text!r}"
+    assert rcpt(d.port, "<nobody@us.Example.COM>")[0] == 550
+
+
 def test_unchecked_domain_accepts_all(start_daemon, tmp_path):
     listfile = tmp_path / "recipients.txt"
     listfile.write_text("alice@example.com\n")

@@ -24,7 +24,8 @@ import time
 
 import pytest
 
-from conftest import (RawSession, make_message, route, send_mail, wait_queue_empty, wait_until)
+from conftest import (RawSession, assert_every_entry_scheduled, make_message, route, send_mail,
+                      wait_queue_empty, wait_until)
 
 LONG = os.environ.get("BULWARK_LONG") == "1"
 SLOW = 10_000 if LONG else 2_000
@@ -48,8 +49,9 @@ def small_tmpfs(path, size: str = "2m"):
 def mta_with_spool_on(fs, tmp_path, start_mta, sink):
     """A daemon whose spool is on `fs` and whose next hop is down (the queue only grows)."""
     next_hop = sink("next", start=False)
+    # No free-space reserve: these tests are about what happens when the disk really fills.
     daemon = start_mta(tmp_path, routes=[route(["example.com"], [next_hop])],
-                       server={"spool_dir": str(fs / "spool")},
+                       server={"spool_dir": str(fs / "spool"), "min_free_space": 0},
                        delivery={"retry_initial": "1s", "retry_max": "1s"})
     return daemon, next_hop
 
@@ -77,6 +79,7 @@ def recovers_exactly_then_drains(daemon, next_hop, accepted: int, make_room, mes
     frees space and the next hop takes the mail, mail is accepted again."""
     daemon.restart()
     assert len(daemon.queue_list()) == accepted
+    assert_every_entry_scheduled(daemon)
     make_room()
     wait_queue_empty(daemon, timeout=60)
     assert next_hop.count() == accepted
@@ -124,6 +127,44 @@ def test_full_disk_under_the_journal_answers_452_and_recovers(tmp_path, start_mt
         recovers_exactly_then_drains(daemon, next_hop, accepted, make_room)
 
 
+@root_only
+def test_free_space_reserve_refuses_new_mail_while_delivery_drains(tmp_path, start_mta, sink):
+    """[server] min_free_space: once the spool's disk has less free, MAIL gets 452 4.3.1
+    (before the disk is full, so nothing half-written); queued mail still goes out, and once
+    it has, new mail is accepted again."""
+    with small_tmpfs(tmp_path / "fs", size="8m") as fs:
+        next_hop = sink("next", start=False)
+        daemon = start_mta(tmp_path, routes=[route(["example.com"], [next_hop])],
+                           server={"spool_dir": str(fs / "spool"), "min_free_space": "5M"},
+                           delivery={"retry_initial": "1s", "retry_max": "1s"})
+        big = make_message(subject="filler", body=("x" * 76 + "\n") * 2500)  # ~200 KB
+        accepted, refused = 0, None
+        for _ in range(40):
+            with RawSession(daemon.port) as s:
+                s.greeting()
+                s.ehlo()
+                reply = s.cmd("MAIL FROM:<sender@other.org>")
+                if reply[0] != 250:
+                    refused = reply
+                    break
+                s.cmd("RCPT TO:<alice@example.com>")
+                code, text = s.data(big)
+                assert code == 250, f"end of data refused above the reserve: {code} {text}"
+                accepted += 1
+        assert refused is not None, "the reserve never refused new mail"
+        assert refused[0] == 452 and refused[1].startswith("4.3.1"), refused
+        free = os.statvfs(fs).f_bavail * os.statvfs(fs).f_frsize
+        assert free >= 4 * 1024 * 1024, f"refused only at {free} bytes free: no reserve kept"
+        assert 5 <= accepted <= 20, f"{accepted} messages of 200 KB accepted on an 8 MiB disk"
+        assert "min_free_space" in daemon.log(), "the refusal was not logged with its reason"
+        next_hop.start()  # delivery goes on below the reserve
+        next_hop.wait_for(accepted, timeout=30)
+        wait_queue_empty(daemon, timeout=30)
+        code, text = send_mail(daemon.port, message=big)
+        assert code == 250, f"after the queue drained: {code} {text}"
+        daemon.stop()
+
+
 def test_fd_exhaustion_daemon_survives_and_serves_again(tmp_path, start_daemon):
     daemon = start_daemon(tmp_path, limits={"max_sessions_per_client": 1000})
     resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE, (64, 64))
@@ -150,6 +191,7 @@ def test_fd_exhaustion_daemon_survives_and_serves_again(tmp_path, start_daemon):
     reply = wait_until(lambda: try_send(daemon.port), 20, what="a delivery after fd exhaustion")
     assert reply[0] == 250, reply
     assert daemon.running()
+    assert_every_entry_scheduled(daemon)
 
 
 def try_send(port: int):

@@ -97,7 +97,7 @@ def test_header_body_from_and_size_conditions(gateway):
     code, text = transaction(d, ["alice@example.com"], sender="bob@partner.example")
     assert code == 550 and "partner" in text
     code, text = transaction(d, ["alice@example.com"], body="x" * 100 + "\r\n" + ("y" * 70 + "\r\n") * 400)
-    assert code == 550 and "too big for policy" in text
+    assert code == 552 and text.startswith("5.3.4") and "too big for policy" in text
     code, _ = transaction(d, ["alice@example.com"], body="nothing to see")
     assert code == 250
     got = hop.wait_for(1)

@@ -137,6 +137,12 @@ impl KernelFlow {
         })
     }
 
+    /// Rewrites ports, rate and allowlist in the pinned maps (a reload); what is attached
+    /// where stays as it is.
+    pub fn reconfigure(&mut self, settings: &Settings) -> Result<(), FlowError> {
+        self.maps.configure(settings)
+    }
+
     pub fn attachments(&self) -> &[Attachment] {
         &self.attachments
     }

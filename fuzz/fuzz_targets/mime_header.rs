@@ -1,5 +1,8 @@
-//! The filter seam's view of a message: `policy::MessageView::parsed_header` (mail-parser on
-//! the header section), then every accessor a policy stage reads. Nothing may panic.
+//! mail-parser on a header section, called exactly as `policy::MessageView::parsed_header`
+//! and the session's envelope (Message-ID, Subject) call it, then every accessor a policy
+//! stage reads. It fuzzes the library Bulwark relies on for headers, not code of Bulwark's
+//! own (a `MessageView` needs a whole envelope, so the target calls mail-parser directly).
+//! Nothing may panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

@@ -1,10 +1,10 @@
 //! A next hop's reply lines through the delivery client's own parser
-//! (`bulwark::deliver::client::parse_reply_line`, which `read_lines` uses), and the
+//! (`bulwark::smtp_client::parse_reply_line`, which `read_lines` uses), and the
 //! enhanced-status extraction that decides retry or bounce. Nothing may panic; a parsed code
 //! always has three digits.
 #![no_main]
 
-use bulwark::deliver::{parse_reply_line, Response};
+use bulwark::smtp_client::{parse_reply_line, Response};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -14,10 +14,12 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use crate::admin;
+use crate::config::changes::{Applies, Change};
 use crate::config::{self, Config, ConfigError};
 use crate::deliver::{self, DeliveryHandle};
 use crate::flow::Flow;
-use crate::gateway::Gateway;
+
+use crate::gateway::{BoundSocket, Gateway};
 use crate::quarantine::Quarantine;
 use crate::queue::{QueueIndex, Spool};
 use crate::route::HickoryResolver;
@@ -106,12 +108,17 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
     // Before delivery starts, so that a completed release's copy and the record agree.
     quarantine.reconcile(&queue).await?;
     let listeners = server::bind_all(&config.listeners).await?;
+    let mut listening = Vec::new();
     for bound in &listeners {
         let address = bound
             .listener
             .local_addr()
             .map_or(bound.config.address, |a| a);
         log::info!("listening on {address} ({:?})", bound.config.role);
+        listening.push(BoundSocket {
+            address: address.to_string(),
+            role: format!("{:?}", bound.config.role).to_lowercase(),
+        });
     }
     let control = admin::server::bind(&config.server.control_socket)?;
     let control_https = match &config.control {
@@ -142,6 +149,7 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
     let gateway = Arc::new(Gateway::new(
         config, spool, queue, delivery, flow, tracker, quarantine,
     )?);
+    gateway.set_listening(listening);
     deliver::start(gateway.clone(), inbox, Arc::new(resolver));
     spawn_flow_housekeeping(gateway.clone());
     spawn_quarantine_purge(gateway.quarantine.clone());
@@ -150,9 +158,18 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
     let reload_source = source.clone();
     let reload: admin::server::ReloadFn =
         Arc::new(move || reload_now(&reload_gateway, &reload_source));
+    let diff_gateway = gateway.clone();
+    let diff_source = source.clone();
+    let diff: admin::server::DiffFn = Arc::new(move || {
+        let file = diff_source.load().map_err(|e| e.to_string())?;
+        Ok(config::changes::diff(&diff_gateway.runtime().config, &file))
+    });
     let executor = Arc::new(admin::server::Control {
         gateway: gateway.clone(),
-        reload: reload.clone(),
+        hooks: admin::server::ConfigHooks {
+            reload: reload.clone(),
+            diff,
+        },
         config_file: match &source {
             ConfigSource::File(path) => Some(path.clone()),
             ConfigSource::BuiltIn => None,
@@ -192,6 +209,16 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
 }
 
 fn announce(source: &ConfigSource, config: &Config) {
+    for route in &config.routes {
+        if let Some(maildir) = &route.maildir {
+            log::info!(
+                "mail to {} is delivered into the Maildir {} (new mail in {})",
+                route.domains.join(", "),
+                maildir.display(),
+                maildir.join("new").display()
+            );
+        }
+    }
     match source {
         ConfigSource::File(path) => log::info!("configuration {}", path.display()),
         ConfigSource::BuiltIn => log::warn!(
@@ -211,17 +238,33 @@ fn announce(source: &ConfigSource, config: &Config) {
     }
 }
 
-fn reload_now(gateway: &Gateway, source: &ConfigSource) -> Result<(), String> {
+/// Reloads and reports per key what was applied and what waits for a restart.
+fn reload_now(gateway: &Gateway, source: &ConfigSource) -> Result<Vec<Change>, String> {
     notify::reloading();
     let outcome = source
         .load()
         .map_err(|e| e.to_string())
         .and_then(|config| gateway.reload(config).map_err(|e| e.to_string()));
     match &outcome {
-        Ok(()) => log::info!("configuration reloaded"),
+        Ok(changes) => {
+            for change in changes {
+                match change.applies {
+                    Applies::OnReload => log::info!(
+                        key = change.key.as_str();
+                        "reload: {} applied ({} -> {})", change.key, change.running, change.file
+                    ),
+                    Applies::AtRestart => log::warn!(
+                        key = change.key.as_str();
+                        "reload: {} needs a restart; still running with {} (file: {})",
+                        change.key, change.running, change.file
+                    ),
+                }
+            }
+            log::info!("configuration reloaded ({} key(s) changed)", changes.len());
+        }
         Err(e) => log::error!("reload refused, the old configuration stays in force: {e}"),
     }
-    notify::reloaded(&outcome);
+    notify::reloaded(&outcome.as_ref().map(|_| ()).map_err(Clone::clone));
     outcome
 }
 

@@ -9,13 +9,19 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
+use ipnet::IpNet;
 use serde::Serialize;
 
+use crate::bounded::BoundedMap;
+use crate::config::changes::{self, Change};
 use crate::config::Config;
 use crate::deliver::DeliveryHandle;
+use crate::filters::antivirus::{self, Antivirus, AntivirusError};
+use crate::filters::ratelimit::LedgerSlot;
+use crate::flow::source_network;
 use crate::flow::Flow;
 use crate::pipeline::stages::{self, StagesError};
 use crate::pipeline::Pipeline;
@@ -40,6 +46,12 @@ pub enum RuntimeError {
     Recipients(#[from] RecipientsError),
     #[error(transparent)]
     Pipeline(#[from] StagesError),
+    #[error("antivirus: {0}")]
+    Antivirus(#[from] AntivirusError),
+    #[error("flow control: {0}")]
+    Flow(#[from] crate::flow::FlowControlError),
+    #[error(transparent)]
+    Dkim(#[from] crate::filters::dkim::DkimError),
 }
 
 /// Everything a reload replaces.
@@ -50,6 +62,10 @@ pub struct Runtime {
     pub pipeline: Pipeline,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub users: Option<Arc<Users>>,
+    /// `[antivirus]`, with its clamd monitor and update poller running while it lives.
+    pub antivirus: Option<Arc<Antivirus>>,
+    /// DKIM keys for outbound mail.
+    pub sealer: Arc<crate::filters::dkim::Sealer>,
 }
 
 #[derive(Default, Serialize)]
@@ -81,15 +97,25 @@ pub struct Gateway {
     pub callouts: Arc<CalloutCache>,
     pub counters: Counters,
     pub clients: ClientLimiter,
-    greet_passed: Mutex<HashMap<IpAddr, Instant>>,
+    greet_passed: Mutex<BoundedMap<IpAddr, Instant>>,
     pub started: Instant,
     pub delivery: DeliveryHandle,
     /// Connection-rate limits and abuse blocks (kernel or userspace).
     pub flow: Flow,
+    /// Outbound rate-limit counters, kept across reloads.
+    ledgers: Arc<LedgerSlot>,
     /// Message tracking: every message's events (`bulwarkctl track`).
     pub tracker: Arc<Tracker>,
     /// Messages the pipeline stopped (`[quarantine]`), opened at start.
     pub quarantine: Arc<Quarantine>,
+    listening: OnceLock<Vec<BoundSocket>>,
+}
+
+/// A socket the daemon listens on, as bound (not as the file says).
+#[derive(Debug, Clone, Serialize)]
+pub struct BoundSocket {
+    pub address: String,
+    pub role: String,
 }
 
 impl Gateway {
@@ -104,7 +130,8 @@ impl Gateway {
     ) -> Result<Self, RuntimeError> {
         let harvest = Arc::new(HarvestTracker::new(Duration::from_secs(60)));
         let callouts = Arc::new(CalloutCache::default());
-        let runtime = build_runtime(config, harvest.clone(), callouts.clone())?;
+        let ledgers = Arc::new(LedgerSlot::default());
+        let runtime = build_runtime(config, harvest.clone(), callouts.clone(), &ledgers)?;
         Ok(Self {
             runtime: RwLock::new(Arc::new(runtime)),
             spool,
@@ -113,12 +140,14 @@ impl Gateway {
             callouts,
             counters: Counters::default(),
             clients: ClientLimiter::default(),
-            greet_passed: Mutex::new(HashMap::new()),
+            greet_passed: Mutex::new(BoundedMap::new(GREET_PASS_MAX)),
             started: Instant::now(),
             delivery,
             flow,
+            ledgers,
             tracker,
             quarantine,
+            listening: OnceLock::new(),
         })
     }
 
@@ -130,10 +159,30 @@ impl Gateway {
     }
 
     /// Swaps in a runtime built from `config`, or keeps the old one and says why not.
-    pub fn reload(&self, config: Config) -> Result<(), RuntimeError> {
-        let runtime = build_runtime(config, self.harvest.clone(), self.callouts.clone())?;
+    /// Returns every changed key; those a reload cannot apply keep their running values
+    /// (see `config::changes`), so the running configuration stays the truth.
+    pub fn reload(&self, mut config: Config) -> Result<Vec<Change>, RuntimeError> {
+        let running = self.runtime().config.clone();
+        let changes = changes::diff(&running, &config);
+        changes::keep_restart_only(&running, &mut config);
+        let runtime = build_runtime(
+            config,
+            self.harvest.clone(),
+            self.callouts.clone(),
+            &self.ledgers,
+        )?;
+        self.flow.reload(&runtime.config)?;
         *self.runtime.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(runtime);
-        Ok(())
+        Ok(changes)
+    }
+
+    /// Records the sockets actually bound at start (ports resolved), for `status`.
+    pub fn set_listening(&self, sockets: Vec<BoundSocket>) {
+        let _ = self.listening.set(sockets);
+    }
+
+    pub fn listening(&self) -> &[BoundSocket] {
+        self.listening.get().map_or(&[], Vec::as_slice)
     }
 
     /// Commits `draft` with `envelope` and hands it to delivery: after `Ok` the message is
@@ -206,12 +255,6 @@ impl Gateway {
 
     pub fn remember_greet_pass(&self, ip: IpAddr) {
         let mut passed = self.greet_passed.lock().unwrap_or_else(|p| p.into_inner());
-        if passed.len() >= GREET_PASS_MAX {
-            passed.retain(|_, at| at.elapsed() < GREET_PASS_TTL);
-            if passed.len() >= GREET_PASS_MAX {
-                passed.clear();
-            }
-        }
         passed.insert(ip, Instant::now());
     }
 }
@@ -220,6 +263,7 @@ fn build_runtime(
     config: Config,
     harvest: Arc<HarvestTracker>,
     callouts: Arc<CalloutCache>,
+    ledgers: &LedgerSlot,
 ) -> Result<Runtime, RuntimeError> {
     let tls = config.tls.as_ref().map(load_server_config).transpose()?;
     let users = config
@@ -228,14 +272,30 @@ fn build_runtime(
         .map(|auth| Users::load(&auth.users_file).map(Arc::new))
         .transpose()?;
     let chain = Chain::from_config(&config, harvest, callouts)?;
-    let pipeline = stages::from_config(&config)?;
+    let antivirus = config.antivirus.as_ref().map(start_antivirus).transpose()?;
+    let pipeline = stages::from_config(&config, antivirus.clone(), ledgers)?;
+    let sealer = Arc::new(crate::filters::dkim::Sealer::load(&config.dkim)?);
     Ok(Runtime {
+        sealer,
         config: Arc::new(config),
         chain,
         pipeline,
         tls,
         users,
+        antivirus,
     })
+}
+
+/// Builds the scanner and starts its background tasks (they end when it is dropped).
+fn start_antivirus(
+    config: &crate::config::AntivirusConfig,
+) -> Result<Arc<Antivirus>, AntivirusError> {
+    let av = Arc::new(Antivirus::from_config(config)?);
+    if tokio::runtime::Handle::try_current().is_ok() {
+        antivirus::spawn_monitor(Arc::downgrade(&av));
+        antivirus::update::spawn_poller(Arc::downgrade(&av));
+    }
+    Ok(av)
 }
 
 /// Where a queued message came from, which decides the first events of its timeline.
@@ -285,29 +345,32 @@ impl Origin<'_> {
     }
 }
 
-/// Concurrent sessions per client address, across all listeners.
+/// Concurrent sessions per client, across all listeners. A client is an IPv4 address or
+/// an IPv6 /64 (one host usually owns a whole /64, so counting per IPv6 address would let
+/// it open 2^64 times the limit), the same key flow control uses.
 #[derive(Default)]
 pub struct ClientLimiter {
-    active: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    active: Arc<Mutex<HashMap<IpNet, usize>>>,
 }
 
 /// Releases the client's slot when the session ends, however it ends.
 pub struct ClientSlot {
-    active: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    ip: IpAddr,
+    active: Arc<Mutex<HashMap<IpNet, usize>>>,
+    source: IpNet,
 }
 
 impl ClientLimiter {
     pub fn try_acquire(&self, ip: IpAddr, limit: usize) -> Option<ClientSlot> {
+        let source = source_network(ip);
         let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
-        let count = active.entry(ip).or_insert(0);
+        let count = active.entry(source).or_insert(0);
         if *count >= limit {
             return None;
         }
         *count += 1;
         Some(ClientSlot {
             active: self.active.clone(),
-            ip,
+            source,
         })
     }
 }
@@ -315,11 +378,37 @@ impl ClientLimiter {
 impl Drop for ClientSlot {
     fn drop(&mut self) {
         let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = active.get_mut(&self.ip) {
+        if let Some(count) = active.get_mut(&self.source) {
             *count -= 1;
             if *count == 0 {
-                active.remove(&self.ip);
+                active.remove(&self.source);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_are_counted_per_64() {
+        let limiter = ClientLimiter::default();
+        let ip = |text: &str| text.parse::<IpAddr>().expect("ip");
+        let first = limiter
+            .try_acquire(ip("2001:db8:1:2::10"), 2)
+            .expect("first");
+        let _second = limiter
+            .try_acquire(ip("2001:db8:1:2:ffff::1"), 2)
+            .expect("second");
+        assert!(
+            limiter.try_acquire(ip("2001:db8:1:2::99"), 2).is_none(),
+            "a third address in the same /64 got a slot"
+        );
+        assert!(limiter.try_acquire(ip("2001:db8:1:3::10"), 2).is_some());
+        assert!(limiter.try_acquire(ip("192.0.2.1"), 2).is_some());
+        assert!(limiter.try_acquire(ip("192.0.2.2"), 2).is_some());
+        drop(first);
+        assert!(limiter.try_acquire(ip("2001:db8:1:2::99"), 2).is_some());
     }
 }

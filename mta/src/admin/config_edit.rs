@@ -71,7 +71,7 @@ pub fn put(file: Option<&Path>, text: &str, reload: &ReloadFn) -> Response {
         return Response::error(e);
     }
     match reload() {
-        Ok(()) => {
+        Ok(_) => {
             log::info!(path:% = file.display(); "configuration replaced over the control protocol and reloaded");
             Response::ok(json!({ "valid": true, "reloaded": true }))
         }

@@ -23,9 +23,25 @@ pub enum Request {
     QueueDelete {
         ids: Vec<String>,
     },
-    QueueFlush,
+    /// Retry now: everything, or one destination (as `queue destinations` names it).
+    QueueFlush {
+        #[serde(default)]
+        destination: Option<String>,
+    },
+    /// Try one message now.
+    QueueDeliver {
+        id: String,
+    },
     QueueDestinations,
     Reload,
+    /// The running configuration (restart-only keys as running, not as in the file).
+    ConfigShow,
+    /// Every key whose running value differs from the file's.
+    ConfigDiff,
+    /// Sets the log level at run time (off, error, warn, info, debug, trace).
+    LogLevel {
+        level: String,
+    },
     FlowStatus,
     FlowTop {
         #[serde(default)]
@@ -51,6 +67,14 @@ pub enum Request {
     ConfigPut {
         text: String,
     },
+    /// Engines, signature versions and ages, scan counters.
+    AvStatus,
+    /// Installs the signature bundle at `path` (its signature at `path.sig`).
+    AvUpdate {
+        path: String,
+    },
+    /// Reloads the signature directory (after a change made outside Bulwark).
+    AvReload,
     /// A message timeline (`bulwarkctl track`).
     Track(crate::track::Query),
     QuarantineList {

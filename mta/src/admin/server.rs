@@ -13,18 +13,31 @@ use tokio::net::{UnixListener, UnixStream};
 
 use super::protocol::{Request, Response, MAX_REQUEST};
 use super::quarantine;
+use crate::config::changes::{Applies, Change};
+use crate::deliver::RetryScope;
+use crate::filters::antivirus::Antivirus;
 use crate::flow;
 use crate::gateway::Gateway;
 use crate::queue::{QueueId, QueueState, SpoolError, StateRecord};
 use crate::track::{Event, EventKind, Query};
 
-/// Reloads the configuration (the daemon's SIGHUP path); returns a message on failure.
-pub type ReloadFn = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+/// Reloads the configuration (the daemon's SIGHUP path): every changed key and whether it
+/// was applied, or a message on failure.
+pub type ReloadFn = Arc<dyn Fn() -> Result<Vec<Change>, String> + Send + Sync>;
+/// Compares the running configuration with the file: every key that differs.
+pub type DiffFn = Arc<dyn Fn() -> Result<Vec<Change>, String> + Send + Sync>;
+
+/// What the control socket may do with the configuration.
+#[derive(Clone)]
+pub struct ConfigHooks {
+    pub reload: ReloadFn,
+    pub diff: DiffFn,
+}
 
 /// What every control transport (unix socket, HTTPS) executes requests against.
 pub struct Control {
     pub gateway: Arc<Gateway>,
-    pub reload: ReloadFn,
+    pub hooks: ConfigHooks,
     /// The configuration file (none when running on the built-in default): `config-*` requests.
     pub config_file: Option<PathBuf>,
 }
@@ -94,14 +107,14 @@ impl Control {
                 super::config_edit::validate(self.config_file.as_deref(), &text)
             }
             Request::ConfigPut { text } => {
-                super::config_edit::put(self.config_file.as_deref(), &text, &self.reload)
+                super::config_edit::put(self.config_file.as_deref(), &text, &self.hooks.reload)
             }
-            other => execute(other, &self.gateway, &self.reload).await,
+            other => execute(other, &self.gateway, &self.hooks).await,
         }
     }
 }
 
-async fn execute(request: Request, gateway: &Gateway, reload: &ReloadFn) -> Response {
+async fn execute(request: Request, gateway: &Gateway, hooks: &ConfigHooks) -> Response {
     match request {
         Request::ConfigGet | Request::ConfigValidate { .. } | Request::ConfigPut { .. } => {
             Response::error("configuration requests need the control context")
@@ -112,7 +125,23 @@ async fn execute(request: Request, gateway: &Gateway, reload: &ReloadFn) -> Resp
         Request::QueueHold { ids } => change_state(gateway, &ids, StateRecord::Hold).await,
         Request::QueueRelease { ids } => change_state(gateway, &ids, StateRecord::Release).await,
         Request::QueueDelete { ids } => delete(gateway, &ids).await,
-        Request::QueueFlush => {
+        Request::QueueFlush {
+            destination: Some(destination),
+        } => {
+            gateway
+                .delivery
+                .retry_now(RetryScope::Destination(destination.clone()));
+            Response::ok(json!({ "flushed": destination }))
+        }
+        Request::QueueDeliver { id } => match parse_ids(&[id]) {
+            Ok(ids) if gateway.queue.contains(ids[0]) => {
+                gateway.delivery.retry_now(RetryScope::Message(ids[0]));
+                Response::ok(json!({ "delivering": ids[0].to_string() }))
+            }
+            Ok(ids) => Response::error(format!("no message {} in the queue", ids[0])),
+            Err(response) => response,
+        },
+        Request::QueueFlush { destination: None } => {
             let waiting = gateway
                 .queue
                 .list()
@@ -123,15 +152,33 @@ async fn execute(request: Request, gateway: &Gateway, reload: &ReloadFn) -> Resp
             Response::ok(json!({ "flushed": waiting }))
         }
         Request::QueueDestinations => Response::ok(json!(gateway.delivery.destinations().await)),
-        Request::Reload => match reload() {
-            Ok(()) => Response::ok(json!({ "reloaded": true })),
+        Request::Reload => match (hooks.reload)() {
+            Ok(changes) => Response::ok(reload_report(&changes)),
             Err(e) => Response::error(e),
         },
+        Request::ConfigDiff => match (hooks.diff)() {
+            Ok(changes) => Response::ok(json!(changes)),
+            Err(e) => Response::error(e),
+        },
+        Request::LogLevel { level } => match crate::service::journal::set_level(&level) {
+            Ok(level) => {
+                log::warn!("log level set to {level} by the operator");
+                Response::ok(json!({ "log_level": level.to_string().to_lowercase() }))
+            }
+            Err(e) => Response::error(e),
+        },
+        Request::ConfigShow => Response::ok(json!(*gateway.runtime().config)),
         Request::FlowStatus => Response::ok(gateway.flow.status()),
         Request::FlowTop { limit } => Response::ok(json!(gateway.flow.top(limit.unwrap_or(20)))),
         Request::FlowList => Response::ok(json!(gateway.flow.blocked())),
         Request::FlowBlock { target, seconds } => flow_block(gateway, &target, seconds),
         Request::FlowUnblock { target } => flow_unblock(gateway, &target),
+        Request::AvStatus => with_antivirus(gateway, |av| Response::ok(av.status())),
+        Request::AvUpdate { path } => av_update(gateway, &path).await,
+        Request::AvReload => with_antivirus(gateway, |av| match av.reload_signatures() {
+            Ok(version) => Response::ok(json!({ "reloaded": true, "version": version })),
+            Err(e) => Response::error(format!("reload refused, the old set stays: {e}")),
+        }),
         Request::Track(query) => track(gateway, query).await,
         Request::QuarantineList { filter } => quarantine::list(gateway, &filter),
         Request::QuarantineShow { id, raw } => quarantine::show(gateway, &id, raw),
@@ -139,6 +186,36 @@ async fn execute(request: Request, gateway: &Gateway, reload: &ReloadFn) -> Resp
             quarantine::release(gateway, &ids, to.as_deref()).await
         }
         Request::QuarantineDelete { ids } => quarantine::delete(gateway, &ids).await,
+    }
+}
+
+fn with_antivirus(gateway: &Gateway, act: impl FnOnce(&Antivirus) -> Response) -> Response {
+    match &gateway.runtime().antivirus {
+        Some(av) => act(av),
+        None => Response::error("anti-virus is not configured ([antivirus] is absent)"),
+    }
+}
+
+/// Reads the bundle and its `.sig` as the daemon's user and installs it.
+async fn av_update(gateway: &Gateway, path: &str) -> Response {
+    let Some(av) = gateway.runtime().antivirus.clone() else {
+        return with_antivirus(gateway, |_| Response::ok(Value::Null));
+    };
+    let bundle = match tokio::fs::read(path).await {
+        Ok(bytes) => bytes,
+        Err(e) => return Response::error(format!("cannot read {path}: {e}")),
+    };
+    let signature = tokio::fs::read(format!("{path}.sig")).await.ok();
+    let source = format!("file:{path}");
+    match av.install_bundle(&bundle, signature.as_deref(), &source) {
+        Ok(version) => {
+            log::info!(source:% = source, version:% = version; "antivirus: signature bundle installed");
+            Response::ok(json!({ "installed": version }))
+        }
+        Err(e) => {
+            log::warn!(source:% = source, error:% = e; "antivirus: signature bundle refused, old set kept");
+            Response::error(format!("bundle refused, the old set stays: {e}"))
+        }
     }
 }
 
@@ -166,6 +243,22 @@ fn flow_unblock(gateway: &Gateway, target: &str) -> Response {
     }
 }
 
+/// `reloaded` plus the changed keys split by whether the reload applied them.
+fn reload_report(changes: &[Change]) -> Value {
+    let keys = |applies: Applies| {
+        changes
+            .iter()
+            .filter(|c| c.applies == applies)
+            .map(|c| json!({ "key": c.key, "running": c.running, "file": c.file }))
+            .collect::<Vec<_>>()
+    };
+    json!({
+        "reloaded": true,
+        "applied": keys(Applies::OnReload),
+        "needs_restart": keys(Applies::AtRestart),
+    })
+}
+
 fn status(gateway: &Gateway) -> Value {
     let runtime = gateway.runtime();
     let config = &runtime.config;
@@ -177,10 +270,9 @@ fn status(gateway: &Gateway) -> Value {
         "version": env!("CARGO_PKG_VERSION"),
         "pid": std::process::id(),
         "uptime_seconds": gateway.started.elapsed().as_secs(),
-        "listeners": config.listeners.iter().map(|l| json!({
-            "address": l.address.to_string(),
-            "role": format!("{:?}", l.role).to_lowercase(),
-        })).collect::<Vec<_>>(),
+        // The sockets actually bound at start (a reload never rebinds).
+        "listeners": gateway.listening(),
+        "control_socket": config.server.control_socket,
         "sessions": { "active": load(&c.sessions_active), "total": load(&c.sessions_total), "refused": load(&c.sessions_refused) },
         "messages": { "accepted": load(&c.messages_accepted), "rejected": load(&c.messages_rejected), "bytes_accepted": load(&c.bytes_accepted) },
         "recipients_rejected": load(&c.recipients_rejected),

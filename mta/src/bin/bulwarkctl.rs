@@ -13,6 +13,9 @@ use clap::{Parser, Subcommand};
 use serde::Deserialize;
 use serde_json::Value;
 
+#[path = "ctl/spam.rs"]
+mod spam;
+
 #[derive(Parser)]
 #[command(
     name = "bulwarkctl",
@@ -42,12 +45,38 @@ enum Command {
         #[command(subcommand)]
         command: QueueCommand,
     },
-    /// Reload the configuration, TLS certificates and lists (as SIGHUP does).
-    Reload,
+    /// Reload the configuration, TLS certificates and lists (as SIGHUP does); prints each
+    /// changed key, applied or waiting for a restart.
+    Reload {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set the daemon's log level now (off, error, warn, info, debug, trace); until restart.
+    LogLevel { level: String },
+    /// The configuration: the running one, the built-in defaults, or what differs from the file.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Flow control: connection-rate limits and blocked sources.
     Flow {
         #[command(subcommand)]
         command: FlowCommand,
+    },
+    /// Anti-virus: engines, signatures and updates.
+    Av {
+        #[command(subcommand)]
+        command: AvCommand,
+    },
+    /// The anti-spam model: train, learn, score (offline, no daemon needed).
+    Spam {
+        #[command(subcommand)]
+        command: SpamCommand,
+    },
+    /// DKIM signing keys.
+    Dkim {
+        #[command(subcommand)]
+        command: DkimCommand,
     },
     /// A message's timeline: received, verdicts, queued, delivery attempts and outcomes.
     /// Filters combine; with none, the last hour.
@@ -143,6 +172,126 @@ enum NodeCommand {
 }
 
 #[derive(Subcommand)]
+enum AvCommand {
+    /// Engines, signature versions and ages, scans, detections, errors.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Install a signature bundle (a zip of signature files; its Ed25519 signature in FILE.sig).
+    Update { file: PathBuf },
+    /// Reload the signature directory after a change made outside Bulwark.
+    Reload,
+}
+
+#[derive(Subcommand)]
+enum SpamCommand {
+    /// Build a model file from a directory of spam and one of ham (one message a file).
+    Train {
+        #[arg(long, value_name = "DIR")]
+        spam: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        ham: PathBuf,
+        /// Where to write the model (default: [antispam] model).
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Teach the model one message (updates [antispam] model, or --model).
+    Learn {
+        #[arg(
+            long,
+            value_name = "FILE",
+            conflicts_with = "ham",
+            required_unless_present = "ham"
+        )]
+        spam: Option<PathBuf>,
+        #[arg(long, value_name = "FILE")]
+        ham: Option<PathBuf>,
+        #[arg(long, value_name = "PATH")]
+        model: Option<PathBuf>,
+    },
+    /// Score messages offline (classifier and rules; no DNS): one line per file.
+    Check {
+        files: Vec<PathBuf>,
+        /// A model file (default: [antispam] model, else the built-in one).
+        #[arg(long, value_name = "PATH")]
+        model: Option<PathBuf>,
+        /// A rules file (default: [antispam] rules, else the built-in rules).
+        #[arg(long, value_name = "PATH")]
+        rules: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DkimCommand {
+    /// Write a new key for DOMAIN and SELECTOR and print the DNS TXT record to publish.
+    Keygen {
+        domain: String,
+        selector: String,
+        /// rsa (2048 bits, what every verifier knows) or ed25519 (RFC 8463).
+        #[arg(long, default_value = "rsa")]
+        algorithm: String,
+        /// RSA key size.
+        #[arg(long, default_value_t = 2048)]
+        bits: usize,
+        /// Where to write the key (default: ./DOMAIN.SELECTOR.pem); never overwritten.
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
+    },
+}
+
+/// `bulwarkctl dkim keygen`: local, no daemon needed.
+fn dkim_keygen(command: DkimCommand) -> ExitCode {
+    use bulwark::filters::dkim::keygen::{self, Algorithm};
+    let DkimCommand::Keygen {
+        domain,
+        selector,
+        algorithm,
+        bits,
+        out,
+    } = command;
+    let algorithm = match algorithm.to_ascii_lowercase().as_str() {
+        "rsa" if (2048..=8192).contains(&bits) => Algorithm::Rsa(bits),
+        "rsa" => {
+            eprintln!("bulwarkctl: --bits must be between 2048 and 8192");
+            return ExitCode::FAILURE;
+        }
+        "ed25519" => Algorithm::Ed25519,
+        other => {
+            eprintln!("bulwarkctl: unknown algorithm {other:?} (rsa or ed25519)");
+            return ExitCode::FAILURE;
+        }
+    };
+    let path = out.unwrap_or_else(|| PathBuf::from(format!("{domain}.{selector}.pem")));
+    let written = keygen::generate(algorithm)
+        .and_then(|generated| keygen::write_new(&path, &generated.pem).map(|()| generated));
+    match written {
+        Ok(generated) => {
+            println!("# key written to {}", path.display());
+            println!("# publish this record in DNS:");
+            println!(
+                "{}",
+                keygen::zone_line(&domain, &selector, &generated.record)
+            );
+            println!("# and add to bulwark.toml:");
+            println!(
+                "# [[dkim]]\n# domain = \"{domain}\"\n# selector = \"{selector}\"\n# private_key = \"{}\"",
+                path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bulwarkctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[derive(Subcommand)]
 enum QuarantineCommand {
     /// List quarantined messages, newest first; text filters match a case-insensitive part.
     List {
@@ -188,6 +337,24 @@ enum QuarantineCommand {
 }
 
 #[derive(Subcommand)]
+enum ConfigCommand {
+    /// The running configuration as TOML (postconf -n); `--defaults`: the built-in default
+    /// configuration (postconf -d), without asking the daemon.
+    Show {
+        #[arg(long)]
+        defaults: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every key whose running value differs from the configuration file, and whether a
+    /// reload would apply it or it needs a restart.
+    Diff {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum FlowCommand {
     /// Where the limits are enforced (XDP interfaces or userspace) and the counters.
     Status {
@@ -230,10 +397,12 @@ enum FlowCommand {
 
 #[derive(Subcommand)]
 enum QueueCommand {
-    /// List queued messages.
+    /// List queued messages (all, or those the filters select).
     List {
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        select: Selection,
     },
     /// Show one message's envelope and header (or whole content with --body).
     Show {
@@ -244,13 +413,31 @@ enum QueueCommand {
         json: bool,
     },
     /// Keep messages from being delivered until released.
-    Hold { ids: Vec<String> },
+    Hold {
+        ids: Vec<String>,
+        #[command(flatten)]
+        select: Selection,
+    },
     /// Release held messages.
-    Release { ids: Vec<String> },
+    Release {
+        ids: Vec<String>,
+        #[command(flatten)]
+        select: Selection,
+    },
     /// Delete messages from the queue for good.
-    Delete { ids: Vec<String> },
-    /// Retry every queued message now, dead destinations included.
-    Flush,
+    Delete {
+        ids: Vec<String>,
+        #[command(flatten)]
+        select: Selection,
+    },
+    /// Retry every queued message now, dead destinations included; or only one
+    /// destination's mail (`--destination`, as `queue destinations` names it).
+    Flush {
+        #[arg(long, value_name = "DESTINATION")]
+        destination: Option<String>,
+    },
+    /// Try one message now.
+    Deliver { id: String },
     /// Per-destination delivery state: up/down, queued, connections, last error.
     Destinations {
         #[arg(long)]
@@ -258,8 +445,92 @@ enum QueueCommand {
     },
 }
 
+/// Which queued messages a command acts on besides the ids named (postsuper's `ALL` with
+/// filters): `--all` alone is every message; each filter narrows it.
+#[derive(clap::Args, Clone, Default)]
+struct Selection {
+    /// Every message (narrowed by the filters below); needed when no id is named.
+    #[arg(long)]
+    all: bool,
+    /// Only messages in this state (queued, hold).
+    #[arg(long, value_name = "STATE")]
+    state: Option<String>,
+    /// Only messages from this sender ("<>" for the null sender).
+    #[arg(long, value_name = "ADDRESS")]
+    sender: Option<String>,
+    /// Only messages with this recipient.
+    #[arg(long, value_name = "ADDRESS")]
+    recipient: Option<String>,
+    /// Only messages with a recipient in this domain.
+    #[arg(long, value_name = "DOMAIN")]
+    destination: Option<String>,
+}
+
+impl Selection {
+    fn filters(&self) -> bool {
+        self.state.is_some()
+            || self.sender.is_some()
+            || self.recipient.is_some()
+            || self.destination.is_some()
+    }
+
+    fn matches(&self, entry: &Value) -> bool {
+        let same = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
+        let recipients: Vec<&str> = entry["recipients"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let sender = entry["sender"].as_str().unwrap_or("");
+        self.state
+            .as_deref()
+            .is_none_or(|s| same(s, entry["state"].as_str().unwrap_or("")))
+            && self
+                .sender
+                .as_deref()
+                .is_none_or(|s| same(s.trim_matches(['<', '>']), sender))
+            && self
+                .recipient
+                .as_deref()
+                .is_none_or(|r| recipients.iter().any(|x| same(x, r)))
+            && self.destination.as_deref().is_none_or(|d| {
+                let d = d.trim_end_matches('.');
+                recipients.iter().any(|x| {
+                    x.rsplit_once('@')
+                        .is_some_and(|(_, domain)| same(domain, d))
+                })
+            })
+    }
+
+    /// `ids` plus the ids of the queued messages selected (asks the daemon for the list).
+    fn expand(
+        &self,
+        socket: &std::path::Path,
+        mut ids: Vec<String>,
+    ) -> Result<Vec<String>, String> {
+        if !self.all {
+            if self.filters() {
+                return Err("filters select from --all: add --all".into());
+            }
+            return Ok(ids);
+        }
+        let listed = call(socket, &Request::QueueList).map_err(|e| e.to_string())?;
+        for entry in listed.result.as_array().into_iter().flatten() {
+            if self.matches(entry) {
+                ids.extend(entry["id"].as_str().map(str::to_string));
+            }
+        }
+        Ok(ids)
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    let args = match args.command {
+        Command::Dkim { command } => return dkim_keygen(command),
+        command => Args { command, ..args },
+    };
     let local = match &args.command {
         Command::Console { command } => Some(console_command(command, &args.config)),
         Command::Node { command } => Some(node_command(command)),
@@ -274,6 +545,26 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::Spam { command } = args.command {
+        return match spam::run(command, &args.config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("bulwarkctl: {message}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Command::Config {
+        command: ConfigCommand::Show {
+            defaults: true,
+            json,
+        },
+    } = args.command
+    {
+        let defaults = serde_json::to_value(bulwark::config::builtin_default());
+        print_config(&defaults.unwrap_or_default(), json);
+        return ExitCode::SUCCESS;
+    }
     let socket = match socket_path(&args) {
         Ok(path) => path,
         Err(message) => {
@@ -281,13 +572,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let mut list_filter: Option<Selection> = None;
     let (request, printer): (Request, fn(&Value)) = match args.command {
         Command::Status { json } => (
             Request::Status,
             if json { print_json } else { print_status },
         ),
-        Command::Reload => (Request::Reload, print_done),
         Command::Console { .. } | Command::Node { .. } => return ExitCode::SUCCESS,
+        Command::Spam { .. } => return ExitCode::SUCCESS,
+        // Handled above: it needs no daemon.
+        Command::Dkim { .. } => return ExitCode::SUCCESS,
         Command::Track {
             id,
             message_id,
@@ -315,9 +609,25 @@ fn main() -> ExitCode {
                 if json { print_track_json } else { print_track },
             )
         }
+        Command::LogLevel { level } => (Request::LogLevel { level }, print_done),
+        Command::Reload { json } => (Request::Reload, pick(json, print_reload)),
+        Command::Config { command } => match command {
+            ConfigCommand::Show { json, .. } => (
+                Request::ConfigShow,
+                if json { print_json } else { print_toml },
+            ),
+            ConfigCommand::Diff { json } => (Request::ConfigDiff, pick(json, print_diff)),
+        },
         Command::Flow { command } => match flow_request(command, &args.config) {
             Ok(Some(pair)) => pair,
             Ok(None) => return ExitCode::SUCCESS,
+            Err(message) => {
+                eprintln!("bulwarkctl: {message}");
+                return ExitCode::FAILURE;
+            }
+        },
+        Command::Av { command } => match av_request(command) {
+            Ok(pair) => pair,
             Err(message) => {
                 eprintln!("bulwarkctl: {message}");
                 return ExitCode::FAILURE;
@@ -331,18 +641,36 @@ fn main() -> ExitCode {
             }
         },
         Command::Queue { command } => match command {
-            QueueCommand::List { json } => (
-                Request::QueueList,
-                if json { print_json } else { print_queue },
-            ),
+            QueueCommand::List { json, select } => {
+                list_filter = Some(select);
+                (
+                    Request::QueueList,
+                    if json { print_json } else { print_queue },
+                )
+            }
             QueueCommand::Show { id, body, json } => (
                 Request::QueueShow { id, body },
                 if json { print_json } else { print_show },
             ),
-            QueueCommand::Hold { ids } => (Request::QueueHold { ids }, print_done),
-            QueueCommand::Release { ids } => (Request::QueueRelease { ids }, print_done),
-            QueueCommand::Delete { ids } => (Request::QueueDelete { ids }, print_done),
-            QueueCommand::Flush => (Request::QueueFlush, print_done),
+            QueueCommand::Hold { ids, select } => match select.expand(&socket, ids) {
+                Ok(ids) if ids.is_empty() && select.all => return nothing_selected(),
+                Ok(ids) => (Request::QueueHold { ids }, print_done),
+                Err(e) => return failure(&e),
+            },
+            QueueCommand::Release { ids, select } => match select.expand(&socket, ids) {
+                Ok(ids) if ids.is_empty() && select.all => return nothing_selected(),
+                Ok(ids) => (Request::QueueRelease { ids }, print_done),
+                Err(e) => return failure(&e),
+            },
+            QueueCommand::Delete { ids, select } => match select.expand(&socket, ids) {
+                Ok(ids) if ids.is_empty() && select.all => return nothing_selected(),
+                Ok(ids) => (Request::QueueDelete { ids }, print_done),
+                Err(e) => return failure(&e),
+            },
+            QueueCommand::Flush { destination } => {
+                (Request::QueueFlush { destination }, print_done)
+            }
+            QueueCommand::Deliver { id } => (Request::QueueDeliver { id }, print_done),
             QueueCommand::Destinations { json } => (
                 Request::QueueDestinations,
                 if json { print_json } else { print_destinations },
@@ -354,7 +682,10 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     match call(&socket, &request) {
-        Ok(response) if response.ok => {
+        Ok(mut response) if response.ok => {
+            if let (Some(select), Value::Array(entries)) = (&list_filter, &mut response.result) {
+                entries.retain(|entry| select.matches(entry));
+            }
             printer(&response.result);
             ExitCode::SUCCESS
         }
@@ -483,6 +814,99 @@ fn node_command(command: &NodeCommand) -> Result<(), String> {
     Ok(())
 }
 
+fn av_request(command: AvCommand) -> Result<Call, String> {
+    Ok(match command {
+        AvCommand::Status { json } => (
+            Request::AvStatus,
+            if json { print_json } else { print_av_status },
+        ),
+        AvCommand::Update { file } => {
+            // The daemon reads the file: give it a path that does not depend on our cwd.
+            let path =
+                std::fs::canonicalize(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let path = path.to_str().ok_or("the path is not UTF-8")?.to_string();
+            (Request::AvUpdate { path }, print_done)
+        }
+        AvCommand::Reload => (Request::AvReload, print_done),
+    })
+}
+
+fn print_av_status(value: &Value) {
+    let order: Vec<String> = value["order"]
+        .as_array()
+        .map(|a| a.iter().map(text).collect())
+        .unwrap_or_default();
+    println!("anti-virus engines: {}", order.join(", "));
+    for name in &order {
+        let engine = &value["engines"][name];
+        let c = &engine["counters"];
+        let counts = format!(
+            "{} scans, {} detections, {} errors",
+            c["scans"], c["detections"], c["errors"]
+        );
+        if name == "clamd" {
+            let up = match engine["up"].as_bool() {
+                Some(true) => "up",
+                Some(false) => "DOWN",
+                None => "not checked yet",
+            };
+            let v = &engine["version"];
+            println!(
+                "  clamd {} ({up}): engine {}, database {}, age {} s{}; {counts}",
+                text(&engine["address"]),
+                text(&v["engine"]),
+                text(&v["database"]),
+                text(&engine["database_age_seconds"]),
+                if engine["stale"] == true {
+                    " STALE"
+                } else {
+                    ""
+                }
+            );
+            if let Some(error) = engine["last_error"].as_str() {
+                println!("    last error: {error}");
+            }
+        } else {
+            println!(
+                "  builtin {}: version {}, {} MD5 + {} SHA-256 signatures, age {} s{}; {counts}",
+                text(&engine["signatures_dir"]),
+                text(&engine["version"]),
+                engine["md5_signatures"],
+                engine["sha256_signatures"],
+                text(&engine["age_seconds"]),
+                if engine["stale"] == true {
+                    " STALE"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+    println!(
+        "  not scanned (over {} bytes): {}",
+        value["max_scan_size"], value["too_large"]
+    );
+    let u = &value["last_update"];
+    if !u.is_null() {
+        println!(
+            "  last update: {} from {} at {}",
+            text(&u["result"]),
+            text(&u["source"]),
+            u["at"]
+        );
+    }
+}
+
+fn failure(message: &str) -> ExitCode {
+    eprintln!("bulwarkctl: {message}");
+    ExitCode::FAILURE
+}
+
+fn nothing_selected() -> ExitCode {
+    println!("no queued message matches");
+    ExitCode::SUCCESS
+}
+
 fn request_needs_ids(request: &Request) -> bool {
     matches!(request,
         Request::QueueHold { ids } | Request::QueueRelease { ids } | Request::QueueDelete { ids }
@@ -490,15 +914,117 @@ fn request_needs_ids(request: &Request) -> bool {
         if ids.is_empty())
 }
 
+/// `--socket`, else the configuration's `server.control_socket`. A configuration with
+/// problems elsewhere (the daemon may still run an older, valid one) still names its
+/// socket: then only that key is read.
 fn socket_path(args: &Args) -> Result<PathBuf, String> {
     if let Some(socket) = &args.socket {
         return Ok(socket.clone());
     }
     let source = ConfigSource::choose(args.config.clone());
-    source
-        .load()
-        .map(|config| config.server.control_socket)
-        .map_err(|e| e.to_string())
+    let error = match source.load() {
+        Ok(config) => return Ok(config.server.control_socket),
+        Err(error) => error,
+    };
+    match &source {
+        ConfigSource::File(path) => socket_named_in(path).ok_or_else(|| error.to_string()),
+        ConfigSource::BuiltIn => Err(error.to_string()),
+    }
+}
+
+fn socket_named_in(path: &std::path::Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let table: toml::Table = text.parse().ok()?;
+    let socket = PathBuf::from(table.get("server")?.get("control_socket")?.as_str()?);
+    Some(match path.parent() {
+        Some(base) if socket.is_relative() => base.join(socket),
+        _ => socket,
+    })
+}
+
+fn print_reload(value: &Value) {
+    println!("configuration reloaded");
+    for change in value["applied"].as_array().into_iter().flatten() {
+        println!(
+            "  applied        {}: {} -> {}",
+            text(&change["key"]),
+            change["running"],
+            change["file"]
+        );
+    }
+    for change in value["needs_restart"].as_array().into_iter().flatten() {
+        println!(
+            "  needs restart  {}: running {}, file {}",
+            text(&change["key"]),
+            change["running"],
+            change["file"]
+        );
+    }
+}
+
+fn print_diff(value: &Value) {
+    let Some(changes) = value.as_array() else {
+        return;
+    };
+    if changes.is_empty() {
+        println!("the running configuration is the file's");
+        return;
+    }
+    let width = changes
+        .iter()
+        .map(|c| text(&c["key"]).len())
+        .max()
+        .unwrap_or(0);
+    for c in changes {
+        let when = if c["applies"] == "at_restart" {
+            "restart"
+        } else {
+            "reload"
+        };
+        println!(
+            "{:<width$}  running {}  file {}  (applies on {when})",
+            text(&c["key"]),
+            c["running"],
+            c["file"]
+        );
+    }
+}
+
+fn print_toml(value: &Value) {
+    print_config(value, false);
+}
+
+fn print_config(value: &Value, json: bool) {
+    if json {
+        return print_json(value);
+    }
+    match toml::to_string(&without_nulls(value.clone())) {
+        Ok(text) => print!("{text}"),
+        Err(_) => print_json(value),
+    }
+}
+
+/// TOML has no null: unset optional keys are left out, as in a file.
+fn without_nulls(value: Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k, without_nulls(v)))
+                .collect(),
+        ),
+        Value::Array(list) => Value::Array(list.into_iter().map(without_nulls).collect()),
+        other => other,
+    }
+}
+
+/// `--json` prints the daemon's answer as is; otherwise `human` formats it.
+fn pick(json: bool, human: fn(&Value)) -> fn(&Value) {
+    if json {
+        print_json
+    } else {
+        human
+    }
 }
 
 fn print_json(value: &Value) {
@@ -587,6 +1113,8 @@ fn print_queue(value: &Value) {
         "{:<16} {:>7} {:>9} {:<6} {:<20} SENDER / RECIPIENTS",
         "ID", "AGE", "SIZE", "STATE", "NEXT ATTEMPT"
     );
+    // Recipients and the last error line up under SENDER.
+    let indent = " ".repeat(16 + 1 + 7 + 1 + 9 + 1 + 6 + 1 + 20 + 1);
     for e in entries {
         let age = now.saturating_sub(e["arrival"].as_u64().unwrap_or(now));
         let sender = e["sender"]
@@ -597,19 +1125,30 @@ fn print_queue(value: &Value) {
             "{:<16} {:>6}s {:>9} {:<6} {:<20} {}",
             text(&e["id"]),
             age,
-            e["size"],
+            e["size"].as_u64().unwrap_or(0),
             text(&e["state"]),
-            text(&e["next_attempt"]),
+            next_attempt(&e["next_attempt"]),
             sender
         );
         for r in e["recipients"].as_array().into_iter().flatten() {
-            println!("{:>70} {}", "", text(r));
+            println!("{indent}{}", text(r));
         }
         if !e["last_error"].is_null() {
-            println!("{:>70} ({})", "", text(&e["last_error"]));
+            println!("{indent}({})", text(&e["last_error"]));
         }
     }
     println!("-- {} message(s)", entries.len());
+}
+
+/// A Unix time as `2026-12-02T04:33:13Z` (UTC); `-` when none is scheduled.
+fn next_attempt(value: &Value) -> String {
+    match value.as_u64() {
+        Some(secs) => {
+            let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+            humantime::format_rfc3339_seconds(at).to_string()
+        }
+        None => "-".into(),
+    }
 }
 
 fn print_show(value: &Value) {
@@ -637,8 +1176,8 @@ fn print_destinations(value: &Value) {
             "{:<40} {:<5} {:>7} {:>6} {}",
             text(&d["destination"]),
             text(&d["state"]),
-            d["queued"],
-            d["active_connections"],
+            d["queued"].as_u64().unwrap_or(0),
+            d["active_connections"].as_u64().unwrap_or(0),
             text(&d["last_error"])
         );
     }
@@ -648,7 +1187,6 @@ type Call = (Request, fn(&Value));
 
 /// The request for a `flow` subcommand; `detach` works on the pins directly (None).
 fn flow_request(command: FlowCommand, config: &Option<PathBuf>) -> Result<Option<Call>, String> {
-    let pick = |json: bool, human: fn(&Value)| if json { print_json } else { human };
     Ok(Some(match command {
         FlowCommand::Status { json } => (Request::FlowStatus, pick(json, print_flow_status)),
         FlowCommand::Top { limit, json } => (

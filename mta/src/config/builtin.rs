@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use super::{
-    Config, LimitsConfig, ListenerConfig, ListenerRole, QuarantineConfig, RelayConfig,
+    Config, LimitsConfig, ListenerConfig, ListenerRole, QuarantineConfig, RelayConfig, RouteConfig,
     ServerConfig, SmtpConfig,
 };
 
@@ -26,6 +26,7 @@ pub fn builtin_default() -> Config {
             spool_sync: Default::default(),
             user: None,
             group: None,
+            min_free_space: 100 << 20,
         },
         listeners: vec![ListenerConfig {
             address: "127.0.0.1:2525".parse().expect("literal address"),
@@ -34,6 +35,7 @@ pub fn builtin_default() -> Config {
         }],
         tls: None,
         auth: None,
+        antivirus: None,
         relay: RelayConfig {
             domains: vec!["localhost".to_string()],
             trusted_networks: vec![
@@ -44,7 +46,7 @@ pub fn builtin_default() -> Config {
         recipient_checks: Vec::new(),
         limits: LimitsConfig::default(),
         smtp: SmtpConfig::default(),
-        routes: Vec::new(),
+        routes: vec![local_maildir(&state)],
         delivery: Default::default(),
         dns: Default::default(),
         flow: Default::default(),
@@ -53,6 +55,9 @@ pub fn builtin_default() -> Config {
         control: None,
         metrics: None,
         console: None,
+        antispam: Some(Default::default()),
+        dkim: Vec::new(),
+        outbound_limit: None,
         tracking: super::TrackingConfig {
             dir: state.join("tracking"),
             ..Default::default()
@@ -61,6 +66,22 @@ pub fn builtin_default() -> Config {
             dir: state.join("quarantine"),
             ..Default::default()
         },
+        milters: Vec::new(),
+    }
+}
+
+/// Mail to `localhost` lands in a Maildir under the state directory (nothing listens on
+/// port 25 on a laptop, so relaying it would defer it forever).
+fn local_maildir(state: &std::path::Path) -> RouteConfig {
+    RouteConfig {
+        domains: vec!["localhost".to_string()],
+        next_hops: Vec::new(),
+        smart_host: None,
+        maildir: Some(state.join("Maildir")),
+        tls: Default::default(),
+        ca_file: None,
+        max_connections: 1,
+        max_messages_per_connection: 100,
     }
 }
 

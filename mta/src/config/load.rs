@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use super::{Config, ListenerRole, RecipientCheckKind};
+use super::{domains, ranges, Config, ListenerRole, RecipientCheckKind};
 
 /// One segment of a key path: `listener[1].address` is `[Key(listener), Index(1), Key(address)]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,9 +212,9 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-type Found = Vec<(Vec<Segment>, String)>;
+pub(super) type Found = Vec<(Vec<Segment>, String)>;
 
-fn key(path: &[&str]) -> Vec<Segment> {
+pub(super) fn key(path: &[&str]) -> Vec<Segment> {
     path.iter().map(|k| Segment::Key(k.to_string())).collect()
 }
 
@@ -225,7 +225,7 @@ fn element(path: &[&str], index: usize) -> Vec<Segment> {
     segments
 }
 
-fn indexed(table: &str, index: usize, field: &str) -> Vec<Segment> {
+pub(super) fn indexed(table: &str, index: usize, field: &str) -> Vec<Segment> {
     vec![
         Segment::Key(table.to_string()),
         Segment::Index(index),
@@ -245,21 +245,14 @@ fn validate(config: &mut Config, base: &Path) -> Found {
     validate_flow(config, &mut found);
     validate_rules(config, &mut found);
     validate_console(config, &mut found);
+    validate_antivirus(config, &mut found);
+    validate_antispam(config, &mut found);
     validate_tracking(config, &mut found);
+    validate_milters(config, &mut found);
+    ranges::check(config, &mut found);
     resolve_paths(config, base);
+    validate_dkim(config, &mut found);
     validate_quarantine(config, &mut found);
-    if config.limits.max_message_size == 0 {
-        found.push((
-            key(&["limits", "max_message_size"]),
-            "must be greater than 0".into(),
-        ));
-    }
-    if config.limits.max_recipients == 0 {
-        found.push((
-            key(&["limits", "max_recipients"]),
-            "must be greater than 0".into(),
-        ));
-    }
     found
 }
 
@@ -317,6 +310,79 @@ fn validate_rules(config: &Config, found: &mut Found) {
                 path.push(Segment::Index(index));
             }
             found.push((path, message));
+        }
+    }
+}
+
+fn validate_antispam(config: &Config, found: &mut Found) {
+    let Some(spam) = &config.antispam else {
+        return;
+    };
+    let at = |field: &str| key(&["antispam", field]);
+    if !(spam.tag_score <= spam.quarantine_score && spam.quarantine_score <= spam.reject_score) {
+        found.push((
+            at("tag_score"),
+            "needs tag_score <= quarantine_score <= reject_score".into(),
+        ));
+    }
+    for field in ["dnsbl", "uribl"] {
+        let list = if field == "dnsbl" {
+            &spam.dnsbl
+        } else {
+            &spam.uribl
+        };
+        for (i, entry) in list.iter().enumerate() {
+            if let Err(message) = super::parse_list_entry(entry, 0.0) {
+                found.push((element(&["antispam", field], i), message));
+            }
+        }
+    }
+    for field in ["allow", "block"] {
+        let list = if field == "allow" {
+            &spam.allow
+        } else {
+            &spam.block
+        };
+        for (i, entry) in list.iter().enumerate() {
+            if let Err(message) = super::parse_allow_entry(entry) {
+                found.push((element(&["antispam", field], i), message));
+            }
+        }
+    }
+    if spam.timeout.is_zero() {
+        found.push((at("timeout"), "must not be 0".into()));
+    }
+}
+
+/// After `resolve_paths`: each key must load, each domain be signed by one key only.
+fn validate_dkim(config: &Config, found: &mut Found) {
+    for (i, dkim) in config.dkim.iter().enumerate() {
+        if let Some(problem) = crate::filters::dkim::key_problem(&dkim.private_key) {
+            found.push((indexed("dkim", i, "private_key"), problem));
+        }
+        let selector_ok = !dkim.selector.is_empty()
+            && dkim.selector.split('.').all(|l| {
+                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !selector_ok {
+            found.push((indexed("dkim", i, "selector"), "not a DNS label".into()));
+        }
+        if config.dkim[..i]
+            .iter()
+            .any(|d| d.domain.eq_ignore_ascii_case(&dkim.domain))
+        {
+            found.push((
+                indexed("dkim", i, "domain"),
+                "a second key for this domain".into(),
+            ));
+        }
+    }
+    if let Some(limit) = &config.outbound_limit {
+        if limit.window.is_zero() {
+            found.push((
+                key(&["outbound_limit", "window"]),
+                "must be greater than 0".into(),
+            ));
         }
     }
 }
@@ -398,13 +464,10 @@ fn validate_listeners(config: &Config, found: &mut Found) {
 
 fn validate_relay(config: &mut Config, found: &mut Found) {
     for (i, domain) in config.relay.domains.iter_mut().enumerate() {
-        if domain.contains('*') || domain.is_empty() {
-            found.push((
-                element(&["relay", "domains"], i),
-                format!("{domain:?} is not a domain (wildcards would make an open relay)"),
-            ));
+        if let Some(problem) = domains::entry_problem(domain, false) {
+            found.push((element(&["relay", "domains"], i), problem));
         }
-        *domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        *domain = domains::normalise(domain);
     }
     for (i, net) in config.relay.trusted_networks.iter().enumerate() {
         if net.prefix_len() == 0 {
@@ -440,9 +503,12 @@ fn validate_recipient_checks(config: &Config, base: &Path, found: &mut Found) {
             _ => {}
         }
         for domain in &check.domains {
-            if !config.is_local_domain(&domain.to_ascii_lowercase()) {
+            let path = indexed("recipients", i, "domains");
+            if let Some(problem) = domains::entry_problem(domain, false) {
+                found.push((path, problem));
+            } else if !domains::covered_by(&config.relay.domains, &domains::normalise(domain)) {
                 found.push((
-                    indexed("recipients", i, "domains"),
+                    path,
                     format!("{domain:?} is not in relay.domains, so it is never checked"),
                 ));
             }
@@ -456,6 +522,19 @@ fn validate_routes(config: &Config, base: &Path, found: &mut Found) {
             found.push((
                 indexed("route", i, "domains"),
                 "name at least one domain, or \"*\"".into(),
+            ));
+        }
+        for (j, domain) in route.domains.iter().enumerate() {
+            if let Some(problem) = domains::entry_problem(domain, true) {
+                let mut path = indexed("route", i, "domains");
+                path.push(Segment::Index(j));
+                found.push((path, problem));
+            }
+        }
+        if route.maildir.is_some() && (route.smart_host.is_some() || !route.next_hops.is_empty()) {
+            found.push((
+                indexed("route", i, "maildir"),
+                "a route delivers into a maildir or to next hops, not both".into(),
             ));
         }
         if route.smart_host.is_some() && !route.next_hops.is_empty() {
@@ -489,6 +568,58 @@ fn validate_routes(config: &Config, base: &Path, found: &mut Found) {
     }
 }
 
+fn validate_antivirus(config: &Config, found: &mut Found) {
+    use super::AvEngine;
+    use crate::filters::antivirus::{ClamdAddress, UpdateKey};
+    let Some(av) = &config.antivirus else { return };
+    let at = |field: &str| key(&["antivirus", field]);
+    if av.engines.is_empty() {
+        found.push((at("engines"), "name at least one engine".into()));
+    }
+    for (i, engine) in av.engines.iter().enumerate() {
+        if av.engines[..i].contains(engine) {
+            found.push((element(&["antivirus", "engines"], i), "listed twice".into()));
+        }
+    }
+    if av.engines.contains(&AvEngine::Clamd) {
+        if let Err(e) = ClamdAddress::parse(&av.clamd) {
+            found.push((at("clamd"), e.to_string()));
+        }
+    }
+    if av.max_scan_size == 0 {
+        found.push((at("max_scan_size"), "must be greater than 0".into()));
+    }
+    if av.engines.contains(&AvEngine::Builtin) && av.max_scan_size > config.pipeline.max_parse_size
+    {
+        found.push((
+            at("max_scan_size"),
+            "the built-in engine reads what it scans in memory: keep it at most [pipeline] max_parse_size".into(),
+        ));
+    }
+    if !av.update_public_key.is_empty() {
+        if let Err(e) = UpdateKey::parse(&av.update_public_key) {
+            found.push((at("update_public_key"), e.to_string()));
+        }
+    }
+    if !av.update_url.is_empty() {
+        if av.update_public_key.is_empty() {
+            found.push((
+                at("update_url"),
+                "automatic updates need update_public_key to verify bundles".into(),
+            ));
+        }
+        if !(av.update_url.starts_with("http://") || av.update_url.starts_with("https://")) {
+            found.push((
+                at("update_url"),
+                "must be an http:// or https:// URL".into(),
+            ));
+        }
+    }
+    if av.update_interval < std::time::Duration::from_secs(1) {
+        found.push((at("update_interval"), "must be at least 1s".into()));
+    }
+}
+
 fn validate_tracking(config: &Config, found: &mut Found) {
     if config.tracking.retention.is_zero() {
         found.push((
@@ -501,6 +632,30 @@ fn validate_tracking(config: &Config, found: &mut Found) {
     }
 }
 
+fn validate_milters(config: &Config, found: &mut Found) {
+    for (i, milter) in config.milters.iter().enumerate() {
+        if milter.name.trim().is_empty() {
+            found.push((indexed("milter", i, "name"), "must not be empty".into()));
+        }
+        if config.milters[..i].iter().any(|m| m.name == milter.name) {
+            found.push((
+                indexed("milter", i, "name"),
+                format!("a milter named {:?} is already defined", milter.name),
+            ));
+        }
+        let timeouts = [
+            ("connect_timeout", milter.connect_timeout),
+            ("command_timeout", milter.command_timeout),
+            ("message_timeout", milter.message_timeout),
+        ];
+        for (field, timeout) in timeouts {
+            if timeout.is_zero() {
+                found.push((indexed("milter", i, field), "must not be 0".into()));
+            }
+        }
+    }
+}
+
 fn resolve_paths(config: &mut Config, base: &Path) {
     let resolve = |p: &mut PathBuf| {
         if p.is_relative() {
@@ -509,6 +664,21 @@ fn resolve_paths(config: &mut Config, base: &Path) {
     };
     resolve(&mut config.server.spool_dir);
     resolve(&mut config.server.control_socket);
+    for dkim in &mut config.dkim {
+        resolve(&mut dkim.private_key);
+    }
+    for rule in &mut config.rules {
+        if let Some(dir) = &mut rule.archive_dir {
+            resolve(dir);
+        }
+    }
+    if let Some(file) = config
+        .outbound_limit
+        .as_mut()
+        .and_then(|l| l.state_file.as_mut())
+    {
+        resolve(file);
+    }
     resolve(&mut config.tracking.dir);
     resolve(&mut config.quarantine.dir);
     if let Some(tls) = &mut config.tls {
@@ -546,12 +716,22 @@ fn resolve_paths(config: &mut Config, base: &Path) {
             resolve(path);
         }
     }
+    if let Some(av) = &mut config.antivirus {
+        resolve(&mut av.signatures_dir);
+    }
+    if let Some(antispam) = &mut config.antispam {
+        antispam.model.iter_mut().for_each(resolve);
+        antispam.rules.iter_mut().for_each(resolve);
+    }
     for route in &mut config.routes {
         if let Some(ca_file) = &mut route.ca_file {
             resolve(ca_file);
         }
+        if let Some(maildir) = &mut route.maildir {
+            resolve(maildir);
+        }
         for domain in &mut route.domains {
-            *domain = domain.trim_end_matches('.').to_ascii_lowercase();
+            *domain = domains::normalise(domain);
         }
     }
     for check in &mut config.recipient_checks {
@@ -559,7 +739,7 @@ fn resolve_paths(config: &mut Config, base: &Path) {
             resolve(file);
         }
         for domain in &mut check.domains {
-            *domain = domain.trim_end_matches('.').to_ascii_lowercase();
+            *domain = domains::normalise(domain);
         }
     }
 }
@@ -583,7 +763,7 @@ fn validate_quarantine(config: &Config, found: &mut Found) {
 mod tests {
     use super::*;
 
-    const MINIMAL: &str = r#"
+    pub(super) const MINIMAL: &str = r#"
 [server]
 hostname = "mx1.example.com"
 spool_dir = "/tmp/spool"
@@ -719,6 +899,31 @@ mod shipped_example {
     use super::*;
 
     #[test]
+    fn milters_load_with_defaults_and_problems() {
+        let load = |text: &str| load_str(text, "test.toml", Path::new("/"));
+        let base = "[server]\nhostname = \"mx.example\"\nspool_dir = \"/var/spool/b\"\ncontrol_socket = \"/run/b.sock\"\n[[listener]]\naddress = \"127.0.0.1:25\"\nrole = \"mx\"\n";
+        let good = format!("{base}[[milter]]\nname = \"rspamd\"\naddress = \"inet:11332@127.0.0.1\"\ncommand_timeout = \"5s\"\n");
+        let config = load(&good).expect("valid milter");
+        let milter = &config.milters[0];
+        assert_eq!(milter.command_timeout, std::time::Duration::from_secs(5));
+        assert_eq!(milter.default_action, crate::config::OnError::Tempfail);
+        assert_eq!(milter.rcpt_macros, ["i", "{rcpt_addr}", "{rcpt_host}"]);
+        let bad = format!("{base}[[milter]]\nname = \"a\"\naddress = \"unix:/s\"\nconnect_timeout = 0\n[[milter]]\nname = \"a\"\naddress = \"unix:/t\"\n");
+        let error = load(&bad).expect_err("two problems");
+        let paths: Vec<_> = error
+            .problems()
+            .iter()
+            .map(|p| p.key_path.clone())
+            .collect();
+        assert_eq!(paths, ["milter[0].connect_timeout", "milter[1].name"]);
+        let address = format!("{base}[[milter]]\nname = \"a\"\naddress = \"11332\"\n");
+        assert!(load(&address)
+            .expect_err("bad address")
+            .to_string()
+            .contains("inet:PORT@HOST"));
+    }
+
+    #[test]
     fn packaged_example_config_is_valid() {
         let text = include_str!("../../../packaging/bulwark.toml");
         let config = load_str(text, "packaging/bulwark.toml", Path::new("/etc/bulwark"))
@@ -729,6 +934,48 @@ mod shipped_example {
             config.quarantine.dir,
             PathBuf::from("/var/lib/bulwark/quarantine")
         );
+    }
+
+    #[test]
+    fn packaged_antivirus_block_is_valid_when_uncommented() {
+        let text = include_str!("../../../packaging/bulwark.toml");
+        let start = text.find("#[antivirus]").expect("documented");
+        let block: String = text[start..]
+            .lines()
+            .map(|l| {
+                if l.starts_with("#[")
+                    || l.starts_with("#") && l.contains(" = ") && !l.starts_with("# ")
+                {
+                    &l[1..]
+                } else {
+                    l
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let text = format!("{}{block}\n", &text[..start]);
+        let config = load_str(&text, "packaging/bulwark.toml", Path::new("/etc/bulwark"))
+            .expect("the uncommented [antivirus] block must load");
+        let av = config.antivirus.expect("[antivirus] present");
+        assert_eq!(av.max_scan_size, 25 << 20);
+        assert_eq!(av.engines.len(), 2);
+        assert_eq!(av.update_interval.as_secs(), 3600);
+        assert_eq!(av.max_signature_age.as_secs(), 7 * 24 * 3600);
+    }
+
+    #[test]
+    fn antivirus_problems_are_located() {
+        let text = super::tests::MINIMAL.to_string()
+            + "\n[antivirus]\nengines = [\"clamd\", \"clamd\"]\nclamd = \"localhost:3310\"\n\
+               max_scan_size = \"25 parsecs\"\n";
+        let err = load_str(&text, "t", Path::new("/")).expect_err("bad size");
+        assert!(err.to_string().contains("invalid size"), "{err}");
+        let text = text.replace("\"25 parsecs\"", "\"1MB\"") + "update_url = \"ftp://x\"\n";
+        let err = load_str(&text, "t", Path::new("/")).expect_err("bad antivirus");
+        let paths: Vec<&str> = err.problems().iter().map(|p| p.key_path.as_str()).collect();
+        assert!(paths.contains(&"antivirus.engines[1]"), "{paths:?}");
+        assert!(paths.contains(&"antivirus.clamd"), "{paths:?}");
+        assert!(paths.contains(&"antivirus.update_url"), "{paths:?}");
     }
 }
 

@@ -6,11 +6,17 @@
 //! path so `bulwarkd --check-config` can print them all at once. The shipped
 //! `packaging/bulwark.toml` documents every option below.
 
+mod antispam;
 mod builtin;
 mod console;
+pub mod changes;
+mod domains;
 mod duration;
 mod load;
+mod milter;
 mod pipeline;
+mod policy;
+mod ranges;
 mod size;
 mod tracking;
 
@@ -19,17 +25,25 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
+pub use antispam::{
+    parse_allow_entry, parse_list_entry, AntispamConfig, DmarcRejectAction, ListEntry,
+    SpamDomainConfig,
+};
 pub use builtin::{builtin_default, DEFAULT_CONFIG_PATH};
 pub use console::{ConsoleConfig, ConsoleNode, ControlConfig, MetricsConfig};
 pub use load::{load_file, load_str, ConfigError, Problem};
-pub use pipeline::{Direction, DirectionScope, OnError, PipelineConfig, RuleAction, RuleConfig};
+pub use milter::{MilterAddress, MilterConfig};
+pub use pipeline::{
+    disclaimer_source, Direction, DirectionScope, OnError, PipelineConfig, RuleAction, RuleConfig,
+};
+pub use policy::{DkimConfig, LimitKey, OutboundLimitConfig, OverLimit};
 pub use size::parse as parse_size;
 pub use tracking::TrackingConfig;
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Config {
     pub server: ServerConfig,
     #[serde(default, rename = "listener")]
@@ -58,6 +72,16 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     #[serde(default, rename = "rule")]
     pub rules: Vec<RuleConfig>,
+    /// Anti-virus scanning (`[antivirus]`); absent: no scanning.
+    #[serde(default)]
+    pub antivirus: Option<AntivirusConfig>,
+    /// Absent: no anti-spam stage (the built-in default and the shipped file enable it).
+    #[serde(default)]
+    pub antispam: Option<AntispamConfig>,
+    #[serde(default)]
+    pub dkim: Vec<DkimConfig>,
+    #[serde(default)]
+    pub outbound_limit: Option<OutboundLimitConfig>,
     #[serde(default)]
     pub tracking: TrackingConfig,
     #[serde(default)]
@@ -68,9 +92,12 @@ pub struct Config {
     pub metrics: Option<MetricsConfig>,
     #[serde(default)]
     pub console: Option<ConsoleConfig>,
+    /// External mail filters, asked in this order (`[[milter]]`).
+    #[serde(default, rename = "milter")]
+    pub milters: Vec<MilterConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct ServerConfig {
     /// The name this gateway announces in its greeting, EHLO reply and Received: headers.
     pub hostname: String,
@@ -78,16 +105,37 @@ pub struct ServerConfig {
     pub control_socket: PathBuf,
     /// How the spool makes a batch of messages durable before 250.
     #[serde(default)]
-    pub spool_sync: crate::queue::SyncMode,
+    pub spool_sync: SyncMode,
     /// Started as root (outside systemd), the daemon becomes this user once its ports are bound.
     #[serde(default)]
     pub user: Option<String>,
     /// The group to run as; default: the user's login group.
     #[serde(default)]
     pub group: Option<String>,
+    /// Free space kept on the spool's file system: below it new mail gets 452 4.3.1 at
+    /// MAIL (before the disk is full), while delivery and bounces go on. 0 = no reserve.
+    #[serde(default = "default_min_free_space", with = "size")]
+    pub min_free_space: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+fn default_min_free_space() -> u64 {
+    100 << 20
+}
+
+/// How the spool makes a batch of renamed per-message files durable before 250 (the
+/// type lives here, the ground floor; `queue` uses it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// `syncfs(2)` on the spool's file system: one call covers the whole batch.
+    #[default]
+    Syncfs,
+    /// Each session `fdatasync(2)`s its own file (concurrently, so the journal merges them),
+    /// then the queue directory is synced once per batch.
+    Fsync,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ListenerRole {
     /// Port 25: mail from the Internet and from trusted groupware servers.
@@ -98,7 +146,7 @@ pub enum ListenerRole {
     Submissions,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct ListenerConfig {
     pub address: SocketAddr,
     pub role: ListenerRole,
@@ -111,20 +159,20 @@ fn default_listener_sessions() -> usize {
     10_000
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct TlsConfig {
     /// PEM chain, leaf first.
     pub certificate: PathBuf,
     pub private_key: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct AuthConfig {
     /// Lines `user:$6$salt$hash` (SHA-512 crypt, as `openssl passwd -6` makes) or `$5$` (SHA-256).
     pub users_file: PathBuf,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct RelayConfig {
     /// The organisation's domains: mail to them is accepted from anyone.
     #[serde(default)]
@@ -134,7 +182,7 @@ pub struct RelayConfig {
     pub trusted_networks: Vec<IpNet>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RecipientCheckKind {
     AcceptAll,
@@ -142,8 +190,10 @@ pub enum RecipientCheckKind {
     Callout,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct RecipientCheckConfig {
+    /// Which of `relay.domains` this check covers, matched as there (`.example.com` =
+    /// every subdomain); the first check whose domains match a recipient applies.
     pub domains: Vec<String>,
     pub check: RecipientCheckKind,
     /// For `list`: one address per line (`#` comments); `@domain` accepts a whole domain.
@@ -173,7 +223,7 @@ fn default_callout_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct LimitsConfig {
     #[serde(default = "default_max_message_size")]
     pub max_message_size: u64,
@@ -200,6 +250,11 @@ pub struct LimitsConfig {
     /// Messages per session; more get 421 (keeps one client from pinning a session forever).
     #[serde(default = "default_max_messages_per_session")]
     pub max_messages_per_session: usize,
+    /// NOOP, RSET, VRFY, HELP and repeated HELO/EHLO a session may send before each further
+    /// one counts as an error (Postfix's smtpd_junk_command_limit); reset by each accepted
+    /// message.
+    #[serde(default = "default_junk_command_limit")]
+    pub junk_command_limit: u32,
 }
 
 fn default_max_message_size() -> u64 {
@@ -212,7 +267,8 @@ fn default_max_sessions_per_client() -> usize {
     50
 }
 fn default_max_errors() -> u32 {
-    10
+    // Postfix's smtpd_hard_error_limit: 10 cuts off a legitimate sender with a stale list.
+    20
 }
 fn default_max_received_headers() -> usize {
     50
@@ -229,6 +285,9 @@ fn default_data_timeout() -> Duration {
 fn default_max_messages_per_session() -> usize {
     10_000
 }
+fn default_junk_command_limit() -> u32 {
+    100
+}
 
 impl Default for LimitsConfig {
     fn default() -> Self {
@@ -242,13 +301,14 @@ impl Default for LimitsConfig {
             command_timeout: default_command_timeout(),
             data_timeout: default_data_timeout(),
             max_messages_per_session: default_max_messages_per_session(),
+            junk_command_limit: default_junk_command_limit(),
         }
     }
 }
 
 /// How a bare CR or LF inside message data is treated. Either way only `<CRLF>.<CRLF>` ends
 /// DATA, so no smuggled second message can appear.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BareNewline {
     /// Store a bare CR or LF as CRLF (what Postfix 3.9 calls `normalize`).
@@ -257,7 +317,18 @@ pub enum BareNewline {
     Reject,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// What happens to message lines over 998 octets (RFC 5321 4.5.3.1.6's 1,000 with CRLF).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LongLines {
+    /// Accept them (non-compliant senders are common) and fold them on the way out, so no
+    /// next hop ever sees a line over 998 octets (what Postfix does).
+    Accept,
+    /// Refuse the message with 554 5.6.0 at the end of data.
+    Reject,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct SmtpConfig {
     /// Pause before the greeting for untrusted clients; a client that talks during it is
     /// refused (spam bots often do). Zero still refuses clients whose bytes beat the banner.
@@ -265,6 +336,8 @@ pub struct SmtpConfig {
     pub greet_delay: Duration,
     #[serde(default = "default_bare_newline")]
     pub bare_newline: BareNewline,
+    #[serde(default = "default_long_lines")]
+    pub long_lines: LongLines,
 }
 
 fn default_greet_delay() -> Duration {
@@ -273,12 +346,16 @@ fn default_greet_delay() -> Duration {
 fn default_bare_newline() -> BareNewline {
     BareNewline::Normalize
 }
+fn default_long_lines() -> LongLines {
+    LongLines::Accept
+}
 
 impl Default for SmtpConfig {
     fn default() -> Self {
         Self {
             greet_delay: default_greet_delay(),
             bare_newline: default_bare_newline(),
+            long_lines: default_long_lines(),
         }
     }
 }
@@ -321,7 +398,7 @@ mod tests {
 }
 
 /// TLS towards a next hop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum OutboundTls {
     /// Never STARTTLS.
@@ -336,7 +413,7 @@ pub enum OutboundTls {
     Verify,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct RouteConfig {
     /// Recipient domains this route serves; `*` matches any, `.example.com` subdomains.
     pub domains: Vec<String>,
@@ -346,6 +423,9 @@ pub struct RouteConfig {
     /// One next hop for everything this route serves (an ISP relay).
     #[serde(default)]
     pub smart_host: Option<String>,
+    /// Deliver locally into this Maildir instead of over SMTP (one file per recipient).
+    #[serde(default)]
+    pub maildir: Option<PathBuf>,
     #[serde(default)]
     pub tls: OutboundTls,
     #[serde(default)]
@@ -364,7 +444,7 @@ fn default_messages_per_connection() -> usize {
     100
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct DeliveryConfig {
     /// First retry after a temporary failure; doubles per attempt up to `retry_max`.
     #[serde(default = "default_retry_initial", with = "duration")]
@@ -460,7 +540,7 @@ impl Default for DeliveryConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct DnsConfig {
     /// Resolvers as `ip:port`; empty uses /etc/resolv.conf.
     #[serde(default)]
@@ -483,7 +563,7 @@ impl Default for DnsConfig {
 }
 
 /// How flow control enforces its policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum FlowMode {
     /// XDP on `interfaces` when possible, else (or with no interfaces) userspace limits.
@@ -497,7 +577,7 @@ pub enum FlowMode {
 
 /// Connection-rate limiting and abuse blocking (`[flow]`): in the kernel (XDP) where it can
 /// attach, else at accept. Sources in `allow`, `relay.trusted_networks` and loopback are exempt.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct FlowConfig {
     #[serde(default)]
     pub mode: FlowMode,
@@ -590,8 +670,94 @@ impl Default for FlowConfig {
     }
 }
 
+/// A virus scanner `[antivirus].engines` may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AvEngine {
+    /// A clamd reached over `[antivirus].clamd` (INSTREAM).
+    Clamd,
+    /// The in-process engine: MIME and zip walk, hash lists, EICAR, disguised executables.
+    Builtin,
+}
+
+/// What happens to a message an engine found a virus in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AvAction {
+    /// 554 5.7.1 with the virus name.
+    #[default]
+    Reject,
+    /// Accepted (250) and kept in quarantine instead of delivered.
+    Quarantine,
+    /// Accepted (250) and dropped.
+    Discard,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct AntivirusConfig {
+    /// The engines that scan each message, in order; the first detection decides.
+    #[serde(default = "default_av_engines")]
+    pub engines: Vec<AvEngine>,
+    /// `unix:/path/to/socket` or `tcp:HOST:PORT`.
+    #[serde(default = "default_av_clamd")]
+    pub clamd: String,
+    #[serde(default)]
+    pub action: AvAction,
+    /// `tempfail` (451 4.7.1) or `accept` (delivered, marked not scanned).
+    #[serde(default)]
+    pub on_error: OnError,
+    /// Larger messages are not scanned (accepted with the not-scanned header, logged); the
+    /// built-in engine holds at most this much of a message in memory, clamd is streamed to.
+    /// Keep clamd's StreamMaxLength at least this large.
+    #[serde(default = "default_av_max_scan_size", with = "size")]
+    pub max_scan_size: u64,
+    #[serde(default)]
+    pub direction: DirectionScope,
+    /// The built-in engine's signature set (`*.hdb`/`*.hsb` hash lists, `VERSION`).
+    #[serde(default = "default_av_signatures_dir")]
+    pub signatures_dir: PathBuf,
+    /// A signature bundle polled every `update_interval` (its signature at URL + `.sig`);
+    /// empty: manual updates only (`bulwarkctl av update FILE`).
+    #[serde(default)]
+    pub update_url: String,
+    /// Base64 Ed25519 public key (32 raw bytes, or the SubjectPublicKeyInfo openssl writes)
+    /// every bundle must be signed with.
+    #[serde(default)]
+    pub update_public_key: String,
+    #[serde(default = "default_av_update_interval", with = "duration")]
+    pub update_interval: Duration,
+    /// One scan's budget, clamd connect included.
+    #[serde(default = "default_av_timeout", with = "duration")]
+    pub timeout: Duration,
+    /// Signatures older than this raise an alert (a warning and `stale` in `av status`).
+    #[serde(default = "default_av_max_signature_age", with = "duration")]
+    pub max_signature_age: Duration,
+}
+
+fn default_av_engines() -> Vec<AvEngine> {
+    vec![AvEngine::Clamd, AvEngine::Builtin]
+}
+fn default_av_clamd() -> String {
+    "unix:/run/clamav/clamd.ctl".into()
+}
+fn default_av_max_scan_size() -> u64 {
+    25 << 20
+}
+fn default_av_signatures_dir() -> PathBuf {
+    PathBuf::from("/var/lib/bulwark/signatures")
+}
+fn default_av_update_interval() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_av_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_av_max_signature_age() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+
 /// `[quarantine]`: where stopped messages are kept and for how long (see `crate::quarantine`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct QuarantineConfig {
     /// The store: one raw message, one record per entry, and a rebuildable search index.
     #[serde(default = "default_quarantine_dir")]

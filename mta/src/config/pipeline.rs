@@ -27,7 +27,7 @@ impl Direction {
 }
 
 /// Which messages a rule or filter applies to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum DirectionScope {
     Inbound,
@@ -47,7 +47,7 @@ impl DirectionScope {
 }
 
 /// What a filter's failure (error or timeout) means for the message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum OnError {
     /// 451 4.7.1: the client keeps the message and retries; nothing is lost.
@@ -59,7 +59,7 @@ pub enum OnError {
     Reject,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct PipelineConfig {
     /// The whole chain's time at end of data; stays below the client's DATA patience
     /// (RFC 5321 4.5.3.2.6: 10 minutes).
@@ -72,7 +72,8 @@ pub struct PipelineConfig {
     /// larger one is still parsed, its body conditions see only the first `max_parse_size`.
     #[serde(
         default = "default_max_parse_size",
-        deserialize_with = "size::deserialize"
+        deserialize_with = "size::deserialize",
+        serialize_with = "size::serialize"
     )]
     pub max_parse_size: u64,
 }
@@ -98,7 +99,7 @@ impl Default for PipelineConfig {
 }
 
 /// A rule's action.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RuleAction {
     // Final: the first one that matches decides.
@@ -112,6 +113,11 @@ pub enum RuleAction {
     AddHeader,
     Copy,
     Redirect,
+    /// Removes the attachments the rule's attachment conditions match (the original is kept
+    /// in quarantine).
+    Strip,
+    /// Adds `disclaimer_text` / `disclaimer_html`.
+    Disclaimer,
 }
 
 impl RuleAction {
@@ -128,7 +134,7 @@ impl RuleAction {
 }
 
 /// `[[rule]]`: conditions (all must hold) and an action.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct RuleConfig {
     pub name: String,
     /// Higher runs first; equal priorities keep file order.
@@ -153,8 +159,33 @@ pub struct RuleConfig {
     /// Regex on the decoded text parts (text/plain, and text/html as text).
     #[serde(default)]
     pub body: Option<String>,
-    #[serde(default, deserialize_with = "size::option::deserialize")]
+    #[serde(
+        default,
+        deserialize_with = "size::option::deserialize",
+        serialize_with = "size::option::serialize"
+    )]
     pub size_over: Option<u64>,
+    /// `true`: an earlier stage (anti-virus) found malware; `false`: none was found.
+    #[serde(default)]
+    pub virus: Option<bool>,
+    /// The anti-spam score is above this (an unscored message never matches).
+    #[serde(default)]
+    pub spam_score_over: Option<f64>,
+    /// Attachment name globs (case-insensitive, on the decoded name, tricks undone).
+    #[serde(default)]
+    pub attachment_names: Vec<String>,
+    /// MIME type globs, matched on the declared and on the detected (magic bytes) type.
+    #[serde(default)]
+    pub attachment_types: Vec<String>,
+    #[serde(
+        default,
+        deserialize_with = "size::option::deserialize",
+        serialize_with = "size::option::serialize"
+    )]
+    pub attachment_size_over: Option<u64>,
+    /// An attachment is a password-protected zip.
+    #[serde(default)]
+    pub encrypted_archive: bool,
     pub action: RuleAction,
     #[serde(default)]
     pub reason: Option<String>,
@@ -164,9 +195,18 @@ pub struct RuleConfig {
     /// For `copy`.
     #[serde(default)]
     pub copy_to: Vec<String>,
+    /// For `copy`: also (or instead) written to this local archive directory.
+    #[serde(default)]
+    pub archive_dir: Option<std::path::PathBuf>,
     /// For `redirect`.
     #[serde(default)]
     pub redirect_to: Vec<String>,
+    /// For `disclaimer`: the text (inline, or an absolute path to a file).
+    #[serde(default)]
+    pub disclaimer_text: Option<String>,
+    /// For `disclaimer`: the HTML fragment (inline, or an absolute path to a file).
+    #[serde(default)]
+    pub disclaimer_html: Option<String>,
     /// For `tag`: the subject prefix.
     #[serde(default)]
     pub tag: Option<String>,
@@ -203,6 +243,16 @@ impl RuleConfig {
                 _ => found.push(("header", Some(i), "expected \"Name: regex\"".into())),
             }
         }
+        for (field, list) in [
+            ("attachment_names", &self.attachment_names),
+            ("attachment_types", &self.attachment_types),
+        ] {
+            for (i, pattern) in list.iter().enumerate() {
+                if let Err(e) = globset::Glob::new(pattern) {
+                    found.push((field, Some(i), format!("invalid pattern: {e}")));
+                }
+            }
+        }
         for (field, list) in [("from", &self.from), ("to", &self.to)] {
             for (i, pattern) in list.iter().enumerate() {
                 if let Some(message) = address_pattern_problem(pattern) {
@@ -235,9 +285,27 @@ impl RuleConfig {
                     _ => found.push(("add_header", None, "expected \"Name: value\"".into())),
                 }
             }
-            RuleAction::Copy if self.copy_to.is_empty() => found.push(needs("copy_to")),
+            RuleAction::Copy if self.copy_to.is_empty() && self.archive_dir.is_none() => {
+                found.push(needs("copy_to or archive_dir"))
+            }
+            RuleAction::Strip if !self.has_attachment_conditions() => {
+                found.push(needs("an attachment condition"))
+            }
+            RuleAction::Disclaimer
+                if self.disclaimer_text.is_none() && self.disclaimer_html.is_none() =>
+            {
+                found.push(needs("disclaimer_text or disclaimer_html"))
+            }
             RuleAction::Redirect if self.redirect_to.is_empty() => found.push(needs("redirect_to")),
             _ => {}
+        }
+        for (field, value) in [
+            ("disclaimer_text", &self.disclaimer_text),
+            ("disclaimer_html", &self.disclaimer_html),
+        ] {
+            if let Err(e) = value.as_deref().map(disclaimer_source).transpose() {
+                found.push((field, None, e));
+            }
         }
         for (field, list) in [
             ("copy_to", &self.copy_to),
@@ -255,6 +323,23 @@ impl RuleConfig {
         }
         found
     }
+}
+
+impl RuleConfig {
+    pub fn has_attachment_conditions(&self) -> bool {
+        !self.attachment_names.is_empty()
+            || !self.attachment_types.is_empty()
+            || self.attachment_size_over.is_some()
+            || self.encrypted_archive
+    }
+}
+
+/// A disclaimer given inline, or as an absolute path to a file holding it.
+pub fn disclaimer_source(value: &str) -> Result<String, String> {
+    if !value.starts_with('/') || value.contains('\n') {
+        return Ok(value.to_string());
+    }
+    std::fs::read_to_string(value).map_err(|e| format!("cannot read {value}: {e}"))
 }
 
 /// regex's errors span lines (pattern, caret, message): one line for `FILE:LINE:COL: ...`.

@@ -1,7 +1,7 @@
 //! Sizes in the config: an integer is bytes, a string has a unit (`"512KB"`, `"20MB"`, `"1GB"`;
 //! K/M/G are powers of 1024, as administrators read a message size).
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serializer};
 
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -39,9 +39,21 @@ pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D:
     }
 }
 
+/// Written back as bytes.
+pub fn serialize<S: Serializer>(bytes: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_u64(*bytes)
+}
+
 /// For `Option<u64>` fields.
 pub mod option {
-    use serde::{Deserialize, Deserializer};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &Option<u64>, serializer: S) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(bytes) => serializer.serialize_some(bytes),
+            None => serializer.serialize_none(),
+        }
+    }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,

@@ -3,12 +3,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::duration;
 
 /// Message tracking (`bulwarkctl track`): every message's events in a local store.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct TrackingConfig {
     /// The directory of the event store (created if missing).
     #[serde(default = "default_tracking_dir")]

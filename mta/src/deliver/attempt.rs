@@ -6,9 +6,9 @@
 //! addresses or headers without SMTPUTF8 (RFC 6531: bounced, 5.6.7). A message declared
 //! 8BITMIME whose content is plain ASCII is sent as 7-bit.
 
-use super::client::{Client, ClientError, Response};
 use super::encode::ContentEncoder;
 use crate::queue::{Content, DsnRet, Envelope};
+use crate::smtp_client::{Client, ClientError, Response};
 
 /// Content is sent in pieces of this size.
 const PIECE: usize = 64 * 1024;

@@ -9,13 +9,13 @@ use rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
 use super::attempt::{self, Outcome};
-use super::client::{Client, ClientError};
 use super::engine::{Job, JobReport};
 use super::outcome::{self, Applied};
 use super::Context;
 use crate::config::OutboundTls;
 use crate::queue::QueueState;
 use crate::route::{Destination, DnsError, MxAnswer, Target};
+use crate::smtp_client::{Client, ClientError};
 
 /// Messages up to this size are read into memory for delivery; larger ones are streamed.
 const IN_MEMORY_LIMIT: u64 = 1024 * 1024;
@@ -146,6 +146,9 @@ async fn run_job(
     if entry.state == QueueState::Hold {
         return skipped();
     }
+    if let Target::Maildir(dir) = &destination.target {
+        return into_maildir(context, &entry, job, dir).await;
+    }
     let opened = match gateway.spool.open_content(job.id, IN_MEMORY_LIMIT).await {
         Ok(content) => content
             .prefix(RETURNED_CONTENT_LIMIT)
@@ -155,10 +158,7 @@ async fn run_job(
     };
     let (mut message, content) = match opened {
         Ok(opened) => opened,
-        Err(e) => {
-            log::error!("delivery: id={}: cannot read the spool file: {e}", job.id);
-            return skipped();
-        }
+        Err(e) => return spool_unreadable(context, &entry, job, e).await,
     };
     if connected.is_none() {
         match connect(context, destination).await {
@@ -255,6 +255,82 @@ async fn run_job(
     report(applied, error, false)
 }
 
+/// The queued copy could not be read (EMFILE, a file gone missing, an I/O error): the job's
+/// recipients are deferred like any temporary failure, so the message keeps a next attempt,
+/// still expires and still gets its delay notice, and the operator is alerted. Dropping the
+/// job instead would leave the message queued forever with nothing scheduled.
+async fn spool_unreadable(
+    context: &Context,
+    entry: &crate::queue::QueueEntry,
+    job: &Job,
+    error: crate::queue::SpoolError,
+) -> JobReport {
+    let diagnostic = format!("451 4.3.0 cannot read the queued message: {error}");
+    log::error!(
+        queue_id:% = job.id, alert = "spool_read", reason = diagnostic.as_str();
+        "delivery: ALERT id={}: cannot read the spool file ({error}); deferred",
+        job.id
+    );
+    let results = attempt::all(
+        &job.recipients,
+        Outcome::Deferred {
+            diagnostic: diagnostic.clone(),
+        },
+    );
+    let applied = outcome::apply(context, entry, &[], job, results, None, false).await;
+    report(applied, Some(diagnostic), false)
+}
+
+/// Local delivery: each recipient's copy written into the Maildir (see `maildir`).
+async fn into_maildir(
+    context: &Context,
+    entry: &crate::queue::QueueEntry,
+    job: &Job,
+    dir: &std::path::Path,
+) -> JobReport {
+    let content = match context.gateway.spool.read_content(job.id).await {
+        Ok(content) => content,
+        Err(e) => return spool_unreadable(context, entry, job, e).await,
+    };
+    let hostname = context.gateway.runtime().config.server.hostname.clone();
+    let recipients: Vec<(usize, String)> = job
+        .recipients
+        .iter()
+        .filter_map(|&i| Some((i, entry.envelope.recipients.get(i)?.address.clone())))
+        .collect();
+    let (dir, shared) = (dir.to_path_buf(), std::sync::Arc::new(content));
+    let copy = shared.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        recipients
+            .into_iter()
+            .map(|(index, address)| {
+                let outcome = match super::maildir::deliver(&dir, &address, &copy, &hostname) {
+                    Ok(path) => Outcome::Delivered {
+                        reply: format!("250 2.0.0 delivered to {}", path.display()),
+                    },
+                    Err(e) => Outcome::Deferred {
+                        diagnostic: format!("451 4.3.0 cannot write the maildir: {e}"),
+                    },
+                };
+                (index, outcome)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await;
+    let results = written.unwrap_or_else(|e| {
+        attempt::all(
+            &job.recipients,
+            Outcome::Deferred {
+                diagnostic: format!("451 4.3.0 maildir writer failed: {e}"),
+            },
+        )
+    });
+    let header = &shared[..shared.len().min(RETURNED_CONTENT_LIMIT)];
+    let relay = Some("maildir".to_string());
+    let applied = outcome::apply(context, entry, header, job, results, relay, true).await;
+    report(applied, None, false)
+}
+
 /// Splits results into (final: delivered or bounced, deferred).
 type Results = Vec<(usize, Outcome)>;
 
@@ -346,6 +422,8 @@ async fn candidates(
     let mut mx_domain: Option<&str> = None;
     match &destination.target {
         Target::Hops(hops) => hosts.extend(hops.iter().map(|h| (h.host.clone(), h.port))),
+        // Never connected to (run_job writes the maildir instead).
+        Target::Maildir(_) => return Err(DestinationError::Temporary("a maildir".into())),
         Target::Mx(domain) => {
             mx_domain = Some(domain);
             match resolver.mx(domain).await {
@@ -379,12 +457,10 @@ async fn candidates(
         }
     }
     if addresses.is_empty() {
+        let permanent = last_dns_error.as_ref().is_some_and(DnsError::is_permanent);
         let error = last_dns_error.map_or("no next hop".to_string(), |e| e.to_string());
         // An implicit MX whose domain has no address is as dead as a null MX.
-        if let (Some(domain), true) = (
-            mx_domain,
-            error.contains("no such domain") || error.contains("no address"),
-        ) {
+        if let (Some(domain), true) = (mx_domain, permanent) {
             return Err(DestinationError::Permanent {
                 status: "5.1.2",
                 text: format!("550 5.1.2 {domain}: no mail exchanger or address ({error})"),

@@ -71,9 +71,20 @@ impl JobReport {
     }
 }
 
+/// What `retry_now` moves ahead of its retry time.
+#[derive(Debug, Clone)]
+pub enum RetryScope {
+    /// One message (`bulwarkctl queue deliver ID`).
+    Message(QueueId),
+    /// Every job of one destination, as `queue destinations` names it, its down interval
+    /// ended (`bulwarkctl queue flush --destination D`).
+    Destination(String),
+}
+
 pub enum Event {
     Submit(QueueId),
     Flush,
+    RetryNow(RetryScope),
     Destinations(oneshot::Sender<Vec<DestinationStatus>>),
     NextJob {
         destination: String,
@@ -193,6 +204,7 @@ impl Engine {
         match event {
             Event::Submit(id) => self.submit(id),
             Event::Flush => self.flush(),
+            Event::RetryNow(scope) => self.retry_now(scope),
             Event::Destinations(reply) => {
                 let _ = reply.send(self.status());
             }
@@ -294,6 +306,9 @@ impl Engine {
                 recipients,
                 attempts,
             });
+            if let (Some(until), true) = (state.down_until, state.is_down(Instant::now())) {
+                self.context.gateway.queue.schedule(id, unix_at(until));
+            }
             self.pump(&name);
         }
     }
@@ -373,6 +388,7 @@ impl Engine {
         if let Some(state) = self.destinations.get_mut(&name) {
             if report.destination_failed {
                 self.context.note_failure(state, report.error.clone());
+                self.context.show_parked(state);
             } else if !report.skipped {
                 state.failures = 0;
                 state.down_until = None;
@@ -529,6 +545,42 @@ impl Engine {
         }
     }
 
+    /// Like `flush`, for one message or one destination only.
+    fn retry_now(&mut self, scope: RetryScope) {
+        let chosen = |job: &Job| match &scope {
+            RetryScope::Message(id) => job.id == *id,
+            RetryScope::Destination(name) => job.destination == *name,
+        };
+        let due: Vec<u64> = self
+            .waiting
+            .iter()
+            .filter(|(_, job)| chosen(job))
+            .map(|(sequence, _)| *sequence)
+            .collect();
+        let mut touched = Vec::new();
+        for sequence in due {
+            // Its entry in the retry heap finds nothing waiting any more and is skipped.
+            if let Some(job) = self.waiting.remove(&sequence) {
+                touched.push(job.destination.clone());
+                self.requeue(job);
+            }
+        }
+        match &scope {
+            RetryScope::Destination(name) => {
+                if let Some(state) = self.destinations.get_mut(name) {
+                    if state.down_until.is_some() {
+                        state.down_until = Some(Instant::now());
+                    }
+                }
+                touched.push(name.clone());
+            }
+            RetryScope::Message(id) => self.submit(*id),
+        }
+        for name in touched {
+            self.pump(&name);
+        }
+    }
+
     fn status(&self) -> Vec<DestinationStatus> {
         let now = Instant::now();
         let mut waiting_per: HashMap<&str, usize> = HashMap::new();
@@ -581,6 +633,26 @@ impl Context {
             state.limit = (state.limit / 2).max(1);
         }
     }
+}
+
+impl Context {
+    /// Jobs waiting at a down destination get no attempt (and so no next_at record) until
+    /// the probe: the index shows the probe time, so no queued message ever reads as having
+    /// nothing scheduled.
+    fn show_parked(&self, state: &DestinationState) {
+        let Some(until) = state.down_until else {
+            return;
+        };
+        let next_at = unix_at(until);
+        for job in &state.ready {
+            self.gateway.queue.schedule(job.id, next_at);
+        }
+    }
+}
+
+/// The Unix time (seconds) of a monotonic instant, for what the operator reads.
+fn unix_at(at: Instant) -> u64 {
+    crate::queue::unix_now() + at.saturating_duration_since(Instant::now()).as_secs()
 }
 
 /// `initial * 2^rounds`, capped at `max`.

@@ -14,11 +14,11 @@
 //!   holds its mail without per-message retries (see `engine`).
 
 mod attempt;
-mod client;
 mod connection;
 pub mod dsn;
 mod encode;
 mod engine;
+mod maildir;
 mod outcome;
 
 use std::collections::HashMap;
@@ -28,8 +28,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-pub use client::{parse_reply_line, Client, ClientError, Response};
-pub use engine::{backoff, DestinationStatus};
+pub use crate::smtp_client::{parse_reply_line, Client, ClientError, Response};
+pub use engine::{backoff, DestinationStatus, RetryScope};
 use engine::{Engine, Event, Job, JobReport};
 
 use crate::gateway::Gateway;
@@ -59,6 +59,11 @@ impl DeliveryHandle {
     /// Retry everything now, down destinations included.
     pub fn flush(&self) {
         let _ = self.events.send(Event::Flush);
+    }
+
+    /// Retry one message, or one destination's mail, now.
+    pub fn retry_now(&self, scope: RetryScope) {
+        let _ = self.events.send(Event::RetryNow(scope));
     }
 
     pub async fn destinations(&self) -> Vec<DestinationStatus> {
@@ -129,7 +134,7 @@ impl Context {
         if let Some(config) = cache.get(&key) {
             return Ok(config.clone());
         }
-        let config = client::verifying_tls(ca_file.map(|p| p.as_path()))?;
+        let config = crate::smtp_client::verifying_tls(ca_file.map(|p| p.as_path()))?;
         cache.insert(key, config.clone());
         Ok(config)
     }
@@ -142,7 +147,7 @@ pub fn start(gateway: Arc<Gateway>, inbox: DeliveryInbox, resolver: Arc<dyn Reso
         gateway: gateway.clone(),
         resolver,
         verifying_tls: Mutex::new(HashMap::new()),
-        unverified_tls: client::unverified_tls(),
+        unverified_tls: crate::smtp_client::unverified_tls(),
     });
     tokio::spawn(Engine::new(context, inbox.0).run());
     for entry in gateway.queue.list() {

@@ -2,14 +2,17 @@
 //! (IPv4 /32, IPv6 /64) over new connections, checked at accept, and a blocklist with expiry.
 //!
 //! The bucket is GCRA, exactly as in the kernel program, so the two modes admit the same
-//! connections: `burst` at once, then one per `1/rate` seconds. Memory is bounded: past
-//! `MAX_SOURCES` idle sources are forgotten first (a forgotten source starts a full bucket).
+//! connections: `burst` at once, then one per `1/rate` seconds. Memory is bounded: at
+//! `MAX_SOURCES` the source seen longest ago is forgotten (a forgotten source starts a full
+//! bucket), so a flood of distinct sources cannot reset the bucket of an active one.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 use serde::Serialize;
+
+use crate::bounded::BoundedMap;
 
 const MAX_SOURCES: usize = 262_144;
 
@@ -19,7 +22,6 @@ struct Bucket {
     tat_ns: u64,
     passed: u64,
     dropped: u64,
-    last_seen_ns: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,24 +59,31 @@ pub fn source_network(ip: IpAddr) -> IpNet {
 pub struct Limiter {
     interval_ns: u64,
     burst_ns: u64,
-    buckets: HashMap<IpNet, Bucket>,
+    buckets: BoundedMap<IpNet, Bucket>,
     /// Blocked network -> (expiry in monotonic ns or 0 = never, hits).
     blocks: HashMap<IpNet, (u64, u64)>,
 }
 
 impl Limiter {
     pub fn new(rate: u32, burst: u32) -> Self {
-        let interval_ns = if rate == 0 {
+        let mut limiter = Self {
+            interval_ns: 0,
+            burst_ns: 0,
+            buckets: BoundedMap::new(MAX_SOURCES),
+            blocks: HashMap::new(),
+        };
+        limiter.set_rate(rate, burst);
+        limiter
+    }
+
+    /// New rate and burst (a reload); the sources' buckets and the blocks are kept.
+    pub fn set_rate(&mut self, rate: u32, burst: u32) {
+        self.interval_ns = if rate == 0 {
             0
         } else {
             1_000_000_000 / u64::from(rate)
         };
-        Self {
-            interval_ns,
-            burst_ns: interval_ns * u64::from(burst.max(1)),
-            buckets: HashMap::new(),
-            blocks: HashMap::new(),
-        }
+        self.burst_ns = self.interval_ns * u64::from(burst.max(1));
     }
 
     /// Decides about one new connection from `ip` at `now_ns`.
@@ -86,11 +95,7 @@ impl Limiter {
         if self.interval_ns == 0 {
             return Admission::Pass;
         }
-        if self.buckets.len() >= MAX_SOURCES {
-            self.forget_idle(now_ns);
-        }
-        let bucket = self.buckets.entry(source_network(ip)).or_default();
-        bucket.last_seen_ns = now_ns;
+        let bucket = self.buckets.touch(source_network(ip), Bucket::default);
         let next = bucket.tat_ns.max(now_ns) + self.interval_ns;
         if next - now_ns > self.burst_ns {
             bucket.dropped += 1;
@@ -107,15 +112,6 @@ impl Limiter {
             .filter(|(net, (expires, _))| net.contains(&ip) && (*expires == 0 || *expires > now_ns))
             .max_by_key(|(net, _)| net.prefix_len())
             .map(|(_, (_, hits))| hits)
-    }
-
-    fn forget_idle(&mut self, now_ns: u64) {
-        let idle_after = self.burst_ns.max(1_000_000_000);
-        self.buckets
-            .retain(|_, b| now_ns.saturating_sub(b.last_seen_ns) < idle_after);
-        if self.buckets.len() >= MAX_SOURCES {
-            self.buckets.clear();
-        }
     }
 
     pub fn block(&mut self, network: IpNet, expires_ns: u64) {

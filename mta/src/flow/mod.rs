@@ -11,12 +11,15 @@
 //!   when attached (so the block outlives a restart: the maps are pinned), else in userspace.
 //! - Exempt sources (`[flow].allow`, `relay.trusted_networks`, loopback) are never limited and
 //!   never blocked automatically.
-//! - The `[flow]` settings are read at start; a reload does not re-attach.
+//! - A reload ([`Flow::reload`]) applies the new rate, burst, thresholds, block time and the
+//!   exemptions (`allow` and `relay.trusted_networks`) at once, in the kernel maps too;
+//!   `mode`, `interfaces` and `pin_dir` decide what is attached and need a restart (the
+//!   reload report says so).
 
 mod limiter;
 
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 use bulwark_ebpf::{KernelFlow, Settings};
@@ -81,8 +84,9 @@ pub struct Flow {
     kernel: Option<Mutex<KernelFlow>>,
     limiter: Mutex<Limiter>,
     counters: Mutex<UserCounters>,
-    exempt: Vec<IpNet>,
-    thresholds: Thresholds,
+    /// Exempt sources (allow, trusted networks, loopback): replaced by a reload.
+    exempt: RwLock<Vec<IpNet>>,
+    thresholds: RwLock<Thresholds>,
     harvest: HarvestTracker,
     auth: HarvestTracker,
     pregreet: HarvestTracker,
@@ -94,13 +98,7 @@ impl Flow {
     /// Attaches in the kernel where configured and possible; else userspace limits.
     pub fn start(config: &Config) -> Self {
         let flow = &config.flow;
-        let mut exempt = flow.allow.clone();
-        exempt.extend(config.relay.trusted_networks.iter().copied());
-        exempt.extend(
-            ["127.0.0.0/8", "::1/128"]
-                .iter()
-                .filter_map(|n| n.parse::<IpNet>().ok()),
-        );
+        let exempt = exemptions(config);
         let (enforcement, kernel, fallback_reason) = match flow.mode {
             FlowMode::Off => (Enforcement::Off, None, None),
             FlowMode::Userspace => (Enforcement::Userspace, None, None),
@@ -127,14 +125,8 @@ impl Flow {
             kernel,
             limiter: Mutex::new(Limiter::new(flow.syn_rate, flow.syn_burst)),
             counters: Mutex::new(UserCounters::default()),
-            exempt,
-            thresholds: Thresholds {
-                harvest: flow.harvest_unknown_recipients,
-                auth: flow.auth_failures,
-                pregreet: flow.pregreet_sessions,
-                errors: flow.error_sessions,
-                block_for: flow.block_seconds,
-            },
+            exempt: RwLock::new(exempt),
+            thresholds: RwLock::new(Thresholds::of(flow)),
             harvest: HarvestTracker::new(window),
             auth: HarvestTracker::new(window),
             pregreet: HarvestTracker::new(window),
@@ -147,9 +139,22 @@ impl Flow {
         self.enforcement
     }
 
+    /// Applies a reloaded configuration's limits and exemptions (see the module contract).
+    /// The abuse counts are kept; the rate buckets too, so a reload opens no window.
+    pub fn reload(&self, config: &Config) -> Result<(), FlowControlError> {
+        let exempt = exemptions(config);
+        if let Some(kernel) = &self.kernel {
+            lock(kernel).reconfigure(&settings(&config.flow, &exempt))?;
+        }
+        lock(&self.limiter).set_rate(config.flow.syn_rate, config.flow.syn_burst);
+        *write(&self.thresholds) = Thresholds::of(&config.flow);
+        *write(&self.exempt) = exempt;
+        Ok(())
+    }
+
     fn is_exempt(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
-        self.exempt.iter().any(|net| net.contains(&ip))
+        read(&self.exempt).iter().any(|net| net.contains(&ip))
     }
 
     /// The accept-time decision (userspace enforcement only; in XDP mode the kernel decided).
@@ -178,7 +183,7 @@ impl Flow {
         if self.enforcement == Enforcement::Off || self.is_exempt(ip) {
             return;
         }
-        let t = &self.thresholds;
+        let t = read(&self.thresholds);
         let (tracker, threshold, what) = match signal {
             Signal::UnknownRecipient => (&self.harvest, t.harvest, "directory harvest"),
             Signal::AuthFailure => (&self.auth, t.auth, "AUTH failures"),
@@ -319,6 +324,30 @@ pub fn parse_target(text: &str) -> Result<IpNet, FlowControlError> {
         .map_err(|_| FlowControlError::BadTarget(text.to_string()))
 }
 
+impl Thresholds {
+    fn of(flow: &FlowConfig) -> Self {
+        Thresholds {
+            harvest: flow.harvest_unknown_recipients,
+            auth: flow.auth_failures,
+            pregreet: flow.pregreet_sessions,
+            errors: flow.error_sessions,
+            block_for: flow.block_seconds,
+        }
+    }
+}
+
+/// Sources never limited nor blocked: `[flow] allow`, `relay.trusted_networks`, loopback.
+fn exemptions(config: &Config) -> Vec<IpNet> {
+    let mut exempt = config.flow.allow.clone();
+    exempt.extend(config.relay.trusted_networks.iter().copied());
+    exempt.extend(
+        ["127.0.0.0/8", "::1/128"]
+            .iter()
+            .filter_map(|n| n.parse::<IpNet>().ok()),
+    );
+    exempt
+}
+
 fn settings(flow: &FlowConfig, exempt: &[IpNet]) -> Settings {
     Settings {
         interfaces: flow.interfaces.clone(),
@@ -346,4 +375,12 @@ fn canonical(ip: IpAddr) -> IpAddr {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
 }

@@ -141,16 +141,17 @@ fn edit(fields: &mut Vec<Field>, modification: &Modification) -> bool {
 pub fn apply_to_envelope(envelope: &mut Envelope, modifications: &[Modification]) {
     for modification in modifications {
         match modification {
-            Modification::AddRecipient { address, .. } => {
+            Modification::AddRecipient { address, args } => {
                 let present = envelope
                     .recipients
                     .iter()
                     .any(|r| r.address.eq_ignore_ascii_case(address));
                 if !present {
+                    let param = |name: &str| rcpt_parameter(args.as_deref(), name);
                     envelope.recipients.push(Recipient {
                         address: strip_brackets(address).to_string(),
-                        notify: None,
-                        orcpt: None,
+                        notify: param("NOTIFY"),
+                        orcpt: param("ORCPT"),
                         outcome: RecipientOutcome::Pending,
                     });
                 }
@@ -167,6 +168,15 @@ pub fn apply_to_envelope(envelope: &mut Envelope, modifications: &[Modification]
             _ => {}
         }
     }
+}
+
+/// The value of one ESMTP RCPT parameter (`NOTIFY=NEVER ORCPT=rfc822;a@b`) of an added
+/// recipient (SMFIR_ADDRCPT_PAR); other parameters are not kept.
+fn rcpt_parameter(args: Option<&str>, name: &str) -> Option<String> {
+    args?.split_ascii_whitespace().find_map(|arg| {
+        let (key, value) = arg.split_once('=')?;
+        key.eq_ignore_ascii_case(name).then(|| value.to_string())
+    })
 }
 
 fn strip_brackets(address: &str) -> &str {

@@ -32,6 +32,7 @@ pub struct MessageContent<'a> {
     mime: OnceCell<Option<mail_parser::Message<'static>>>,
     // 'static (owned) keeps the type covariant in 'a, so contexts can be reborrowed.
     header_parsed: OnceLock<Option<mail_parser::Message<'static>>>,
+    fields: OnceLock<Vec<(String, String)>>,
 }
 
 impl<'a> MessageContent<'a> {
@@ -45,6 +46,7 @@ impl<'a> MessageContent<'a> {
             loaded: OnceCell::new(),
             mime: OnceCell::new(),
             header_parsed: OnceLock::new(),
+            fields: OnceLock::new(),
         }
     }
 
@@ -77,9 +79,28 @@ impl<'a> MessageContent<'a> {
             .as_ref()
     }
 
-    /// The header fields in order as (name, raw value without the line end, unfolded).
-    pub fn header_fields(&self) -> Vec<(String, String)> {
-        header_fields(self.header)
+    /// The header fields in order as (name, raw value without the line end, unfolded);
+    /// split once, shared.
+    pub fn header_fields(&self) -> &[(String, String)] {
+        self.fields.get_or_init(|| header_fields(self.header))
+    }
+
+    /// The decoded Subject ("" when there is none). A plain one is read from the raw field;
+    /// only one with encoded words (RFC 2047) costs a header parse.
+    pub fn subject(&self) -> &str {
+        let raw = self
+            .header_fields()
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case("subject"))
+            .map(|(_, value)| value.as_str());
+        match raw {
+            Some(raw) if raw.contains("=?") || !raw.is_ascii() => self
+                .parsed_header()
+                .and_then(|m| m.subject())
+                .unwrap_or(raw),
+            Some(raw) => raw,
+            None => "",
+        }
     }
 
     /// What the draft holds, for streaming it (copied once, shared).

@@ -35,7 +35,7 @@ use async_trait::async_trait;
 
 pub use crate::config::{Direction, DirectionScope, OnError};
 pub use apply::{apply_to_envelope, rewrite_header, HeaderEdit};
-pub use content::{ContentError, ContentReader, MessageContent};
+pub use content::{header_fields, ContentError, ContentReader, MessageContent};
 pub use outcome::Disposal;
 pub use run::{Group, GroupVerdict, Pipeline, Step};
 
@@ -185,12 +185,23 @@ pub struct CopyRequest {
     pub by: String,
 }
 
+/// A copy of the message as received written to a local archive directory (`archive_dir`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveRequest {
+    pub dir: std::path::PathBuf,
+    pub by: String,
+}
+
 /// A stage's decision for a group of recipients.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Decision {
     pub verdict: Verdict,
     pub modifications: Vec<Modification>,
     pub copies: Vec<CopyRequest>,
+    pub archives: Vec<ArchiveRequest>,
+    /// The message is delivered changed (attachments stripped) and the original, as
+    /// received, is kept in quarantine for this reason so it can be released whole.
+    pub hold_original: Option<String>,
     /// Why (logged; shown in the quarantine and, for rules, in the reply text).
     pub reason: Option<String>,
     pub score: Option<f64>,
@@ -207,6 +218,15 @@ impl Decision {
         }
     }
 
+    /// Nothing to say: no verdict, no change, no score (logged at debug, not tracked).
+    pub fn is_quiet(&self) -> bool {
+        self.verdict == Verdict::Continue
+            && self.modifications.is_empty()
+            && self.copies.is_empty()
+            && self.score.is_none()
+            && self.decided_by.is_none()
+    }
+
     pub fn with_reason(mut self, reason: impl Into<String>) -> Self {
         self.reason = Some(reason.into());
         self
@@ -216,6 +236,8 @@ impl Decision {
 /// A stage's answer: one decision, or one per group of recipients (indexes into
 /// `envelope.recipients`, a partition of `Context::recipients`).
 #[derive(Debug, Clone, PartialEq)]
+// One answer per stage and message, moved once: boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum Answer {
     One(Decision),
     PerRecipient(Vec<(Vec<usize>, Decision)>),

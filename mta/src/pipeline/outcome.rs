@@ -51,6 +51,8 @@ mod tests {
             verdict: None,
             modifications: Vec::new(),
             copies: Vec::new(),
+            archives: Vec::new(),
+            hold_original: None,
             findings: Default::default(),
             decided_by: None,
             reason: None,

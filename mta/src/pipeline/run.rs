@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use crate::smtp::reply::Reply;
 
 use super::{
-    Answer, Context, CopyRequest, Decision, Findings, Modification, OnError, Stage, StageError,
-    Verdict,
+    Answer, ArchiveRequest, Context, CopyRequest, Decision, Findings, Modification, OnError, Stage,
+    StageError, Verdict,
 };
 
 /// The final verdict of a group of recipients.
@@ -50,6 +50,9 @@ pub struct Group {
     pub verdict: Option<GroupVerdict>,
     pub modifications: Vec<Modification>,
     pub copies: Vec<CopyRequest>,
+    pub archives: Vec<ArchiveRequest>,
+    /// Keep the original in quarantine (the reason) while delivering the changed message.
+    pub hold_original: Option<String>,
     pub findings: Findings,
     /// The stage (or `rule:NAME`) that made the final decision, and why.
     pub decided_by: Option<String>,
@@ -65,6 +68,8 @@ impl Group {
             verdict: None,
             modifications: Vec::new(),
             copies: Vec::new(),
+            archives: Vec::new(),
+            hold_original: None,
             findings: Findings::default(),
             decided_by: None,
             reason: None,
@@ -91,6 +96,11 @@ impl Group {
     }
 
     fn take(&mut self, stage: &str, decision: Decision) {
+        // A stage that found nothing made no decision: no line in the timeline either.
+        if decision.is_quiet() {
+            self.findings.merge(decision.findings);
+            return;
+        }
         let by = decision.decided_by.unwrap_or_else(|| stage.to_string());
         self.steps.push(Step {
             stage: by.clone(),
@@ -100,6 +110,10 @@ impl Group {
         });
         self.modifications.extend(decision.modifications);
         self.copies.extend(decision.copies);
+        self.archives.extend(decision.archives);
+        if decision.hold_original.is_some() {
+            self.hold_original = decision.hold_original;
+        }
         self.findings.merge(decision.findings);
         if decision.score.is_some() {
             self.score = decision.score;
@@ -278,12 +292,8 @@ fn log_decision(stage: &str, decision: &Decision, keys: &LogKeys<'_>, recipients
     let by = decision.decided_by.as_deref().unwrap_or(stage);
     let reason = decision.reason.as_deref().unwrap_or("");
     let verdict = decision.verdict.as_str();
-    let quiet = decision.verdict == Verdict::Continue
-        && decision.modifications.is_empty()
-        && decision.copies.is_empty()
-        && decision.score.is_none();
     // A stage that found nothing is not a decision worth an info line per message.
-    let level = if quiet {
+    let level = if decision.is_quiet() {
         log::Level::Debug
     } else {
         log::Level::Info
@@ -421,7 +431,8 @@ mod tests {
             m,
             Modification::AddHeader { name, value } if name == "X-Bulwark-Unscanned" && value.contains("av")
         )));
-        assert_eq!(groups[0].steps.len(), 2);
+        // The failure is a step; the stage after it, which found nothing, is not.
+        assert_eq!(groups[0].steps.len(), 1);
     }
 
     #[tokio::test]
@@ -440,8 +451,8 @@ mod tests {
         assert!(matches!(groups[0].final_verdict(), GroupVerdict::Reject(_)));
         assert_eq!(groups[1].recipients, vec![1, 2]);
         assert_eq!(groups[1].final_verdict(), GroupVerdict::Accept);
-        // The rejected group is not asked again; the other one is.
+        // The rejected group is not asked again; the other one had nothing said about it.
         assert_eq!(groups[0].steps.len(), 1);
-        assert_eq!(groups[1].steps.len(), 1);
+        assert!(groups[1].steps.is_empty());
     }
 }

@@ -3,24 +3,34 @@
 //! Each 550 5.1.1 is recorded; `record` answers how many the address produced within the
 //! window. Flow control turns that into a kernel block; `status` shows the busiest addresses.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Bounds memory under a flood of distinct addresses: the oldest entries are dropped first.
+use crate::bounded::BoundedMap;
+
+/// A hard bound on the addresses tracked: a flood of distinct addresses evicts the one quiet
+/// longest, so memory stays bounded whatever the attacker does.
 const MAX_TRACKED: usize = 100_000;
+/// Events remembered per address: thresholds are far below, so the count stays exact where
+/// it matters, and one address cannot grow its own list without end.
+const MAX_EVENTS_PER_ADDRESS: usize = 10_000;
 
 pub struct HarvestTracker {
     window: Duration,
-    hits: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
+    hits: Mutex<BoundedMap<IpAddr, VecDeque<Instant>>>,
 }
 
 impl HarvestTracker {
     pub fn new(window: Duration) -> Self {
+        Self::with_capacity(window, MAX_TRACKED)
+    }
+
+    pub fn with_capacity(window: Duration, addresses: usize) -> Self {
         Self {
             window,
-            hits: Mutex::new(HashMap::new()),
+            hits: Mutex::new(BoundedMap::new(addresses)),
         }
     }
 
@@ -28,16 +38,20 @@ impl HarvestTracker {
     pub fn record(&self, client: IpAddr) -> usize {
         let now = Instant::now();
         let mut hits = self.hits.lock().unwrap_or_else(|p| p.into_inner());
-        if hits.len() >= MAX_TRACKED && !hits.contains_key(&client) {
-            let window = self.window;
-            hits.retain(|_, times| times.back().is_some_and(|t| now - *t < window));
-        }
-        let times = hits.entry(client).or_default();
+        let times = hits.touch(client, VecDeque::new);
         while times.front().is_some_and(|t| now - *t >= self.window) {
+            times.pop_front();
+        }
+        if times.len() >= MAX_EVENTS_PER_ADDRESS {
             times.pop_front();
         }
         times.push_back(now);
         times.len()
+    }
+
+    /// Addresses tracked now (at most the capacity).
+    pub fn tracked(&self) -> usize {
+        self.hits.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Addresses with unknown recipients within the window, busiest first.
@@ -71,5 +85,25 @@ mod tests {
         assert_eq!(tracker.record(a), 2);
         assert_eq!(tracker.record(b), 1);
         assert_eq!(tracker.top(1), vec![(a, 2)]);
+    }
+
+    #[test]
+    fn a_flood_of_addresses_stays_within_the_bound() {
+        let tracker = HarvestTracker::with_capacity(Duration::from_secs(60), 1000);
+        let busy: IpAddr = "192.0.2.1".parse().expect("ip");
+        for _ in 0..5 {
+            tracker.record(busy);
+        }
+        for i in 0..50_000u32 {
+            tracker.record(IpAddr::from(i.to_be_bytes()));
+            if i % 100 == 0 {
+                tracker.record(busy); // recently active: survives the flood
+            }
+        }
+        assert_eq!(tracker.tracked(), 1000);
+        assert!(
+            tracker.top(1)[0].0 == busy,
+            "the active address was evicted"
+        );
     }
 }

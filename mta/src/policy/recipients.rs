@@ -5,7 +5,7 @@
 //! A callout that cannot reach any next hop answers 451 4.4.3 so the sender retries: the
 //! gateway never bounces mail for a valid user because the groupware server was down.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,10 +13,11 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::{HarvestTracker, SessionInfo, Stage, Verdict};
+use crate::bounded::BoundedMap;
 use crate::config::{Config, RecipientCheckConfig, RecipientCheckKind};
-use crate::deliver::{Client, ClientError};
 use crate::smtp::address::Mailbox;
-use crate::smtp::reply::Reply;
+use crate::smtp::reply::{RejectReason, Reply};
+use crate::smtp_client::{Client, ClientError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecipientsError {
@@ -43,10 +44,20 @@ struct DomainCheck {
     check: Check,
 }
 
+/// Callout answers remembered at most (the oldest go first).
+const CALLOUT_ANSWERS_MAX: usize = 200_000;
+
 /// Callout answers, shared across config reloads.
-#[derive(Default)]
 pub struct CalloutCache {
-    answers: Mutex<HashMap<String, (bool, Instant)>>,
+    answers: Mutex<BoundedMap<String, (bool, Instant)>>,
+}
+
+impl Default for CalloutCache {
+    fn default() -> Self {
+        Self {
+            answers: Mutex::new(BoundedMap::new(CALLOUT_ANSWERS_MAX)),
+        }
+    }
 }
 
 impl CalloutCache {
@@ -60,10 +71,6 @@ impl CalloutCache {
 
     fn put(&self, address: String, known: bool, ttl: Duration) {
         let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
-        if answers.len() > 200_000 {
-            let now = Instant::now();
-            answers.retain(|_, (_, expires)| *expires > now);
-        }
         answers.insert(address, (known, Instant::now() + ttl));
     }
 }
@@ -97,7 +104,7 @@ impl RecipientValidation {
     fn check_for(&self, domain: &str) -> Option<&Check> {
         self.checks
             .iter()
-            .find(|c| c.domains.iter().any(|d| d == domain))
+            .find(|c| crate::config::domain_listed(&c.domains, domain))
             .map(|c| &c.check)
     }
 
@@ -108,13 +115,16 @@ impl RecipientValidation {
             session.client.ip(),
             recipient.canonical()
         );
-        Verdict::Reject(Reply::owned(
-            550,
-            format!(
-                "5.1.1 <{}>: Recipient address rejected: User unknown",
-                recipient.canonical()
-            ),
-        ))
+        Verdict::Reject(
+            Reply::owned(
+                550,
+                format!(
+                    "5.1.1 <{}>: Recipient address rejected: User unknown",
+                    recipient.canonical()
+                ),
+            )
+            .because(RejectReason::UnknownRecipient),
+        )
     }
 
     async fn callout(
@@ -213,10 +223,13 @@ impl Stage for RecipientValidation {
                 match answer {
                     Some(true) => Verdict::Continue,
                     Some(false) => self.unknown(session, recipient),
-                    None => Verdict::Reject(Reply::new(
-                        451,
-                        "4.4.3 Recipient verification unavailable, try again later",
-                    )),
+                    None => Verdict::Reject(
+                        Reply::new(
+                            451,
+                            "4.4.3 Recipient verification unavailable, try again later",
+                        )
+                        .because(RejectReason::VerificationUnavailable),
+                    ),
                 }
             }
         }

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use super::{SessionInfo, Stage, Verdict};
 use crate::config::{domain_listed, Config};
 use crate::smtp::address::Mailbox;
-use crate::smtp::reply::Reply;
+use crate::smtp::reply::{RejectReason, Reply};
 
 pub struct RelayControl {
     domains: Vec<String>,
@@ -32,13 +32,16 @@ impl RelayControl {
 }
 
 fn denied(recipient: &Mailbox, why: &str) -> Verdict {
-    Verdict::Reject(Reply::owned(
-        554,
-        format!(
-            "5.7.1 <{}>: Relay access denied{why}",
-            recipient.canonical()
-        ),
-    ))
+    Verdict::Reject(
+        Reply::owned(
+            554,
+            format!(
+                "5.7.1 <{}>: Relay access denied{why}",
+                recipient.canonical()
+            ),
+        )
+        .because(RejectReason::RelayDenied),
+    )
 }
 
 #[async_trait]
@@ -102,7 +105,8 @@ mod tests {
             "u@example.com.other.net",
         ] {
             assert!(
-                matches!(verdict(trick, false).await, Verdict::Reject(r) if r.code == 554),
+                matches!(verdict(trick, false).await, Verdict::Reject(r)
+                    if r.code == 554 && r.reason == Some(RejectReason::RelayDenied)),
                 "{trick}"
             );
         }

@@ -22,23 +22,12 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::{mpsc, Arc};
 
-use serde::Deserialize;
 use tokio::sync::oneshot;
 
 use super::id::QueueId;
 use super::journal::{self, Journal};
 
-/// How the committer makes renamed per-message files durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum SyncMode {
-    /// `syncfs(2)` on the spool's file system: one call covers the whole batch.
-    #[default]
-    Syncfs,
-    /// Each session `fdatasync(2)`s its own file (concurrently, so the journal merges them),
-    /// then the queue directory is synced once per batch.
-    Fsync,
-}
+pub use crate::config::SyncMode;
 
 type Done = oneshot::Sender<io::Result<()>>;
 

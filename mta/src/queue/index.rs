@@ -128,6 +128,14 @@ impl QueueIndex {
         }
     }
 
+    /// Notes when the delivery engine will next try a message that waits without an attempt
+    /// of its own (its destination is down): memory only, the engine re-derives it on start.
+    pub fn schedule(&self, id: QueueId, next_at: u64) {
+        if let Some(entry) = self.lock().get_mut(&id) {
+            entry.next_attempt = Some(next_at);
+        }
+    }
+
     /// Removes the entry if no recipient is pending; true when this call removed it, so
     /// exactly one of several concurrent finishers deletes the spool file.
     pub fn finish_if_done(&self, id: QueueId) -> bool {

@@ -127,6 +127,15 @@ impl Drop for Spool {
 }
 
 impl Spool {
+    /// Bytes the daemon may still use on the spool's file system (statvfs: blocks available
+    /// to unprivileged users times the fragment size).
+    pub fn free_space(&self) -> Result<u64, SpoolError> {
+        let queue = &self.paths.queue;
+        let stat = nix::sys::statvfs::statvfs(queue.as_path())
+            .map_err(|errno| io_at(queue)(io::Error::from(errno)))?;
+        Ok(stat.blocks_available().saturating_mul(stat.fragment_size()))
+    }
+
     /// Opens (creating if needed) the spool under `root`, discards drafts, and returns every
     /// valid committed message. Invalid files (never acknowledged) go to `corrupt/`.
     pub fn open(root: &Path, mode: SyncMode) -> Result<(Spool, Vec<Recovered>), SpoolError> {

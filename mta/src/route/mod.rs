@@ -75,6 +75,8 @@ pub enum Target {
     Hops(Vec<NextHop>),
     /// MX lookup for this domain.
     Mx(String),
+    /// Local delivery into this Maildir (no SMTP).
+    Maildir(PathBuf),
 }
 
 /// The destination a recipient belongs to, with the route's delivery settings.
@@ -97,6 +99,7 @@ impl Destination {
                 .collect::<Vec<_>>()
                 .join(","),
             Target::Mx(domain) => domain.clone(),
+            Target::Maildir(dir) => format!("maildir:{}", dir.display()),
         }
     }
 }
@@ -136,9 +139,10 @@ impl Router {
         });
         match matched {
             Some((route, hops)) => Destination {
-                target: match hops {
-                    Some(hops) => Target::Hops(hops.clone()),
-                    None => Target::Mx(domain.to_string()),
+                target: match (hops, &route.maildir) {
+                    (_, Some(dir)) => Target::Maildir(dir.clone()),
+                    (Some(hops), None) => Target::Hops(hops.clone()),
+                    (None, None) => Target::Mx(domain.to_string()),
                 },
                 tls: route.tls,
                 ca_file: route.ca_file.clone(),

@@ -5,6 +5,9 @@ use globset::{GlobBuilder, GlobMatcher};
 use regex::Regex;
 
 use crate::config::{domain_listed, RuleConfig};
+use crate::filters::mime::archive::Member;
+use crate::filters::mime::names;
+use crate::filters::mime::{Attachment, Inventory};
 
 /// A sender or recipient pattern: an address glob (`*@partner.example`) or a domain
 /// (`partner.example`; `.partner.example` also for subdomains; `*.partner.example` a glob).
@@ -81,6 +84,111 @@ pub struct Conditions {
     pub header: Vec<(String, Regex)>,
     pub body: Option<Regex>,
     pub size_over: Option<u64>,
+    /// Whether an earlier stage must (true) or must not (false) have found a virus.
+    pub virus: Option<bool>,
+    pub spam_score_over: Option<f64>,
+    pub attachments: Option<AttachmentConditions>,
+}
+
+/// What an attachment must be for the rule to hold (all that are set), tried on the
+/// attachment itself and on every member of its archive.
+#[derive(Debug, Clone, Default)]
+pub struct AttachmentConditions {
+    pub names: Vec<GlobMatcher>,
+    pub types: Vec<GlobMatcher>,
+    pub size_over: Option<u64>,
+    /// The attachment must be an archive with an encrypted member.
+    pub encrypted_archive: bool,
+}
+
+/// An attachment that matched, and what in it did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachmentMatch {
+    pub part: usize,
+    pub name: Option<String>,
+    /// `x.exe`, `archive.zip/inner/x.exe`, `encrypted archive`.
+    pub what: String,
+}
+
+impl AttachmentConditions {
+    fn compile(rule: &RuleConfig) -> Result<Option<AttachmentConditions>, CompileError> {
+        if !rule.has_attachment_conditions() {
+            return Ok(None);
+        }
+        let globs = |field: &str, list: &[String]| {
+            list.iter()
+                .enumerate()
+                .map(|(i, p)| glob(p).map_err(|e| error(format!("{field}[{i}]"), e)))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(Some(AttachmentConditions {
+            names: globs("attachment_names", &rule.attachment_names)?,
+            types: globs("attachment_types", &rule.attachment_types)?,
+            size_over: rule.attachment_size_over,
+            encrypted_archive: rule.encrypted_archive,
+        }))
+    }
+
+    fn object_matches(&self, name: Option<&str>, types: &[&str], size: u64) -> bool {
+        let name_ok = self.names.is_empty()
+            || name.is_some_and(|n| {
+                names::candidates(n)
+                    .iter()
+                    .any(|c| self.names.iter().any(|g| g.is_match(c)))
+            });
+        let type_ok = self.types.is_empty()
+            || types
+                .iter()
+                .any(|t| self.types.iter().any(|g| g.is_match(t)));
+        let size_ok = self.size_over.is_none_or(|limit| size > limit);
+        name_ok && type_ok && size_ok
+    }
+
+    fn has_object_conditions(&self) -> bool {
+        !self.names.is_empty() || !self.types.is_empty() || self.size_over.is_some()
+    }
+
+    /// What in `attachment` matches, if anything.
+    fn matching_object(&self, attachment: &Attachment) -> Option<String> {
+        if self.encrypted_archive && !attachment.archive.encrypted() {
+            return None;
+        }
+        let own_name = attachment.name.as_deref();
+        if !self.has_object_conditions() {
+            return Some(format!(
+                "{} is an encrypted archive",
+                own_name.unwrap_or("attachment")
+            ));
+        }
+        let mut types = vec![attachment.declared_type.as_str()];
+        types.extend(attachment.detected_type);
+        if self.object_matches(own_name, &types, attachment.size) {
+            return Some(own_name.unwrap_or("attachment").to_string());
+        }
+        let member =
+            |m: &&Member| self.object_matches(Some(&m.name), m.detected_type.as_slice(), m.size);
+        attachment
+            .archive
+            .members
+            .iter()
+            .find(member)
+            .map(|m| format!("{}/{}", own_name.unwrap_or("archive"), m.path))
+    }
+
+    /// The attachments that match, in part order.
+    pub fn matches(&self, inventory: &Inventory) -> Vec<AttachmentMatch> {
+        inventory
+            .attachments
+            .iter()
+            .filter_map(|a| {
+                self.matching_object(a).map(|what| AttachmentMatch {
+                    part: a.part,
+                    name: a.name.clone(),
+                    what,
+                })
+            })
+            .collect()
+    }
 }
 
 impl Conditions {
@@ -110,12 +218,15 @@ impl Conditions {
             header,
             body: rule.body.as_deref().map(|p| regex("body", p)).transpose()?,
             size_over: rule.size_over,
+            virus: rule.virus,
+            spam_score_over: rule.spam_score_over,
+            attachments: AttachmentConditions::compile(rule)?,
         })
     }
 
     /// Conditions that need the decoded body (a MIME parse).
     pub fn needs_body(&self) -> bool {
-        self.body.is_some()
+        self.body.is_some() || self.attachments.is_some()
     }
 
     pub fn sender_matches(&self, sender: &str) -> bool {

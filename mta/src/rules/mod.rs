@@ -14,15 +14,22 @@
 mod condition;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub use condition::{AddressPattern, CompileError, Conditions};
+pub use condition::{AddressPattern, AttachmentMatch, CompileError, Conditions};
 
-use crate::config::{DirectionScope, RuleAction, RuleConfig};
+use crate::config::{disclaimer_source, DirectionScope, RuleAction, RuleConfig};
+use crate::filters::attachment::{self, Removal};
+use crate::filters::disclaimer::Disclaimer;
+use crate::filters::mime::archive::Limits;
+use crate::filters::mime::splice::Edits;
+use crate::filters::mime::{inventory, Inventory};
 use crate::pipeline::{
-    Answer, Context, CopyRequest, Decision, Modification, Stage, StageError, Verdict,
+    Answer, ArchiveRequest, Context, CopyRequest, Decision, Modification, Stage, StageError,
+    Verdict,
 };
 use crate::smtp::reply::Reply;
 
@@ -35,9 +42,17 @@ enum Action {
     Discard,
     Quarantine,
     Tag(String),
-    AddHeader { name: String, value: String },
-    Copy(Vec<String>),
+    AddHeader {
+        name: String,
+        value: String,
+    },
+    Copy {
+        to: Vec<String>,
+        archive: Option<std::path::PathBuf>,
+    },
     Redirect(Vec<String>),
+    Strip,
+    Disclaimer(Disclaimer),
 }
 
 #[derive(Debug, Clone)]
@@ -62,10 +77,14 @@ impl Rule {
     }
 }
 
+/// The verdict for a virus no rule decided on (the anti-virus `action`), by virus name.
+pub type VirusFallback = Arc<dyn Fn(&str) -> Verdict + Send + Sync>;
+
 /// The compiled rule table.
 pub struct RuleSet {
     rules: Vec<Rule>,
     timeout: Duration,
+    virus_fallback: Option<VirusFallback>,
 }
 
 impl RuleSet {
@@ -81,7 +100,25 @@ impl RuleSet {
             .into_iter()
             .map(|(i, config)| compile_rule(config).map_err(|e| (i, e)))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(RuleSet { rules, timeout })
+        Ok(RuleSet {
+            rules,
+            timeout,
+            virus_fallback: None,
+        })
+    }
+
+    /// Some final rule acts on `virus = true`: the anti-virus stage then leaves the decision
+    /// on a detection to the rules (see [`RuleSet::set_virus_fallback`]).
+    pub fn decides_viruses(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.is_final() && r.conditions.virus == Some(true))
+    }
+
+    /// A message a virus was found in and that no final rule decided on gets `fallback`, so a
+    /// detection is never let through by a rule table that only handles some recipients.
+    pub fn set_virus_fallback(&mut self, fallback: VirusFallback) {
+        self.virus_fallback = Some(fallback);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -125,7 +162,19 @@ fn compile_rule(config: &RuleConfig) -> Result<Rule, CompileError> {
                 value: value.trim().to_string(),
             }
         }
-        RuleAction::Copy => Action::Copy(addresses("copy_to", &config.copy_to)?),
+        RuleAction::Copy if config.copy_to.is_empty() && config.archive_dir.is_some() => {
+            Action::Copy {
+                to: Vec::new(),
+                archive: config.archive_dir.clone(),
+            }
+        }
+        RuleAction::Copy => Action::Copy {
+            to: addresses("copy_to", &config.copy_to)?,
+            archive: config.archive_dir.clone(),
+        },
+        RuleAction::Strip if config.has_attachment_conditions() => Action::Strip,
+        RuleAction::Strip => return Err(missing("an attachment condition")),
+        RuleAction::Disclaimer => Action::Disclaimer(disclaimer(config)?),
         RuleAction::Redirect => Action::Redirect(addresses("redirect_to", &config.redirect_to)?),
     };
     Ok(Rule {
@@ -135,6 +184,30 @@ fn compile_rule(config: &RuleConfig) -> Result<Rule, CompileError> {
         action,
         reason: config.reason.clone(),
     })
+}
+
+fn disclaimer(config: &RuleConfig) -> Result<Disclaimer, CompileError> {
+    let read = |field: &str, value: &Option<String>| {
+        value
+            .as_deref()
+            .map(disclaimer_source)
+            .transpose()
+            .map_err(|message| CompileError {
+                field: field.to_string(),
+                message,
+            })
+    };
+    let found = Disclaimer {
+        text: read("disclaimer_text", &config.disclaimer_text)?,
+        html: read("disclaimer_html", &config.disclaimer_html)?,
+    };
+    if found.text.is_none() && found.html.is_none() {
+        return Err(CompileError {
+            field: "action".into(),
+            message: "action \"disclaimer\" needs disclaimer_text or disclaimer_html".into(),
+        });
+    }
+    Ok(found)
 }
 
 fn addresses(field: &str, list: &[String]) -> Result<Vec<String>, CompileError> {
@@ -162,6 +235,10 @@ fn addresses(field: &str, list: &[String]) -> Result<Vec<String>, CompileError> 
 struct MessageFacts<'c, 'a> {
     cx: &'c Context<'a>,
     matched: Vec<Option<bool>>,
+    /// The attachments, listed once for all rules.
+    inventory: Option<Inventory>,
+    /// The attachments each rule's attachment conditions matched (for `strip`).
+    attachments: Vec<Vec<AttachmentMatch>>,
 }
 
 impl<'c, 'a> MessageFacts<'c, 'a> {
@@ -169,9 +246,27 @@ impl<'c, 'a> MessageFacts<'c, 'a> {
         if let Some(known) = self.matched[index] {
             return known;
         }
-        let result = message_conditions_hold(&rule.conditions, self.cx).await;
+        let mut result = message_conditions_hold(&rule.conditions, self.cx).await;
+        if result {
+            if let Some(conditions) = &rule.conditions.attachments {
+                let found = conditions.matches(self.inventory().await);
+                result = !found.is_empty();
+                self.attachments[index] = found;
+            }
+        }
         self.matched[index] = Some(result);
         result
+    }
+
+    async fn inventory(&mut self) -> &Inventory {
+        if self.inventory.is_none() {
+            let listed = match self.cx.content.mime().await {
+                Some(message) => inventory(message, Limits::default()),
+                None => Inventory::default(),
+            };
+            self.inventory = Some(listed);
+        }
+        self.inventory.get_or_insert_with(Inventory::default)
     }
 }
 
@@ -182,13 +277,18 @@ async fn message_conditions_hold(c: &Conditions, cx: &Context<'_>) -> bool {
     if c.size_over.is_some_and(|limit| cx.content.len() <= limit) {
         return false;
     }
+    if c.virus
+        .is_some_and(|want| cx.findings.virus.is_some() != want)
+    {
+        return false;
+    }
+    if let Some(limit) = c.spam_score_over {
+        if !cx.findings.spam_score.is_some_and(|score| score > limit) {
+            return false;
+        }
+    }
     if let Some(subject) = &c.subject {
-        let decoded = cx
-            .content
-            .parsed_header()
-            .and_then(|m| m.subject())
-            .unwrap_or("");
-        if !subject.is_match(decoded) {
+        if !subject.is_match(cx.content.subject()) {
             return false;
         }
     }
@@ -239,8 +339,15 @@ impl RuleSet {
         hits
     }
 
-    fn decision(&self, hits: &[usize], cx: &Context<'_>, recipients: &[usize]) -> Decision {
+    async fn decision(
+        &self,
+        hits: &[usize],
+        facts: &MessageFacts<'_, '_>,
+        recipients: &[usize],
+    ) -> Decision {
+        let cx = facts.cx;
         let mut decision = Decision::default();
+        let mut edits = Edits::default();
         for &index in hits {
             let rule = &self.rules[index];
             let reason = rule.reason.clone().unwrap_or_else(|| rule.name.clone());
@@ -256,17 +363,59 @@ impl RuleSet {
                         value: value.clone(),
                     })
                 }
-                Action::Copy(to) => decision.copies.push(CopyRequest {
-                    recipients: to.clone(),
-                    by: format!("rule:{}", rule.name),
-                }),
+                Action::Copy { to, archive } => {
+                    let by = format!("rule:{}", rule.name);
+                    if !to.is_empty() {
+                        decision.copies.push(CopyRequest {
+                            recipients: to.clone(),
+                            by: by.clone(),
+                        });
+                    }
+                    if let Some(dir) = archive {
+                        decision.archives.push(ArchiveRequest {
+                            dir: dir.clone(),
+                            by,
+                        });
+                    }
+                }
                 Action::Redirect(to) => decision.modifications.extend(redirect(cx, recipients, to)),
+                Action::Strip => {
+                    let Some(message) = cx.content.mime().await else {
+                        continue;
+                    };
+                    let removals: Vec<Removal> = facts.attachments[index]
+                        .iter()
+                        .map(|m| Removal {
+                            part: m.part,
+                            name: m.name.clone(),
+                            why: format!("{reason} ({})", m.what),
+                        })
+                        .collect();
+                    attachment::strip(message, &removals, &mut edits);
+                    decision.hold_original =
+                        Some(format!("stripped by rule:{}: {reason}", rule.name));
+                }
+                Action::Disclaimer(disclaimer) => {
+                    let Some(message) = cx.content.mime().await else {
+                        continue;
+                    };
+                    if let Err(skipped) = disclaimer.add(message, &mut edits) {
+                        log::info!(
+                            queue_id:% = cx.queue_id, rule = rule.name.as_str();
+                            "disclaimer: id={} not added by rule:{}: {}",
+                            cx.queue_id, rule.name, skipped.as_str()
+                        );
+                    }
+                }
                 final_action => {
-                    decision.verdict = final_verdict(final_action, &reason);
+                    decision.verdict = final_verdict(final_action, &rule.conditions, &reason);
                     decision.reason = Some(reason);
                     decision.decided_by = Some(format!("rule:{}", rule.name));
                 }
             }
+        }
+        if !edits.is_empty() {
+            self.finish_edits(cx, edits, &mut decision).await;
         }
         if decision.decided_by.is_none() && !hits.is_empty() {
             // Only non-final rules matched: the timeline names them all.
@@ -276,14 +425,45 @@ impl RuleSet {
                 .collect();
             decision.decided_by = Some(names.join(","));
         }
+        if let (Verdict::Continue, Some(virus), Some(fallback)) =
+            (&decision.verdict, &cx.findings.virus, &self.virus_fallback)
+        {
+            decision.verdict = fallback(virus);
+            decision.reason = Some(format!("virus {virus}"));
+            decision.decided_by = Some("antivirus".into());
+        }
         decision
+    }
+
+    /// Turns the collected body edits into modifications; a message too large to have been
+    /// parsed whole cannot be spliced safely, so it is quarantined instead.
+    async fn finish_edits(&self, cx: &Context<'_>, edits: Edits, decision: &mut Decision) {
+        match cx.content.bytes(u64::MAX).await {
+            Ok(Some(raw)) => {
+                let body_offset = cx.content.body_offset() as usize;
+                decision
+                    .modifications
+                    .extend(edits.into_modifications(&raw, body_offset));
+            }
+            _ if decision.verdict.is_final() => {}
+            _ => {
+                decision.verdict = Verdict::Quarantine;
+                decision.reason = Some("too large to edit in place".into());
+                decision.hold_original = None;
+            }
+        }
     }
 }
 
-fn final_verdict(action: &Action, reason: &str) -> Verdict {
+fn final_verdict(action: &Action, conditions: &Conditions, reason: &str) -> Verdict {
     let text = printable(reason);
     match action {
         Action::Accept => Verdict::Accept,
+        // RFC 3463: 5.3.4, message too big for system (a size policy, not a content one).
+        Action::Reject if conditions.size_over.is_some() => Verdict::Reject(Reply::owned(
+            552,
+            format!("5.3.4 Message size exceeds a policy limit: {text}"),
+        )),
         Action::Reject => {
             Verdict::Reject(Reply::owned(550, format!("5.7.1 Message rejected: {text}")))
         }
@@ -308,9 +488,9 @@ fn tag_subject(cx: &Context<'_>, tag: &str) -> Vec<Modification> {
     let current = cx
         .content
         .header_fields()
-        .into_iter()
+        .iter()
         .find(|(name, _)| name.eq_ignore_ascii_case("subject"))
-        .map(|(_, value)| value);
+        .map(|(_, value)| value.clone());
     match current {
         Some(subject) if subject.starts_with(tag) => Vec::new(),
         Some(subject) => vec![Modification::ChangeHeader {
@@ -354,10 +534,12 @@ impl Stage for RuleSet {
         let mut facts = MessageFacts {
             cx,
             matched: vec![None; self.rules.len()],
+            inventory: None,
+            attachments: vec![Vec::new(); self.rules.len()],
         };
         if !self.per_recipient() {
             let hits = self.matching(&mut facts, None).await;
-            return Ok(self.decision(&hits, cx, cx.recipients).into());
+            return Ok(self.decision(&hits, &facts, cx.recipients).await.into());
         }
         let mut by_outcome: BTreeMap<Vec<usize>, Vec<usize>> = BTreeMap::new();
         for &index in cx.recipients {
@@ -371,15 +553,13 @@ impl Stage for RuleSet {
         }
         if by_outcome.len() == 1 {
             let (hits, _) = by_outcome.into_iter().next().unwrap_or_default();
-            return Ok(self.decision(&hits, cx, cx.recipients).into());
+            return Ok(self.decision(&hits, &facts, cx.recipients).await.into());
         }
-        let parts = by_outcome
-            .into_iter()
-            .map(|(hits, recipients)| {
-                let decision = self.decision(&hits, cx, &recipients);
-                (recipients, decision)
-            })
-            .collect();
+        let mut parts = Vec::with_capacity(by_outcome.len());
+        for (hits, recipients) in by_outcome {
+            let decision = self.decision(&hits, &facts, &recipients).await;
+            parts.push((recipients, decision));
+        }
         Ok(Answer::PerRecipient(parts))
     }
 }

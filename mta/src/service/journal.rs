@@ -69,13 +69,35 @@ pub fn init(target: LogTarget) -> Result<LogTarget, LogSetupError> {
             log::set_max_level(journal_level(std::env::var(LEVEL_ENV).ok().as_deref()));
         }
         _ => {
-            env_logger::Builder::from_env(env_logger::Env::new().filter_or(LEVEL_ENV, "info"))
-                .format_target(false)
+            let setting = std::env::var(LEVEL_ENV).ok();
+            let plain = setting.as_deref().map_or(Some(LevelFilter::Info), |s| {
+                LevelFilter::from_str(s.trim()).ok()
+            });
+            let mut builder =
+                env_logger::Builder::from_env(env_logger::Env::new().filter_or(LEVEL_ENV, "info"));
+            builder.format_target(false);
+            if plain.is_some() {
+                // A plain level: the logger passes everything and the global maximum filters,
+                // so `bulwarkctl log-level` can raise it as well as lower it at run time.
+                builder.filter_level(LevelFilter::Trace);
+            }
+            builder
                 .try_init()
                 .map_err(|_| LogSetupError::AlreadyInstalled)?;
+            if let Some(level) = plain {
+                log::set_max_level(level);
+            }
         }
     }
     Ok(target)
+}
+
+/// Changes the log level at run time (`bulwarkctl log-level`); the level now in force.
+pub fn set_level(level: &str) -> Result<LevelFilter, String> {
+    let level = LevelFilter::from_str(level.trim())
+        .map_err(|_| format!("{level:?} is not a level (off, error, warn, info, debug, trace)"))?;
+    log::set_max_level(level);
+    Ok(level)
 }
 
 /// The journal has no per-module filter: a plain level, `info` when unset or unreadable

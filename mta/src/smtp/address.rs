@@ -44,10 +44,16 @@ pub enum AddressError {
     TooLong,
 }
 
+/// RFC 5321 says 64, but real mailing-list bounce addresses (VERP, SRS) exceed it and
+/// Postfix accepts them; 255 is the sane bound that still refuses garbage.
+const MAX_LOCAL_PART: usize = 255;
+/// The whole address, as the SMTP path parser (smtp-proto) also bounds it.
+const MAX_ADDRESS: usize = 256;
+
 impl Mailbox {
     /// Parses `local@domain` as returned by the SMTP path parser.
     pub fn parse(address: &str, smtputf8: bool) -> Result<Mailbox, AddressError> {
-        if address.len() > 254 {
+        if address.len() > MAX_ADDRESS {
             return Err(AddressError::TooLong);
         }
         if !smtputf8 && !address.is_ascii() {
@@ -57,7 +63,7 @@ impl Mailbox {
         if local.is_empty() {
             return Err(AddressError::EmptyLocalPart);
         }
-        if local.len() > 64 {
+        if local.len() > MAX_LOCAL_PART {
             return Err(AddressError::TooLong);
         }
         Ok(Mailbox {
@@ -131,6 +137,19 @@ mod tests {
         assert_eq!(m.domain_name(), Some("example.com"));
         assert_eq!(m.local, "User");
         assert!(!m.has_routing());
+    }
+
+    #[test]
+    fn long_verp_local_parts_are_accepted_up_to_255() {
+        let verp = format!("bounce-{}=list.example.org", "x".repeat(180));
+        assert!(Mailbox::parse(&format!("{verp}@example.com"), false).is_ok());
+        // The whole address is bounded too (256, as the path parser bounds it).
+        let longest = "l".repeat(253);
+        assert!(Mailbox::parse(&format!("{longest}@a"), false).is_ok());
+        assert_eq!(
+            Mailbox::parse(&format!("{longest}xyz@a"), false),
+            Err(AddressError::TooLong)
+        );
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub enum UsersError {
 #[derive(Debug, Default, Clone)]
 pub struct Users {
     hashes: HashMap<String, String>,
+    /// A real hash (the first user's by name) that unknown names are checked against, so an
+    /// unknown user costs the same time as a wrong password and timing reveals no names.
+    decoy: Option<String>,
 }
 
 impl Users {
@@ -46,17 +49,23 @@ impl Users {
             }
             hashes.insert(user.to_string(), hash.to_string());
         }
-        Ok(Users { hashes })
+        let decoy = hashes
+            .iter()
+            .min_by(|a, b| a.0.cmp(b.0))
+            .map(|(_, hash)| hash.clone());
+        Ok(Users { hashes, decoy })
     }
 
     /// Checks a password; deliberately slow (the hash's rounds), so call it off the reactor.
     pub fn verify(&self, user: &str, password: &str) -> bool {
-        match self.hashes.get(user) {
-            Some(hash) => ShaCrypt::default()
-                .verify_password(password.as_bytes(), hash.as_str())
-                .is_ok(),
-            None => false,
-        }
+        let known = self.hashes.get(user);
+        let Some(hash) = known.or(self.decoy.as_ref()) else {
+            return false;
+        };
+        let matches = ShaCrypt::default()
+            .verify_password(password.as_bytes(), hash.as_str())
+            .is_ok();
+        known.is_some() && matches
     }
 }
 
@@ -102,6 +111,40 @@ mod tests {
         assert!(users.verify("alice", "secret"));
         assert!(!users.verify("alice", "wrong"));
         assert!(!users.verify("bob", "secret"));
+    }
+
+    #[test]
+    fn an_unknown_user_costs_as_much_as_a_wrong_password() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("users");
+        // `openssl passwd -6 -salt abcdefgh secret`
+        std::fs::write(
+            &path,
+            "alice:$6$abcdefgh$ltjgWl6579NluT/Vi1nwEvcil.G5Nbc4NiXZaNGStk8PSwGfQv72N2CKPPrVACtLtip/cZ/1GM/O6IND4WQhG.\n",
+        )
+        .expect("write");
+        let users = Users::load(&path).expect("load");
+        // Interleaved and compared by their fastest run, so a busy machine's noise (other
+        // builds on the same cores) cannot decide; without the decoy an unknown user costs
+        // microseconds against the hash's milliseconds.
+        let once = |user: &str| {
+            let start = std::time::Instant::now();
+            assert!(!users.verify(user, "wrong"));
+            start.elapsed()
+        };
+        let (mut wrong_password, mut unknown_user) = (Vec::new(), Vec::new());
+        for _ in 0..5 {
+            wrong_password.push(once("alice"));
+            unknown_user.push(once("nobody"));
+        }
+        let (wrong, unknown) = (
+            wrong_password.into_iter().min().expect("runs"),
+            unknown_user.into_iter().min().expect("runs"),
+        );
+        assert!(
+            unknown * 4 >= wrong,
+            "unknown user {unknown:?} vs wrong password {wrong:?}"
+        );
     }
 
     #[test]

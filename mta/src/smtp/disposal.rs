@@ -12,11 +12,13 @@
 
 use std::sync::Arc;
 
+use crate::config::Direction;
 use crate::deliver::dsn;
+use crate::filters::{archive, dkim::Sealer};
 use crate::gateway::{Gateway, Origin};
 use crate::pipeline::{
-    apply_to_envelope, rewrite_header, ContentError, ContentReader, CopyRequest, Group,
-    GroupVerdict, Modification, Step,
+    apply_to_envelope, rewrite_header, ArchiveRequest, ContentError, ContentReader, CopyRequest,
+    Group, GroupVerdict, Modification, Step,
 };
 use crate::policy::SessionInfo;
 use crate::quarantine::{QuarantineError, Why};
@@ -32,6 +34,11 @@ pub enum DisposalError {
     Spool(#[from] SpoolError),
     #[error(transparent)]
     Quarantine(#[from] QuarantineError),
+    #[error("archive {dir}: {source}")]
+    Archive {
+        dir: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl DisposalError {
@@ -39,6 +46,7 @@ impl DisposalError {
         match self {
             DisposalError::Spool(e) => e.is_disk_full(),
             DisposalError::Quarantine(e) => e.is_disk_full(),
+            DisposalError::Archive { source, .. } => source.raw_os_error() == Some(libc::ENOSPC),
         }
     }
 }
@@ -63,22 +71,27 @@ pub struct Taken {
     pub copies: Vec<(QueueId, Vec<String>, String)>,
 }
 
-/// Commits what the groups' verdicts say; see the module contract.
+/// Commits what the groups' verdicts say; see the module contract. Outbound mail whose
+/// From: domain has a key is DKIM-signed last, on each group's final form.
 pub async fn take(
     gateway: &Gateway,
     session: &SessionInfo,
     hostname: &str,
+    sealer: &Sealer,
     message: Received<'_>,
-    groups: Vec<Group>,
+    mut groups: Vec<Group>,
 ) -> Result<Taken, DisposalError> {
     let id = message.draft.id();
     let size = message.draft.content_len();
     record_received(&gateway.tracker, id, &message.envelope, size, &groups);
     let mut taken = Taken::default();
-    let fast_path = groups.len() == 1
+    let sealing = session.direction() == Direction::Outbound && sealer.signs(message.header);
+    let fast_path = !sealing
+        && groups.len() == 1
         && groups
             .iter()
-            .all(|g| !g.changes_content() && g.copies.is_empty())
+            .all(|g| !g.changes_content() && g.copies.is_empty() && g.archives.is_empty())
+        && groups[0].hold_original.is_none()
         && groups[0].final_verdict() == GroupVerdict::Accept;
     if fast_path {
         let mut envelope = message.envelope;
@@ -98,8 +111,17 @@ pub async fn take(
         snapshot,
         header: message.header,
     };
+    if sealing {
+        for group in groups
+            .iter_mut()
+            .filter(|g| g.final_verdict() == GroupVerdict::Accept)
+        {
+            seal(sealer, &source, group).await?;
+        }
+    }
     // Copies and quarantine first: a failure there still lets the client retry the whole
     // message before any of it is queued.
+    take_archives(&source, &message.envelope, &groups).await?;
     take_copies(
         gateway,
         hostname,
@@ -126,6 +148,12 @@ pub async fn take(
         taken
             .quarantined
             .push(group_addresses(&message.envelope, group));
+    }
+    for group in groups
+        .iter()
+        .filter(|g| g.final_verdict() == GroupVerdict::Accept && g.hold_original.is_some())
+    {
+        keep_original(gateway, session, &source, &message.envelope, group).await?;
     }
     let mut original = Some(message.draft);
     for group in &groups {
@@ -339,6 +367,136 @@ fn read_error(error: ContentError) -> SpoolError {
     }
 }
 
+/// The group's message as it will be queued, in memory (for signing).
+async fn final_form(source: &Source<'_>, group: &Group) -> Result<Vec<u8>, SpoolError> {
+    let mut message = rewrite_header(source.header, &group.modifications).header;
+    message.extend_from_slice(b"\r\n");
+    let replaced = group.modifications.iter().rev().find_map(|m| match m {
+        Modification::ReplaceBody(body) => Some(body),
+        _ => None,
+    });
+    if let Some(body) = replaced {
+        message.extend_from_slice(body);
+        return Ok(message);
+    }
+    let snapshot = source.snapshot.clone();
+    let from = source.body_offset();
+    let body = tokio::task::spawn_blocking(move || {
+        let mut body = vec![0u8; (snapshot.len() - from) as usize];
+        let mut filled = 0;
+        while filled < body.len() {
+            let n = snapshot.read_at(from + filled as u64, &mut body[filled..])?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        body.truncate(filled);
+        Ok::<_, std::io::Error>(body)
+    })
+    .await
+    .map_err(|e| read_error(ContentError::Task(e.to_string())))?
+    .map_err(|e| read_error(ContentError::Read(e)))?;
+    message.extend_from_slice(&body);
+    Ok(message)
+}
+
+/// Adds the DKIM-Signature for the group's final form (after our Received:, before the
+/// rest). A signing failure sends the message unsigned and says so: a signature is not worth
+/// holding mail for.
+async fn seal(sealer: &Sealer, source: &Source<'_>, group: &mut Group) -> Result<(), SpoolError> {
+    let message = final_form(source, group).await?;
+    match sealer.sign(&message) {
+        Some(Ok(value)) => {
+            log::info!(queue_id:% = source.id; "dkim: id={} signed", source.id);
+            group.modifications.push(Modification::InsertHeader {
+                index: 0,
+                name: "DKIM-Signature".into(),
+                value,
+            });
+        }
+        Some(Err(e)) => log::error!(
+            queue_id:% = source.id; "dkim: id={} sent unsigned: {e}", source.id
+        ),
+        None => {}
+    }
+    Ok(())
+}
+
+/// The original envelope, as journaling copies and archive files record it.
+fn envelope_fields(envelope: &Envelope) -> [Modification; 2] {
+    [
+        Modification::AddHeader {
+            name: "X-Bulwark-Original-Sender".into(),
+            value: format!("<{}>", envelope.sender),
+        },
+        Modification::AddHeader {
+            name: "X-Bulwark-Original-Recipients".into(),
+            value: original_recipients(envelope),
+        },
+    ]
+}
+
+/// Local archive copies (`copy` rules with `archive_dir`), each directory once, durable
+/// before the reply.
+async fn take_archives(
+    source: &Source<'_>,
+    envelope: &Envelope,
+    groups: &[Group],
+) -> Result<(), DisposalError> {
+    let mut done: Vec<&ArchiveRequest> = Vec::new();
+    for group in groups {
+        if matches!(
+            group.final_verdict(),
+            GroupVerdict::Reject(_) | GroupVerdict::Tempfail(_)
+        ) {
+            continue;
+        }
+        for request in &group.archives {
+            if done.iter().any(|d| d.dir == request.dir) {
+                continue;
+            }
+            done.push(request);
+            store_archive(source, envelope, request).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn store_archive(
+    source: &Source<'_>,
+    envelope: &Envelope,
+    request: &ArchiveRequest,
+) -> Result<(), DisposalError> {
+    let prefix = rewrite_header(b"", &envelope_fields(envelope)).header;
+    let snapshot = source.snapshot.clone();
+    let dir = request.dir.clone();
+    let queue_id = source.id.to_string();
+    let sender = envelope.sender.clone();
+    let recipients = addresses(envelope);
+    let stored = tokio::task::spawn_blocking(move || {
+        let entry = archive::Entry {
+            queue_id: &queue_id,
+            sender: &sender,
+            recipients: &recipients,
+            unix_time: unix_now(),
+        };
+        archive::store(&dir, &entry, &prefix, &snapshot)
+    })
+    .await
+    .map_err(|e| std::io::Error::other(e.to_string()))
+    .and_then(|r| r)
+    .map_err(|source| DisposalError::Archive {
+        dir: request.dir.clone(),
+        source,
+    })?;
+    log::info!(
+        queue_id:% = source.id, by = request.by.as_str();
+        "archive: id={} stored as {} by={}", source.id, stored.display(), request.by
+    );
+    Ok(())
+}
+
 /// Journaling copies (`copy` rules): the message as received, with the original envelope in
 /// `X-Bulwark-Original-*` fields, to the copy's recipients. Each distinct request once.
 async fn take_copies(
@@ -378,15 +536,10 @@ async fn queue_copy(
     envelope: &Envelope,
     request: &CopyRequest,
 ) -> Result<QueueId, DisposalError> {
+    let [sender_field, recipients_field] = envelope_fields(envelope);
     let recorded = [
-        Modification::AddHeader {
-            name: "X-Bulwark-Original-Sender".into(),
-            value: format!("<{}>", envelope.sender),
-        },
-        Modification::AddHeader {
-            name: "X-Bulwark-Original-Recipients".into(),
-            value: original_recipients(envelope),
-        },
+        sender_field,
+        recipients_field,
         Modification::AddHeader {
             name: "X-Bulwark-Copy-Of".into(),
             value: format!("{} ({})", source.id, request.by),
@@ -474,6 +627,27 @@ async fn quarantine(
     gateway.tracker.record(
         Event::new(id, own.message_id.as_deref(), quarantined)
             .with_envelope(&own.sender, recipients),
+    );
+    Ok(())
+}
+
+/// The original of a message delivered changed (`strip`), kept whole in the quarantine (under
+/// an id of its own) so it can be released; like any quarantine copy it is durable before
+/// the 250, and a failure to keep it refuses the message (451) rather than lose it.
+async fn keep_original(
+    gateway: &Gateway,
+    session: &SessionInfo,
+    source: &Source<'_>,
+    envelope: &Envelope,
+    group: &Group,
+) -> Result<(), DisposalError> {
+    let mut held = group.clone();
+    held.reason = group.hold_original.clone();
+    quarantine(gateway, session, source, envelope, &held, false).await?;
+    log::info!(
+        queue_id:% = source.id;
+        "filter: id={}: original kept in quarantine ({})",
+        source.id, group.hold_original.as_deref().unwrap_or("")
     );
     Ok(())
 }

@@ -7,6 +7,31 @@ pub struct Reply {
     pub code: u16,
     /// One or more lines (separated by `\n`), each without CRLF.
     pub text: Cow<'static, str>,
+    /// Why a policy stage refused, where it matters to what happens next (abuse signals,
+    /// log fields); decided by the stage, never read back from `text`.
+    pub reason: Option<RejectReason>,
+}
+
+/// Why a policy stage refused a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// The recipient does not exist (550 5.1.1): the directory-harvest signal.
+    UnknownRecipient,
+    /// Relaying to a foreign domain without trust or authentication (554 5.7.1).
+    RelayDenied,
+    /// Recipient verification could not reach the internal server (451 4.4.3).
+    VerificationUnavailable,
+}
+
+impl RejectReason {
+    /// The name in log fields (REASON).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::UnknownRecipient => "unknown_recipient",
+            RejectReason::RelayDenied => "relay_denied",
+            RejectReason::VerificationUnavailable => "verification_unavailable",
+        }
+    }
 }
 
 impl Reply {
@@ -14,6 +39,7 @@ impl Reply {
         Self {
             code,
             text: Cow::Borrowed(text),
+            reason: None,
         }
     }
 
@@ -21,7 +47,14 @@ impl Reply {
         Self {
             code,
             text: Cow::Owned(text),
+            reason: None,
         }
+    }
+
+    /// The same reply, carrying why it was given.
+    pub fn because(mut self, reason: RejectReason) -> Self {
+        self.reason = Some(reason);
+        self
     }
 
     pub fn is_positive(&self) -> bool {

@@ -25,9 +25,11 @@ use super::auth;
 use super::data::DataDecoder;
 use super::disposal::{self, Received, Taken};
 use super::message::{received_header, HeaderScanner, TraceFacts};
-use super::reply::{self, Reply};
-use super::stream::{acceptor, Greeting, Line, SmtpStream, StreamError, TlsInfo};
-use crate::config::{LimitsConfig, ListenerRole};
+use super::reply::{self, RejectReason, Reply};
+use super::stream::{
+    acceptor, Greeting, Line, SmtpStream, StreamError, TlsInfo, MAX_AUTH_LINE, MAX_COMMAND_LINE,
+};
+use crate::config::{LimitsConfig, ListenerRole, LongLines};
 use crate::flow::Signal;
 use crate::gateway::{Counters, Gateway, Origin, Runtime};
 use crate::pipeline::{Context, Disposal, Findings, Group, MessageContent};
@@ -87,6 +89,8 @@ pub struct Session {
     tls: Option<TlsInfo>,
     transaction: Option<Transaction>,
     errors: u32,
+    /// Commands that moved no mail since the last accepted message.
+    junk_commands: u32,
     messages: usize,
 }
 
@@ -123,6 +127,7 @@ impl Session {
             tls: None,
             transaction: None,
             errors: 0,
+            junk_commands: 0,
             messages: 0,
         }
     }
@@ -157,16 +162,24 @@ impl Session {
             return Ok(());
         }
         loop {
-            let line = self.stream.read_line(self.limits().command_timeout).await?;
+            let timeout = self.limits().command_timeout;
+            let line = self.stream.read_line_up_to(timeout, MAX_AUTH_LINE).await?;
+            let messages_before = self.messages;
             let next = match line {
-                Line::TooLong => {
+                Line::Command(bytes) if bytes.len() <= MAX_COMMAND_LINE || is_auth(&bytes) => {
+                    self.command(&bytes).await?
+                }
+                Line::TooLong | Line::Command(_) => {
                     self.error(&reply::LINE_TOO_LONG);
                     Next::Continue
                 }
-                Line::Command(bytes) => self.command(&bytes).await?,
             };
             if matches!(next, Next::Close) {
                 return Ok(());
+            }
+            if self.messages != messages_before {
+                // As Postfix: a client that delivers mail is not idling with junk.
+                self.junk_commands = 0;
             }
             if self.errors >= self.limits().max_errors {
                 let text = format!(
@@ -244,6 +257,17 @@ impl Session {
         self.stream.reply(reply);
     }
 
+    /// Answers a command that moves no mail (NOOP, RSET, VRFY, HELP, a repeated HELO):
+    /// past `junk_command_limit` of them each counts as an error, so `max_errors` ends a
+    /// session that only idles (Postfix's smtpd_junk_command_limit).
+    fn junk(&mut self, reply: &Reply) {
+        self.junk_commands += 1;
+        if self.junk_commands > self.limits().junk_command_limit {
+            self.errors += 1;
+        }
+        self.stream.reply(reply);
+    }
+
     fn answer(&mut self, reply: &Reply) {
         if reply.is_permanent() {
             self.errors += 1;
@@ -298,12 +322,12 @@ impl Session {
             } => return self.auth(mechanism, initial_response).await,
             Request::Rset => {
                 self.transaction = None;
-                self.stream.reply(&reply::OK);
+                self.junk(&reply::OK);
             }
-            Request::Noop { .. } => self.stream.reply(&reply::OK),
-            Request::Vrfy { .. } => self.stream.reply(&reply::VRFY),
+            Request::Noop { .. } => self.junk(&reply::OK),
+            Request::Vrfy { .. } => self.junk(&reply::VRFY),
             Request::Expn { .. } => self.error(&reply::EXPN),
-            Request::Help { .. } => self.stream.reply(&reply::HELP),
+            Request::Help { .. } => self.junk(&reply::HELP),
             Request::Quit => {
                 self.stream.reply(&reply::BYE);
                 return Ok(Next::Close);
@@ -331,13 +355,13 @@ impl Session {
             self.answer(&reply);
             return;
         }
+        let repeated = self.info.helo.is_some();
         self.info.helo = Some(host);
         self.esmtp = extended;
         self.transaction = None;
         if !extended {
-            let text = self.hostname().to_string();
-            self.stream.reply(&Reply::owned(250, text));
-            return;
+            let reply = Reply::owned(250, self.hostname().to_string());
+            return self.hello_reply(&reply, repeated);
         }
         let mut lines = vec![
             self.hostname().to_string(),
@@ -355,7 +379,16 @@ impl Session {
         if self.runtime.users.is_some() && self.stream.is_tls() && self.info.auth_user.is_none() {
             lines.push("AUTH PLAIN LOGIN".into());
         }
-        self.stream.reply(&Reply::owned(250, lines.join("\n")));
+        self.hello_reply(&Reply::owned(250, lines.join("\n")), repeated);
+    }
+
+    /// A repeated HELO/EHLO (not the one STARTTLS requires) is a junk command.
+    fn hello_reply(&mut self, reply: &Reply, repeated: bool) {
+        if repeated {
+            self.junk(reply);
+        } else {
+            self.stream.reply(reply);
+        }
     }
 
     async fn mail(&mut self, from: MailFrom<String>) {
@@ -383,6 +416,9 @@ impl Session {
         }
         if from.size as u64 > self.limits().max_message_size {
             return self.error(&reply::TOO_BIG);
+        }
+        if !self.spool_has_room(from.size as u64) {
+            return self.stream.reply(&reply::DISK_FULL);
         }
         let smtputf8 = from.flags & MAIL_SMTPUTF8 != 0;
         if !from.address.is_empty() {
@@ -414,6 +450,33 @@ impl Session {
         self.stream.reply(&Reply::new(250, "2.1.0 Ok"));
     }
 
+    /// True while the spool keeps `[server] min_free_space` free after a message of
+    /// `declared` bytes (its SIZE). Only new mail is refused: delivery and the notices it
+    /// sends use the spool without asking, so the queue drains and frees space.
+    fn spool_has_room(&self, declared: u64) -> bool {
+        let reserve = self.runtime.config.server.min_free_space;
+        if reserve == 0 {
+            return true;
+        }
+        match self.gateway.spool.free_space() {
+            Ok(free) if free >= reserve.saturating_add(declared) => true,
+            Ok(free) => {
+                log::warn!(
+                    client_addr:% = self.info.client.ip(), reason = "min_free_space";
+                    "reject: MAIL from {}: 452 4.3.1 only {free} bytes free on the spool \
+                     (min_free_space {reserve})",
+                    self.info.client.ip()
+                );
+                false
+            }
+            // Cannot tell: let the write itself find out (it answers 452 when full).
+            Err(e) => {
+                log::warn!("spool: cannot read the free space: {e}");
+                true
+            }
+        }
+    }
+
     async fn rcpt(&mut self, to: RcptTo<String>) {
         let max_recipients = self.limits().max_recipients;
         let Some(transaction) = &mut self.transaction else {
@@ -439,7 +502,7 @@ impl Session {
                     reply.text,
                     mailbox.canonical()
                 );
-                if reply.text.starts_with("5.1.1") {
+                if reply.reason == Some(RejectReason::UnknownRecipient) {
                     self.gateway
                         .flow
                         .signal(self.info.client.ip(), Signal::UnknownRecipient);
@@ -675,7 +738,17 @@ impl Session {
         };
         let sender = message.envelope.sender.clone();
         let hostname = self.runtime.config.server.hostname.clone();
-        match disposal::take(&self.gateway, &self.info, &hostname, message, groups).await {
+        let sealer = self.runtime.sealer.clone();
+        match disposal::take(
+            &self.gateway,
+            &self.info,
+            &hostname,
+            &sealer,
+            message,
+            groups,
+        )
+        .await
+        {
             Ok(taken) => {
                 self.log_taken(id, &sender, size, &taken);
                 let counters = &self.gateway.counters;
@@ -756,7 +829,7 @@ impl Session {
         if receiving.decoder.refuse_bare_newline() {
             return Some(reply::BARE_NEWLINE);
         }
-        if anomalies.long_line {
+        if anomalies.long_line && self.runtime.config.smtp.long_lines == LongLines::Reject {
             return Some(reply::LONG_LINE);
         }
         if receiving.header.overflowed() {
@@ -903,7 +976,8 @@ impl Session {
     /// Reads one SASL continuation line; None when the client cancelled with `*`.
     async fn sasl_response(&mut self, prompt: &str) -> Result<Option<String>, StreamError> {
         self.stream.reply(&Reply::owned(334, prompt.to_string()));
-        let line = match self.stream.read_line(self.limits().command_timeout).await? {
+        let timeout = self.limits().command_timeout;
+        let line = match self.stream.read_line_up_to(timeout, MAX_AUTH_LINE).await? {
             Line::Command(line) => line,
             Line::TooLong => return Ok(None),
         };
@@ -1000,6 +1074,11 @@ fn parse_error_reply(error: &ParseError) -> Reply {
         ),
         _ => Reply::new(500, "5.5.2 Syntax error"),
     }
+}
+
+/// An AUTH command, whose initial response may make the line up to MAX_AUTH_LINE long.
+fn is_auth(line: &[u8]) -> bool {
+    line.len() > 5 && line[..5].eq_ignore_ascii_case(b"AUTH ")
 }
 
 fn printable(text: &str) -> Cow<'_, str> {

@@ -13,6 +13,8 @@ use super::reply::Reply;
 
 /// Longest command line including CRLF (RFC 5321 4.5.3.1.4).
 pub const MAX_COMMAND_LINE: usize = 512;
+/// Longest AUTH command or SASL response line including CRLF (RFC 4954 4: 12,288).
+pub const MAX_AUTH_LINE: usize = 12_288;
 /// How much of an over-long command line is skipped before it is answered as an error.
 const MAX_SKIPPED_LINE: usize = 64 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
@@ -118,6 +120,15 @@ impl SmtpStream {
 
     /// Reads one command line (without CRLF). Over-long lines are consumed and reported.
     pub async fn read_line(&mut self, timeout: Duration) -> Result<Line, StreamError> {
+        self.read_line_up_to(timeout, MAX_COMMAND_LINE).await
+    }
+
+    /// As `read_line`, with lines up to `limit` bytes including CRLF (AUTH's longer lines).
+    pub async fn read_line_up_to(
+        &mut self,
+        timeout: Duration,
+        limit: usize,
+    ) -> Result<Line, StreamError> {
         let mut too_long = false;
         let mut skipped = 0;
         loop {
@@ -126,12 +137,12 @@ impl SmtpStream {
                 let line_end = self.start + pos + 1;
                 let line = self.buffer[self.start..line_end].to_vec();
                 self.start = line_end;
-                if too_long || line.len() > MAX_COMMAND_LINE {
+                if too_long || line.len() > limit {
                     return Ok(Line::TooLong);
                 }
                 return Ok(Line::Command(line));
             }
-            if pending.len() >= MAX_COMMAND_LINE {
+            if pending.len() >= limit {
                 // Skip what we have of the over-long line, keep reading until its LF.
                 too_long = true;
                 skipped += pending.len();

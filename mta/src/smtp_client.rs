@@ -1,5 +1,8 @@
 //! The outbound SMTP client: connect, greeting, EHLO (HELO fallback), STARTTLS by policy,
 //! replies with their enhanced status codes, and raw writes for pipelined commands and data.
+//!
+//! A module of its own, used by delivery (`deliver`) and by recipient callouts (`policy`),
+//! so the receiving half never imports the sending half. It knows SMTP, not queues.
 
 use std::io;
 use std::net::SocketAddr;
