@@ -5,7 +5,9 @@
 //! and `recipients` (queue id by recipient). Indexes cover every way a timeline is asked for:
 //! queue id, Message-ID, sender, recipient, time, and the origin of splits and copies.
 //! The store is the history, not the mail: `synchronous = NORMAL` may lose the last events
-//! of a power cut, never a message.
+//! of a power cut, never a message. In WAL mode NORMAL already syncs only at checkpoints, not
+//! per commit, so `OFF` would save no CPU worth having and would risk a corrupt file (a
+//! checkpoint without its fsync) on a power cut.
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
@@ -91,6 +93,10 @@ pub struct Store {
     /// Queue ids whose `messages` row already holds their Message-ID: later events of the
     /// same message (attempts, outcomes) skip the upsert. Bounded by [`MAX_KNOWN`].
     known: HashSet<i64>,
+    /// Events were deleted since the orphaned keys were last dropped (true at open: a purge
+    /// may have stopped half-way). Without it a purge that finds nothing past retention, the
+    /// usual case, skips the two scans of `messages` and `recipients`.
+    orphans_possible: bool,
 }
 
 /// Queue ids remembered by [`Store::known`] before it starts over (a forgotten id costs one
@@ -114,6 +120,7 @@ impl Store {
         Ok(Store {
             connection,
             known: HashSet::new(),
+            orphans_possible: true,
         })
     }
 
@@ -123,6 +130,9 @@ impl Store {
         store
             .connection
             .pragma_update(None, "cache_size", WRITER_CACHE_KIB)?;
+        store
+            .connection
+            .pragma_update(None, "temp_store", "MEMORY")?;
         Ok(store)
     }
 
@@ -188,12 +198,19 @@ impl Store {
              (SELECT seq FROM events WHERE at_ms < ?1 ORDER BY at_ms LIMIT ?2)",
             params![before_ms, PURGE_CHUNK as i64],
         )?;
-        if deleted == PURGE_CHUNK {
-            return Ok(PurgeStep {
-                deleted: deleted as u64,
-                done: false,
-            });
+        self.orphans_possible |= deleted > 0;
+        let done = deleted < PURGE_CHUNK;
+        if done && self.orphans_possible {
+            self.drop_orphans(before_ms)?;
         }
+        Ok(PurgeStep {
+            deleted: deleted as u64,
+            done,
+        })
+    }
+
+    /// Drops the messages and recipients no event names any more.
+    fn drop_orphans(&mut self, before_ms: i64) -> Result<(), StoreError> {
         self.connection.execute(
             "DELETE FROM messages WHERE first_ms < ?1 AND NOT EXISTS \
              (SELECT 1 FROM events e WHERE e.queue_id = messages.queue_id)",
@@ -206,10 +223,8 @@ impl Store {
         )?;
         // Some remembered ids may have lost their row.
         self.known.clear();
-        Ok(PurgeStep {
-            deleted: deleted as u64,
-            done: true,
-        })
+        self.orphans_possible = false;
+        Ok(())
     }
 
     /// The events `filter` asks for, oldest first, at most `limit`.
