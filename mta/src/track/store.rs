@@ -227,6 +227,11 @@ impl Store {
         Ok(())
     }
 
+    #[cfg(test)]
+    pub(super) fn connection_for_tests(&self) -> &Connection {
+        &self.connection
+    }
+
     /// The events `filter` asks for, oldest first, at most `limit`.
     pub fn timeline(&self, filter: &Filter, limit: usize) -> Result<Timeline, StoreError> {
         let linked = if filter.follows_links() {

@@ -22,7 +22,7 @@ const MAX_BATCH: usize = 4096;
 /// the statements' reset) costs about as much as dozens of inserts, so at a light load one
 /// commit per event would cost more than the events; a query never waits for it (its flush
 /// commits at once), and a crash loses at most this much history, never mail.
-const LINGER: Duration = Duration::from_secs(1);
+pub(super) const LINGER: Duration = Duration::from_secs(1);
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
 pub enum Command {
