@@ -144,11 +144,16 @@ impl Store {
             let mut insert_event = transaction.prepare_cached(INSERT_EVENT)?;
             let mut upsert_message = transaction.prepare_cached(UPSERT_MESSAGE)?;
             let mut insert_recipient = transaction.prepare_cached(INSERT_RECIPIENT)?;
+            // One buffer for every event's details: no allocation per event.
+            let mut details = Vec::with_capacity(256);
             for event in events {
-                let details = serde_json::to_string(&event.kind)
+                details.clear();
+                serde_json::to_writer(&mut details, &event.kind)
                     .map_err(|source| StoreError::Details { seq: -1, source })?;
+                // serde_json writes UTF-8 only; the column stays TEXT as before.
+                let text = std::str::from_utf8(&details).unwrap_or_default();
                 let id = key(event.queue_id);
-                insert_event.execute(params![event.at_ms, id, event.kind.name(), details])?;
+                insert_event.execute(params![event.at_ms, id, event.kind.name(), text])?;
                 let parent = event.kind.derived_from().map(key);
                 let new_message_id = event.message_id.is_some() && !self.known.contains(&id);
                 if new_message_id || event.sender.is_some() || parent.is_some() {
