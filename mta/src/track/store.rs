@@ -93,9 +93,10 @@ pub struct Store {
     /// Queue ids whose `messages` row already holds their Message-ID: later events of the
     /// same message (attempts, outcomes) skip the upsert. Bounded by [`MAX_KNOWN`].
     known: HashSet<i64>,
-    /// Events were deleted since the orphaned keys were last dropped (true at open: a purge
-    /// may have stopped half-way). Without it a purge that finds nothing past retention, the
-    /// usual case, skips the two scans of `messages` and `recipients`.
+    /// Events were deleted since the orphaned keys were last dropped. Without it a purge that
+    /// finds nothing past retention (every start, most hours) skips the two full scans of
+    /// `messages` and `recipients`. False at open: the orphans of a purge a stop cut short are
+    /// harmless (a key no event joins) and go with the next purge that deletes anything.
     orphans_possible: bool,
 }
 
@@ -120,7 +121,7 @@ impl Store {
         Ok(Store {
             connection,
             known: HashSet::new(),
-            orphans_possible: true,
+            orphans_possible: false,
         })
     }
 
