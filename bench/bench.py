@@ -84,6 +84,10 @@ domains = ["example.test"]
 trusted_networks = ["127.0.0.0/8"]
 [limits]
 max_sessions_per_client = {sessions}
+# Each run its own tracking store: the built-in /var/lib/bulwark/tracking is shared by every
+# run on the machine and grows, so a later run would measure a bigger store.
+[tracking]
+dir = "{self.dir / 'tracking'}"
 [[route]]
 domains = ["*"]
 next_hops = ["{hop}"]

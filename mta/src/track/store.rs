@@ -5,7 +5,9 @@
 //! and `recipients` (queue id by recipient). Indexes cover every way a timeline is asked for:
 //! queue id, Message-ID, sender, recipient, time, and the origin of splits and copies.
 //! The store is the history, not the mail: `synchronous = NORMAL` may lose the last events
-//! of a power cut, never a message.
+//! of a power cut, never a message. In WAL mode NORMAL already syncs only at checkpoints, not
+//! per commit, so `OFF` would save no CPU worth having and would risk a corrupt file (a
+//! checkpoint without its fsync) on a power cut.
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
@@ -91,6 +93,11 @@ pub struct Store {
     /// Queue ids whose `messages` row already holds their Message-ID: later events of the
     /// same message (attempts, outcomes) skip the upsert. Bounded by [`MAX_KNOWN`].
     known: HashSet<i64>,
+    /// Events were deleted since the orphaned keys were last dropped. Without it a purge that
+    /// finds nothing past retention (every start, most hours) skips the two full scans of
+    /// `messages` and `recipients`. False at open: the orphans of a purge a stop cut short are
+    /// harmless (a key no event joins) and go with the next purge that deletes anything.
+    orphans_possible: bool,
 }
 
 /// Queue ids remembered by [`Store::known`] before it starts over (a forgotten id costs one
@@ -114,6 +121,7 @@ impl Store {
         Ok(Store {
             connection,
             known: HashSet::new(),
+            orphans_possible: false,
         })
     }
 
@@ -123,6 +131,9 @@ impl Store {
         store
             .connection
             .pragma_update(None, "cache_size", WRITER_CACHE_KIB)?;
+        store
+            .connection
+            .pragma_update(None, "temp_store", "MEMORY")?;
         Ok(store)
     }
 
@@ -134,11 +145,16 @@ impl Store {
             let mut insert_event = transaction.prepare_cached(INSERT_EVENT)?;
             let mut upsert_message = transaction.prepare_cached(UPSERT_MESSAGE)?;
             let mut insert_recipient = transaction.prepare_cached(INSERT_RECIPIENT)?;
+            // One buffer for every event's details: no allocation per event.
+            let mut details = Vec::with_capacity(256);
             for event in events {
-                let details = serde_json::to_string(&event.kind)
+                details.clear();
+                serde_json::to_writer(&mut details, &event.kind)
                     .map_err(|source| StoreError::Details { seq: -1, source })?;
+                // serde_json writes UTF-8 only; the column stays TEXT as before.
+                let text = std::str::from_utf8(&details).unwrap_or_default();
                 let id = key(event.queue_id);
-                insert_event.execute(params![event.at_ms, id, event.kind.name(), details])?;
+                insert_event.execute(params![event.at_ms, id, event.kind.name(), text])?;
                 let parent = event.kind.derived_from().map(key);
                 let new_message_id = event.message_id.is_some() && !self.known.contains(&id);
                 if new_message_id || event.sender.is_some() || parent.is_some() {
@@ -188,12 +204,19 @@ impl Store {
              (SELECT seq FROM events WHERE at_ms < ?1 ORDER BY at_ms LIMIT ?2)",
             params![before_ms, PURGE_CHUNK as i64],
         )?;
-        if deleted == PURGE_CHUNK {
-            return Ok(PurgeStep {
-                deleted: deleted as u64,
-                done: false,
-            });
+        self.orphans_possible |= deleted > 0;
+        let done = deleted < PURGE_CHUNK;
+        if done && self.orphans_possible {
+            self.drop_orphans(before_ms)?;
         }
+        Ok(PurgeStep {
+            deleted: deleted as u64,
+            done,
+        })
+    }
+
+    /// Drops the messages and recipients no event names any more.
+    fn drop_orphans(&mut self, before_ms: i64) -> Result<(), StoreError> {
         self.connection.execute(
             "DELETE FROM messages WHERE first_ms < ?1 AND NOT EXISTS \
              (SELECT 1 FROM events e WHERE e.queue_id = messages.queue_id)",
@@ -206,10 +229,13 @@ impl Store {
         )?;
         // Some remembered ids may have lost their row.
         self.known.clear();
-        Ok(PurgeStep {
-            deleted: deleted as u64,
-            done: true,
-        })
+        self.orphans_possible = false;
+        Ok(())
+    }
+
+    #[cfg(test)]
+    pub(super) fn connection_for_tests(&self) -> &Connection {
+        &self.connection
     }
 
     /// The events `filter` asks for, oldest first, at most `limit`.

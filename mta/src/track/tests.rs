@@ -360,3 +360,42 @@ fn received_and_queued_record_the_envelope_for_search() {
         ("192.0.2.7", 42, Some("alice"))
     );
 }
+
+#[test]
+fn a_flush_commits_at_once_instead_of_waiting_out_the_linger() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tracker = Tracker::open_with(dir.path(), Duration::from_secs(3600), 16).expect("open");
+    assert!(
+        tracker.flush(Duration::from_secs(10)),
+        "start-up purge done"
+    );
+    tracker.record(delivered(3, "r@x", now_ms()));
+    let started = std::time::Instant::now();
+    assert!(tracker.flush(Duration::from_secs(10)));
+    assert!(
+        started.elapsed() < super::writer::LINGER,
+        "the flush waited {:?}",
+        started.elapsed()
+    );
+    assert_eq!(tracker.status().written, 1);
+}
+
+#[test]
+fn a_purge_that_finds_nothing_still_leaves_later_orphans_to_the_next() {
+    let (_dir, mut store) = store();
+    assert_eq!(store.purge(T0).expect("empty purge"), 0);
+    store
+        .insert(&[received(4, "o@x", "s@x", &["r@x"], T0 - 10)])
+        .expect("insert");
+    assert_eq!(store.purge(T0).expect("purge"), 1);
+    let sender = Query {
+        sender: Some("s@x".into()),
+        ..Default::default()
+    };
+    assert!(ask(&store, sender).events.is_empty());
+    let orphans: i64 = store
+        .connection_for_tests()
+        .query_row("SELECT count(*) FROM messages", [], |row| row.get(0))
+        .expect("count");
+    assert_eq!(orphans, 0, "the message row went with its last event");
+}

@@ -1,5 +1,6 @@
 //! The one writer thread: takes events from the channel, inserts them in batches (one
-//! transaction each), answers flush requests once what came before them is written, and
+//! transaction each, gathered for up to [`LINGER`] unless a flush asks sooner or the batch is
+//! full), answers flush requests once what came before them is written, and
 //! purges expired events when the tracker opens and hourly, a bounded piece at a time between
 //! batches, so even a large purge (a shortened retention) never leaves the channel unread.
 //!
@@ -17,6 +18,11 @@ use super::Counters;
 
 /// Events per transaction at most.
 const MAX_BATCH: usize = 4096;
+/// How long the writer gathers events before it commits them. A commit (WAL frames, locks,
+/// the statements' reset) costs about as much as dozens of inserts, so at a light load one
+/// commit per event would cost more than the events; a query never waits for it (its flush
+/// commits at once), and a crash loses at most this much history, never mail.
+pub(super) const LINGER: Duration = Duration::from_secs(1);
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
 pub enum Command {
@@ -64,12 +70,13 @@ impl Writer {
             match commands.recv_timeout(wait) {
                 Ok(first) => {
                     take(first, &mut batch, &mut flushes);
-                    while batch.len() < MAX_BATCH {
-                        match commands.try_recv() {
-                            Ok(more) => take(more, &mut batch, &mut flushes),
-                            Err(_) => break,
-                        }
-                    }
+                    // A purge under way goes on between batches: no lingering then.
+                    let linger = if purge.is_some() {
+                        Duration::ZERO
+                    } else {
+                        LINGER
+                    };
+                    gather(&commands, linger, &mut batch, &mut flushes);
                     self.write(&mut batch);
                     for done in flushes.drain(..) {
                         let _ = done.send(());
@@ -139,6 +146,24 @@ impl Purge {
                 log::error!("tracking: retention purge failed: {e}");
                 true
             }
+        }
+    }
+}
+
+/// Adds to the batch until it is full, a flush waits, or `linger` is over.
+fn gather(
+    commands: &Receiver<Command>,
+    linger: Duration,
+    batch: &mut Vec<Event>,
+    flushes: &mut Vec<Sender<()>>,
+) {
+    let deadline = Instant::now() + linger;
+    while batch.len() < MAX_BATCH && flushes.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match commands.recv_timeout(left) {
+            Ok(more) => take(more, batch, flushes),
+            // Disconnected: the next receive in `run` sees it once the batch is written.
+            Err(_) => break,
         }
     }
 }
