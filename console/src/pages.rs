@@ -403,7 +403,7 @@ async fn queue_action(
         "hold" => NodeRequest::QueueHold { ids },
         "release" => NodeRequest::QueueRelease { ids },
         "delete" => NodeRequest::QueueDelete { ids },
-        "flush" => NodeRequest::QueueFlush,
+        "flush" => NodeRequest::QueueFlush { destination: None },
         _ => return (StatusCode::BAD_REQUEST, "unknown action\n").into_response(),
     };
     change(

@@ -9,12 +9,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::duration;
 
 /// `[control]`: the control protocol over HTTPS; only clients whose certificate chains to `ca`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct ControlConfig {
     pub listen: SocketAddr,
     /// PEM CA whose client certificates may connect (`bulwarkctl node enroll` makes it).
@@ -25,13 +25,13 @@ pub struct ControlConfig {
 }
 
 /// `[metrics]`: Prometheus text format at `/metrics`, plain HTTP (bind it to loopback).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct MetricsConfig {
     pub listen: SocketAddr,
 }
 
 /// `[console]`: read only by `bulwark-console`; bulwarkd ignores it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct ConsoleConfig {
     /// HTTPS only.
     pub listen: SocketAddr,
@@ -78,7 +78,7 @@ pub struct ConsoleConfig {
 }
 
 /// One federated gateway.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct ConsoleNode {
     pub name: String,
     /// The node's `[control] listen`, `host:port`.

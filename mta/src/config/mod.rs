@@ -8,8 +8,8 @@
 
 mod antispam;
 mod builtin;
-mod console;
 pub mod changes;
+mod console;
 mod domains;
 mod duration;
 mod load;

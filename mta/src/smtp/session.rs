@@ -142,6 +142,10 @@ impl Session {
 
     /// Runs the session to its end; errors only end the session, never the daemon.
     pub async fn run(mut self) {
+        log::info!(
+            session_id = self.info.session_id.as_str(), client_addr:% = self.info.client.ip();
+            "connect: session {} from {} to {}", self.info.session_id, self.info.client, self.info.local
+        );
         match self.converse().await {
             Ok(()) => {}
             Err(StreamError::Timeout) => {
@@ -155,6 +159,11 @@ impl Session {
             Err(StreamError::Io(e)) => log::debug!("session {}: {e}", self.info.client),
         }
         self.stream.shutdown().await;
+        log::info!(
+            session_id = self.info.session_id.as_str(), client_addr:% = self.info.client.ip(),
+            messages = self.messages;
+            "disconnect: session {} from {} messages={}", self.info.session_id, self.info.client, self.messages
+        );
     }
 
     async fn converse(&mut self) -> Result<(), StreamError> {
@@ -199,6 +208,7 @@ impl Session {
     /// Connect checks, pre-greet detection, implicit TLS and the banner. False: closed.
     async fn opening(&mut self) -> Result<bool, StreamError> {
         if let Verdict::Reject(reply) = self.runtime.chain.connect(&self.info).await {
+            self.log_reject("CONNECT", &reply, "");
             self.stream.reply(&reply);
             return Ok(false);
         }
@@ -352,6 +362,7 @@ impl Session {
             return;
         }
         if let Verdict::Reject(reply) = self.runtime.chain.helo(&self.info, &host).await {
+            self.log_reject("HELO", &reply, &format!("helo={host}"));
             self.answer(&reply);
             return;
         }
@@ -427,6 +438,7 @@ impl Session {
             }
         }
         if let Verdict::Reject(reply) = self.runtime.chain.mail(&self.info, &from.address).await {
+            self.log_reject("MAIL", &reply, &format!("from=<{}>", from.address));
             return self.answer(&reply);
         }
         self.transaction = Some(Transaction {
@@ -494,14 +506,7 @@ impl Session {
         match self.runtime.chain.rcpt(&self.info, &mailbox).await {
             Verdict::Reject(reply) => {
                 Counters::bump(&self.gateway.counters.recipients_rejected);
-                log::info!(
-                    client_addr:% = self.info.client.ip(), recipient = mailbox.canonical().as_str(), smtp_code = reply.code;
-                    "reject: RCPT from {}: {} {}; to=<{}>",
-                    self.info.client.ip(),
-                    reply.code,
-                    reply.text,
-                    mailbox.canonical()
-                );
+                self.log_reject("RCPT", &reply, &format!("to=<{}>", mailbox.canonical()));
                 if reply.reason == Some(RejectReason::UnknownRecipient) {
                     self.gateway
                         .flow
@@ -799,6 +804,19 @@ impl Session {
                 );
             }
         }
+    }
+
+    /// One info event per refusal before DATA, with the fields journald indexes.
+    fn log_reject(&self, step: &str, reply: &Reply, detail: &str) {
+        log::info!(
+            session_id = self.info.session_id.as_str(), client_addr:% = self.info.client.ip(),
+            stage = step, smtp_code = reply.code, reason = reply.text.as_ref();
+            "reject: {step} session={} from {}: {} {}; {detail}",
+            self.info.session_id,
+            self.info.client.ip(),
+            reply.code,
+            reply.text
+        );
     }
 
     /// Logs a message refused at end of data and counts it.
