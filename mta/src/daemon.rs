@@ -133,6 +133,10 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
     // eBPF is loaded and attached while still privileged; the map file descriptors keep
     // working after the drop below.
     let flow = Flow::start(&config);
+    // Opened while still privileged, like the spool: the store's files stay open after the
+    // drop even where the service user cannot traverse to them again (e.g. a 0700 parent).
+    let tracker = Arc::new(Tracker::open(&config.tracking)?);
+    log::info!("tracking: events in {}", config.tracking.dir.display());
     // Everything that needs root (ports below 1024, eBPF) is done: become the service user.
     if let Some(identity) = privileges::wanted(&config.server)? {
         privileges::hand_over_dir(&identity, &config.tracking.dir)?;
@@ -143,8 +147,6 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
             &config.server.control_socket,
         )?;
     }
-    let tracker = Arc::new(Tracker::open(&config.tracking)?);
-    log::info!("tracking: events in {}", config.tracking.dir.display());
     let (delivery, inbox) = DeliveryHandle::channel();
     let gateway = Arc::new(Gateway::new(
         config, spool, queue, delivery, flow, tracker, quarantine,
