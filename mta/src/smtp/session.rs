@@ -142,7 +142,9 @@ impl Session {
 
     /// Runs the session to its end; errors only end the session, never the daemon.
     pub async fn run(mut self) {
-        log::info!(
+        // Debug, not info: a journald that reads slowly would otherwise see two datagrams per
+        // connection, probes and floods included, and a full journal socket blocks the logger.
+        log::debug!(
             session_id = self.info.session_id.as_str(), client_addr:% = self.info.client.ip();
             "connect: session {} from {} to {}", self.info.session_id, self.info.client, self.info.local
         );
@@ -159,7 +161,7 @@ impl Session {
             Err(StreamError::Io(e)) => log::debug!("session {}: {e}", self.info.client),
         }
         self.stream.shutdown().await;
-        log::info!(
+        log::debug!(
             session_id = self.info.session_id.as_str(), client_addr:% = self.info.client.ip(),
             messages = self.messages;
             "disconnect: session {} from {} messages={}", self.info.session_id, self.info.client, self.messages
