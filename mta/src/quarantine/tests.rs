@@ -7,33 +7,13 @@ use std::time::Duration;
 
 use super::*;
 use crate::deliver::DeliveryHandle;
-use crate::queue::{QueueIndex, Recipient, Spool, SyncMode};
+use crate::queue::{QueueIndex, Spool, SyncMode};
 
 fn envelope(sender: &str, recipients: &[&str], subject: &str) -> Envelope {
-    Envelope {
-        sender: sender.into(),
-        recipients: recipients
-            .iter()
-            .map(|a| Recipient {
-                address: a.to_string(),
-                notify: None,
-                orcpt: None,
-                outcome: Default::default(),
-            })
-            .collect(),
-        received_at: 1_700_000_000,
-        client_addr: "192.0.2.7".parse().expect("ip"),
-        helo: "client.test".into(),
-        auth_user: None,
-        tls: None,
-        body: Default::default(),
-        smtputf8: false,
-        eight_bit: false,
-        dsn_ret: None,
-        dsn_envid: None,
-        message_id: Some("<m@test>".into()),
-        subject: Some(subject.into()),
-    }
+    let mut envelope = Envelope::for_test(sender, recipients);
+    envelope.message_id = Some("<m@test>".into());
+    envelope.subject = Some(subject.into());
+    envelope
 }
 
 fn why(reason: &str, direction: Direction) -> Why {
