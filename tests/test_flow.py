@@ -382,3 +382,85 @@ def test_reload_applies_trusted_networks_and_rate_to_flow(net, bpffs, started, t
     time.sleep(1.5)
     limited = net.client(2, "flood", net.server_addr(2), PORT, 10, 0.1)
     assert limited["accepted"] <= 3, f"the reloaded burst of 1 did not apply: {limited}"
+
+
+PACKETS = str(HERE / "packet_client.py")
+DEBIAN_PYTHON = "/usr/bin/python3"  # python3-scapy is Debian's: it is on that interpreter
+
+
+def scapy_ready() -> str | None:
+    """Why crafted-packet tests cannot run here, or None."""
+    cp = run([DEBIAN_PYTHON, "-c", "import scapy.all"], timeout=60)
+    return None if cp.returncode == 0 else f"python3-scapy missing: {cp.stderr[-200:]}"
+
+
+def server_mac(net: Net) -> str:
+    cp = sh("ip", "-n", net.server, "-j", "link", "show", net.server_ifs[0])
+    return json.loads(cp.stdout)[0]["address"]
+
+
+# (source, destination, packet_client options, answered by the server's stack when allowed):
+# every shape the XDP program must judge. Linux drops AH without a security association, and
+# nothing on the server terminates the VLANs (CI's kernel has no 802.1Q module), so those are
+# judged (the kernel's counters show it) but never answered.
+CRAFTED = [
+    ("fd77:1::2", "fd77:1::1", ["--ext", "hop", "--ext", "dst"], True),
+    ("fd77:1::2", "fd77:1::1", ["--ext", "dst", "--ext", "rt", "--ext", "frag"], True),
+    ("fd77:1::2", "fd77:1::1", ["--ext", "dst", "--ext", "ah"], False),
+    ("10.78.1.2", "10.78.1.1", ["--vlan", "100"], False),
+    ("fd78:1::2", "fd78:1::1", ["--vlan", "100", "--ext", "hop", "--ext", "dst"], False),
+    ("10.79.1.2", "10.79.1.1", ["--vlan", "200:88a8", "--vlan", "300"], False),
+]
+
+
+def crafted(net: Net, src: str, dst: str, options: list[str], count: int = 5) -> dict:
+    cp = sh("ip", "netns", "exec", net.clients[0], DEBIAN_PYTHON, PACKETS, "syn", "eth0",
+            server_mac(net), src, dst, PORT, count, *options, timeout=60)
+    return json.loads(cp.stdout)
+
+
+def test_xdp_judges_extension_headers_and_vlan_tags(net, bpffs, started, tmp_path):
+    """IPv6 SYNs behind hop-by-hop, destination, routing, fragment and AH headers, and SYNs
+    in 802.1Q and 802.1ad+802.1Q frames, are judged by the kernel: counted while the source
+    is allowed (and answered), dropped once it is blocked (no SYN-ACK)."""
+    why = scapy_ready()
+    if why:
+        pytest.skip(why)
+    d = start(started, tmp_path, net, bpffs, syn_rate=0, interfaces=[net.server_ifs[0]])
+    assert d.flow("status")["enforcement"] == "xdp"
+    for src, dst, options, answered in CRAFTED:
+        seen = d.flow("status")["counters"]["syn_seen"]
+        answer = crafted(net, src, dst, options)
+        assert answer == {"sent": 5, "synack": 5 if answered else 0}, (src, options, answer)
+        after = d.flow("status")["counters"]["syn_seen"]
+        assert after - seen == 5, f"the kernel did not judge {src} {options}: {seen} -> {after}"
+    for src in sorted({src for src, _, _, _ in CRAFTED}):
+        d.flow("block", src)
+    for src, dst, options, _ in CRAFTED:
+        dropped = d.flow("status")["counters"]["dropped_block"]
+        answer = crafted(net, src, dst, options)
+        assert answer == {"sent": 5, "synack": 0}, (src, options, answer)
+        after = d.flow("status")["counters"]["dropped_block"]
+        assert after - dropped == 5, (src, options, dropped, after)
+
+
+def test_xdp_mode_limits_at_accept_what_the_kernel_did_not_judge(net, bpffs, started, tmp_path):
+    """XDP attached to client 1's link only: connections over client 2's link never met the
+    program, so the blocklist and the rate limit apply to them at accept (a 554 greeting),
+    while client 1's, judged in the kernel, are not charged twice."""
+    d = start(started, tmp_path, net, bpffs, syn_rate=2, syn_burst=5,
+              interfaces=[net.server_ifs[0]])
+    assert d.flow("status")["enforcement"] == "xdp"
+    d.flow("block", "10.77.2.2")
+    assert net.probe(2) == "refused", "a blocked source on an unwatched link got in"
+    assert net.probe(2, v6=True) == "220", "only the v4 address is blocked"
+    d.flow("unblock", "10.77.2.2")
+    unjudged = net.client(2, "flood", net.server_addr(2), PORT, 20, 0.1)
+    assert unjudged["timeout"] == 0, unjudged
+    assert 5 <= unjudged["accepted"] < 20 and unjudged["refused"] > 0, unjudged
+    judged = net.client(1, "flood", net.server_addr(1), PORT, 20, 0.1)
+    assert judged["refused"] == 0, f"kernel-judged connections refused at accept: {judged}"
+    assert 5 <= judged["accepted"] < 20 and judged["timeout"] > 0, judged
+    at_accept = d.flow("status")["at_accept"]
+    assert at_accept["unjudged"] >= 20 and at_accept["dropped_rate"] == unjudged["refused"], \
+        at_accept

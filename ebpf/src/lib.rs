@@ -176,6 +176,17 @@ impl KernelFlow {
             .count()
     }
 
+    /// Whether a live blocklist entry covers `addr` (for a connection the program did not see).
+    pub fn is_blocked(&self, addr: IpAddr, now_ns: u64) -> bool {
+        self.maps.blocks(addr, now_ns)
+    }
+
+    /// SYNs the program has passed from `addr`'s source (IPv4 /32, IPv6 /64) since it was last
+    /// seen fresh; 0 when the program has no entry for it.
+    pub fn passed_from(&self, addr: IpAddr) -> u64 {
+        self.maps.passed_from(addr)
+    }
+
     pub fn counters(&self) -> Result<Counters, FlowError> {
         self.maps.counters()
     }

@@ -214,6 +214,29 @@ impl FlowMaps {
         })
     }
 
+    /// Whether a live blocklist entry covers `addr` (the trie's longest-prefix match).
+    pub(crate) fn blocks(&self, addr: IpAddr, now_ns: u64) -> bool {
+        let entry = match addr {
+            IpAddr::V4(a) => self.block4.get(&Key::new(32, a.octets()), 0),
+            IpAddr::V6(a) => self.block6.get(&Key::new(128, a.octets()), 0),
+        };
+        entry.is_ok_and(|[expires_ns, _]| expires_ns == 0 || expires_ns > now_ns)
+    }
+
+    /// SYNs the program passed from `addr`'s source (its /32 or /64); 0 when it has none.
+    pub(crate) fn passed_from(&self, addr: IpAddr) -> u64 {
+        let mut key = [0u8; 16];
+        match addr {
+            IpAddr::V4(a) => {
+                key[10] = 0xff;
+                key[11] = 0xff;
+                key[12..].copy_from_slice(&a.octets());
+            }
+            IpAddr::V6(a) => key[..8].copy_from_slice(&a.octets()[..8]),
+        }
+        self.sources.get(&key, 0).map_or(0, |value| value[1])
+    }
+
     pub(crate) fn sources(&self, limit: usize) -> Vec<SourceStat> {
         let mut all: Vec<SourceStat> = self
             .sources

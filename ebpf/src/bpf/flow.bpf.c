@@ -4,6 +4,12 @@
 // source to a token bucket (GCRA form). Everything else passes untouched: this program only
 // ever decides about new connections to the mail ports.
 //
+// Frames in up to two VLAN tags (802.1Q, 802.1ad outside 802.1Q) and IPv6 SYNs behind up to
+// IPV6_EXT_MAX extension headers (hop-by-hop, routing, destination options, fragment, AH)
+// are judged like plain ones. What the program cannot judge (deeper stacks, a TCP header cut
+// by fragmentation, a non-first fragment) passes, and the daemon applies the same blocklist
+// and bucket at accept to connections the kernel did not count (mta/src/flow/).
+//
 // Maps are pinned by name under the loader's pin directory so a restart keeps their state.
 // Layouts are mirrored in src/maps.rs; change both together.
 #include <linux/bpf.h>
@@ -16,6 +22,14 @@
 #include <bpf/bpf_endian.h>
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define VLAN_MAX_DEPTH 2
+#define IPV6_EXT_MAX 8
+
+struct vlan_hdr { __be16 tci; __be16 encapsulated_proto; };
+// The common start of hop-by-hop, routing, destination-options and AH headers.
+struct ext_hdr { __u8 nexthdr; __u8 hdrlen; };
+struct frag_hdr { __u8 nexthdr; __u8 reserved; __be16 frag_off; __be32 identification; };
 
 struct lpm_v4 { __u32 prefixlen; __u8 addr[4]; };
 struct lpm_v6 { __u32 prefixlen; __u8 addr[16]; };
@@ -183,6 +197,9 @@ static __always_inline int decide_v4(struct iphdr *ip, void *end)
 {
 	if (ip->protocol != IPPROTO_TCP || ip->ihl < 5)
 		return XDP_PASS;
+	// A non-first fragment carries no TCP header: whatever its bytes say, it is no SYN.
+	if (ip->frag_off & bpf_htons(0x1fff))
+		return XDP_PASS;
 	struct tcphdr *tcp = (void *)ip + ip->ihl * 4;
 	if ((void *)(tcp + 1) > end || !syn_to_watched_port(tcp))
 		return XDP_PASS;
@@ -196,14 +213,52 @@ static __always_inline int decide_v4(struct iphdr *ip, void *end)
 	return verdict(&bw_allow4, &bw_block4, &lpm, key);
 }
 
+// The TCP header behind the IPv6 header and at most IPV6_EXT_MAX extension headers, or NULL
+// (another protocol, a deeper chain, a non-first fragment, a header cut short).
+static __always_inline struct tcphdr *ipv6_tcp(struct ipv6hdr *ip, void *end)
+{
+	__u8 next = ip->nexthdr;
+	void *pos = ip + 1;
+#pragma unroll
+	for (int i = 0; i < IPV6_EXT_MAX; i++) {
+		if (next == IPPROTO_TCP)
+			break;
+		struct ext_hdr *h = pos;
+		if ((void *)(h + 1) > end)
+			return NULL;
+		switch (next) {
+		case IPPROTO_HOPOPTS:
+		case IPPROTO_ROUTING:
+		case IPPROTO_DSTOPTS:
+			next = h->nexthdr;
+			pos += (h->hdrlen + 1) * 8;
+			break;
+		case IPPROTO_AH:
+			next = h->nexthdr;
+			pos += (h->hdrlen + 2) * 4;
+			break;
+		case IPPROTO_FRAGMENT: {
+			struct frag_hdr *f = pos;
+			if ((void *)(f + 1) > end || (f->frag_off & bpf_htons(0xfff8)))
+				return NULL;
+			next = f->nexthdr;
+			pos = f + 1;
+			break;
+		}
+		default:
+			return NULL;
+		}
+	}
+	struct tcphdr *tcp = pos;
+	if (next != IPPROTO_TCP || (void *)(tcp + 1) > end)
+		return NULL;
+	return tcp;
+}
+
 static __always_inline int decide_v6(struct ipv6hdr *ip, void *end)
 {
-	// Extension headers before TCP are not followed: such SYNs pass (and meet the
-	// userspace limits at accept).
-	if (ip->nexthdr != IPPROTO_TCP)
-		return XDP_PASS;
-	struct tcphdr *tcp = (void *)(ip + 1);
-	if ((void *)(tcp + 1) > end || !syn_to_watched_port(tcp))
+	struct tcphdr *tcp = ipv6_tcp(ip, end);
+	if (!tcp || !syn_to_watched_port(tcp))
 		return XDP_PASS;
 	count(C_SEEN);
 	struct lpm_v6 lpm = { .prefixlen = 128 };
@@ -211,6 +266,11 @@ static __always_inline int decide_v6(struct ipv6hdr *ip, void *end)
 	__u8 key[16] = { 0 };
 	__builtin_memcpy(key, &ip->saddr, 8);
 	return verdict(&bw_allow6, &bw_block6, &lpm, key);
+}
+
+static __always_inline int is_vlan(__be16 proto)
+{
+	return proto == bpf_htons(ETH_P_8021Q) || proto == bpf_htons(ETH_P_8021AD);
 }
 
 SEC("xdp")
@@ -221,14 +281,26 @@ int bulwark_flow(struct xdp_md *ctx)
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > end)
 		return XDP_PASS;
-	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
-		struct iphdr *ip = (void *)(eth + 1);
+	__be16 proto = eth->h_proto;
+	void *l3 = eth + 1;
+#pragma unroll
+	for (int i = 0; i < VLAN_MAX_DEPTH; i++) {
+		if (!is_vlan(proto))
+			break;
+		struct vlan_hdr *vlan = l3;
+		if ((void *)(vlan + 1) > end)
+			return XDP_PASS;
+		proto = vlan->encapsulated_proto;
+		l3 = vlan + 1;
+	}
+	if (proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = l3;
 		if ((void *)(ip + 1) > end)
 			return XDP_PASS;
 		return decide_v4(ip, end);
 	}
-	if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
-		struct ipv6hdr *ip = (void *)(eth + 1);
+	if (proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip = l3;
 		if ((void *)(ip + 1) > end)
 			return XDP_PASS;
 		return decide_v6(ip, end);

@@ -5,7 +5,10 @@
 //!   (crate `bulwark-ebpf`). Where that is impossible (no interfaces, not root, no CAP_BPF, old
 //!   kernel) it says so once and the same policy — the same GCRA bucket per IPv4 /32 or IPv6
 //!   /64, the same blocklist — is enforced at accept ([`Flow::admit`]), so the gateway is
-//!   protected either way. In kernel mode `admit` passes everything: the kernel has decided.
+//!   protected either way. In kernel mode `admit` still checks, at accept, the connections
+//!   the kernel did not judge (an interface it is not attached to, headers it does not parse:
+//!   see `unjudged`): the kernel's blocklist, then the userspace bucket. Connections it
+//!   judged are not charged twice.
 //! - SMTP-layer verdicts ([`Signal`]) are counted per address within `harvest_window`; at the
 //!   configured threshold the address is blocked for `block_seconds`, in the kernel blocklist
 //!   when attached (so the block outlives a restart: the maps are pinned), else in userspace.
@@ -17,6 +20,7 @@
 //!   reload report says so).
 
 mod limiter;
+mod unjudged;
 
 use std::net::IpAddr;
 use std::sync::{Mutex, RwLock};
@@ -31,6 +35,7 @@ use crate::config::{Config, FlowConfig, FlowMode};
 use crate::policy::HarvestTracker;
 use limiter::Limiter;
 pub use limiter::{source_network, Admission, BlockedSource, SourceCount};
+use unjudged::Judged;
 
 /// An SMTP-layer verdict about a client address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +74,8 @@ struct UserCounters {
     passed_rate: u64,
     dropped_block: u64,
     dropped_rate: u64,
+    /// XDP mode: accepted connections whose SYN the kernel did not judge.
+    unjudged: u64,
 }
 
 struct Thresholds {
@@ -83,6 +90,7 @@ pub struct Flow {
     enforcement: Enforcement,
     kernel: Option<Mutex<KernelFlow>>,
     limiter: Mutex<Limiter>,
+    judged: Mutex<Judged>,
     counters: Mutex<UserCounters>,
     /// Exempt sources (allow, trusted networks, loopback): replaced by a reload.
     exempt: RwLock<Vec<IpNet>>,
@@ -124,6 +132,7 @@ impl Flow {
             enforcement,
             kernel,
             limiter: Mutex::new(Limiter::new(flow.syn_rate, flow.syn_burst)),
+            judged: Mutex::new(Judged::new()),
             counters: Mutex::new(UserCounters::default()),
             exempt: RwLock::new(exempt),
             thresholds: RwLock::new(Thresholds::of(flow)),
@@ -157,9 +166,10 @@ impl Flow {
         read(&self.exempt).iter().any(|net| net.contains(&ip))
     }
 
-    /// The accept-time decision (userspace enforcement only; in XDP mode the kernel decided).
+    /// The accept-time decision: the whole policy in userspace mode; in XDP mode the same
+    /// policy for a connection the kernel did not judge (see the module contract).
     pub fn admit(&self, ip: IpAddr) -> Admission {
-        if self.enforcement != Enforcement::Userspace {
+        if self.enforcement == Enforcement::Off {
             return Admission::Pass;
         }
         let ip = canonical(ip);
@@ -169,7 +179,23 @@ impl Flow {
             counters.passed_allow += 1;
             return Admission::Pass;
         }
-        let verdict = lock(&self.limiter).admit(ip, bulwark_ebpf::monotonic_ns());
+        let now = bulwark_ebpf::monotonic_ns();
+        let verdict = match &self.kernel {
+            None => lock(&self.limiter).admit(ip, now),
+            Some(kernel) => {
+                let kernel = lock(kernel);
+                if lock(&self.judged).by_kernel(ip, kernel.passed_from(ip)) {
+                    Admission::Pass
+                } else {
+                    counters.unjudged += 1;
+                    if kernel.is_blocked(ip, now) {
+                        Admission::Blocked
+                    } else {
+                        lock(&self.limiter).admit(ip, now)
+                    }
+                }
+            }
+        };
         match verdict {
             Admission::Pass => counters.passed_rate += 1,
             Admission::RateLimited => counters.dropped_rate += 1,
@@ -286,11 +312,20 @@ impl Flow {
                 .map(|a| json!({ "interface": a.interface, "mode": a.mode }))
                 .collect()
         });
+        let at_accept = {
+            let c = lock(&self.counters);
+            json!({
+                "seen": c.seen, "unjudged": c.unjudged, "passed_allow": c.passed_allow,
+                "passed_rate": c.passed_rate, "dropped_block": c.dropped_block,
+                "dropped_rate": c.dropped_rate,
+            })
+        };
         json!({
             "enforcement": self.enforcement,
             "attached": attached,
             "fallback_reason": self.fallback_reason,
             "counters": counters,
+            "at_accept": at_accept,
             "blocked": self.blocked().len(),
         })
     }
