@@ -8,6 +8,7 @@
 
 use super::encode::ContentEncoder;
 use crate::queue::{Content, DsnRet, Envelope};
+use crate::smtp::address::quoted;
 use crate::smtp_client::{Client, ClientError, Response};
 
 /// Content is sent in pieces of this size.
@@ -102,7 +103,7 @@ fn needs_smtputf8(envelope: &Envelope, recipients: &[usize], header: &[u8]) -> b
 
 fn mail_command(client: &Client, envelope: &Envelope, size: u64) -> String {
     let caps = &client.capabilities;
-    let mut command = format!("MAIL FROM:<{}>", envelope.sender);
+    let mut command = format!("MAIL FROM:<{}>", quoted(&envelope.sender));
     if caps.size.is_some() {
         command.push_str(&format!(" SIZE={size}"));
     }
@@ -112,6 +113,10 @@ fn mail_command(client: &Client, envelope: &Envelope, size: u64) -> String {
     }
     if caps.smtputf8 && envelope.smtputf8 {
         command.push_str(" SMTPUTF8");
+    }
+    // Only reached on a verified session whose next hop offered it (see `secure`).
+    if caps.requiretls && envelope.require_tls {
+        command.push_str(" REQUIRETLS");
     }
     if caps.dsn {
         match envelope.dsn_ret {
@@ -129,7 +134,7 @@ fn mail_command(client: &Client, envelope: &Envelope, size: u64) -> String {
 
 fn rcpt_command(client: &Client, envelope: &Envelope, index: usize) -> String {
     let recipient = &envelope.recipients[index];
-    let mut command = format!("RCPT TO:<{}>", recipient.address);
+    let mut command = format!("RCPT TO:<{}>", quoted(&recipient.address));
     if client.capabilities.dsn {
         if let Some(notify) = &recipient.notify {
             command.push_str(&format!(" NOTIFY={notify}"));

@@ -5,17 +5,15 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use rustls::pki_types::ServerName;
-use tokio_rustls::TlsConnector;
-
 use super::attempt::{self, Outcome};
 use super::engine::{Job, JobReport};
 use super::outcome::{self, Applied};
+use super::secure::{self, Negotiated, NegotiationError};
 use super::Context;
-use crate::config::OutboundTls;
 use crate::queue::QueueState;
 use crate::route::{Destination, DnsError, MxAnswer, Target};
-use crate::smtp_client::{Client, ClientError};
+use crate::smtp_client::Client;
+use crate::tls_policy::{DomainPolicy, HostPolicy, PolicyKind};
 
 /// Messages up to this size are read into memory for delivery; larger ones are streamed.
 const IN_MEMORY_LIMIT: u64 = 1024 * 1024;
@@ -30,6 +28,8 @@ pub(crate) struct Connected {
     pub relay: String,
     /// The next hops after this one, for recipients it defers.
     pub fallbacks: Vec<(String, SocketAddr)>,
+    /// TLS verified by DANE, MTA-STS or `verify` (what REQUIRETLS needs).
+    pub authenticated: bool,
 }
 
 /// Why no next hop could be used.
@@ -191,6 +191,15 @@ async fn run_job(
     let Some(session) = connected.as_mut() else {
         return skipped();
     };
+    let require_tls = entry.envelope.require_tls;
+    if let Some(refusal) =
+        secure::requiretls_refusal(require_tls, session.authenticated, &session.client)
+    {
+        let results = attempt::all(&job.recipients, refusal);
+        let relay = Some(session.relay.clone());
+        let applied = outcome::apply(context, &entry, &content, job, results, relay, false).await;
+        return report(applied, None, false);
+    }
     let (mut results, broken) = attempt::send(
         &mut session.client,
         &entry.envelope,
@@ -361,22 +370,34 @@ async fn fail_over(
     let mut last = deferred;
     let mut relay = None;
     let mut dsn_passed_on = None;
+    let domain = domain_policy(context, destination).await;
     for (host, address) in fallbacks {
         if pending.is_empty() {
             break;
         }
-        let mut session =
-            match connect_one(context, destination, host, *address, destination.tls).await {
-                Ok(session) => session,
-                Err(error) => {
-                    log::warn!(
-                        "delivery: next hop {host}[{}]:{} failed: {error}",
-                        address.ip(),
-                        address.port()
-                    );
-                    continue;
-                }
-            };
+        let policy = host_policy(context, destination, &domain, host, address.port()).await;
+        let mut session = match connect_one(context, destination, host, *address, &policy).await {
+            Ok(session) => session,
+            Err(error) => {
+                log::warn!(
+                    "delivery: next hop {host}[{}]:{} failed: {error}",
+                    address.ip(),
+                    address.port()
+                );
+                continue;
+            }
+        };
+        if let Some(refusal) = secure::requiretls_refusal(
+            entry.envelope.require_tls,
+            session.authenticated,
+            &session.client,
+        ) {
+            session.client.quit().await;
+            settled.extend(pending.iter().map(|&i| (i, refusal.clone())));
+            pending.clear();
+            last = Vec::new();
+            break;
+        }
         let (results, _) = attempt::send(
             &mut session.client,
             &entry.envelope,
@@ -476,10 +497,12 @@ async fn connect(
     destination: &Destination,
 ) -> Result<Connected, DestinationError> {
     let addresses = candidates(context, destination).await?;
+    let domain = domain_policy(context, destination).await;
     let mut last_error = String::from("no next hop");
     for (position, (host, address)) in addresses.iter().enumerate() {
         let (host, address) = (host.clone(), *address);
-        match connect_one(context, destination, &host, address, destination.tls).await {
+        let policy = host_policy(context, destination, &domain, &host, address.port()).await;
+        match connect_one(context, destination, &host, address, &policy).await {
             Ok(mut connected) => {
                 connected.fallbacks = addresses[position + 1..].to_vec();
                 return Ok(connected);
@@ -497,13 +520,57 @@ async fn connect(
     Err(DestinationError::Temporary(last_error))
 }
 
+/// The destination's part of the TLS policy (MTA-STS, secure MX), once per connection.
+async fn domain_policy(context: &Context, destination: &Destination) -> DomainPolicy {
+    match context.gateway.transport_security.get() {
+        Some(security) => security.domain_policy(destination).await,
+        None => DomainPolicy {
+            domain: None,
+            dane_names_trusted: false,
+            sts: crate::tls_policy::StsStatus::Absent,
+        },
+    }
+}
+
+/// The TLS policy of one next hop; logged once per connection attempt.
+async fn host_policy(
+    context: &Context,
+    destination: &Destination,
+    domain: &DomainPolicy,
+    host: &str,
+    port: u16,
+) -> HostPolicy {
+    let policy = match context.gateway.transport_security.get() {
+        Some(security) => security.host_policy(destination, domain, host, port).await,
+        None => HostPolicy {
+            kind: PolicyKind::Fixed(destination.tls),
+            scope: None,
+            why: "transport security is not running".into(),
+        },
+    };
+    log::debug!(
+        destination = destination.name().as_str(), host = host,
+        policy = crate::tls_policy::kind_name(&policy.kind).as_str(), why = policy.why.as_str();
+        "delivery: TLS policy chosen"
+    );
+    policy
+}
+
 async fn connect_one(
     context: &Context,
     destination: &Destination,
     host: &str,
     address: SocketAddr,
-    tls: OutboundTls,
+    policy: &HostPolicy,
 ) -> Result<Connected, String> {
+    if let PolicyKind::Refused(result) = policy.kind {
+        if let (Some(scope), Some(security)) =
+            (&policy.scope, context.gateway.transport_security.get())
+        {
+            security.record(scope, host, address, Err(result));
+        }
+        return Err(format!("not connecting: {}", policy.why));
+    }
     let delivery = context.gateway.runtime().config.delivery.clone();
     let helo = delivery
         .helo_name
@@ -526,71 +593,42 @@ async fn connect_one(
         client.quit().await;
         return Err(format!("EHLO: {hello}"));
     }
-    let wants_tls = match tls {
-        OutboundTls::None => false,
-        OutboundTls::Opportunistic => client.capabilities.starttls,
-        OutboundTls::Required | OutboundTls::Verify => {
-            if !client.capabilities.starttls {
-                client.quit().await;
-                return Err("TLS is required but the next hop does not offer STARTTLS".into());
-            }
-            true
+    let negotiated = secure::negotiate(
+        context,
+        destination,
+        &mut client,
+        host,
+        address,
+        policy,
+        &helo,
+    )
+    .await;
+    let authenticated = match negotiated {
+        Ok(Negotiated::Plain) => false,
+        Ok(Negotiated::Tls { authenticated }) => authenticated,
+        Err(NegotiationError::Retry(e, fallback)) => {
+            log::info!(
+                "delivery: STARTTLS with {host}[{}] failed ({e}); retrying as tls = {:?}",
+                address.ip(),
+                fallback
+            );
+            let retry = HostPolicy {
+                kind: PolicyKind::Fixed(fallback),
+                scope: None,
+                why: format!("retry after: {e}"),
+            };
+            return Box::pin(connect_one(context, destination, host, address, &retry)).await;
+        }
+        Err(NegotiationError::Failed(e)) => {
+            client.quit().await;
+            return Err(e);
         }
     };
-    if wants_tls {
-        match start_tls(context, destination, &mut client, host, tls, &helo).await {
-            Ok(()) => {}
-            Err(e) if tls == OutboundTls::Opportunistic => {
-                // Opportunistic TLS that fails is retried once in plaintext (RFC 7435).
-                log::info!(
-                    "delivery: STARTTLS with {host}[{}] failed ({e}); retrying without TLS",
-                    address.ip()
-                );
-                return Box::pin(connect_one(
-                    context,
-                    destination,
-                    host,
-                    address,
-                    OutboundTls::None,
-                ))
-                .await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
     let relay = format!("{host}[{}]:{}", address.ip(), address.port());
     Ok(Connected {
         client,
         relay,
         fallbacks: Vec::new(),
+        authenticated,
     })
-}
-
-async fn start_tls(
-    context: &Context,
-    destination: &Destination,
-    client: &mut Client,
-    host: &str,
-    tls: OutboundTls,
-    helo: &str,
-) -> Result<(), String> {
-    let config = if tls == OutboundTls::Verify {
-        context.verifying_tls(destination.ca_file.as_ref())?
-    } else {
-        context.unverified_tls.clone()
-    };
-    let name =
-        ServerName::try_from(host.to_string()).map_err(|e| format!("bad TLS name {host}: {e}"))?;
-    let response = client
-        .starttls(TlsConnector::from(config), name)
-        .await
-        .map_err(|e: ClientError| e.to_string())?;
-    if response.code != 220 {
-        return Err(format!("STARTTLS refused: {response}"));
-    }
-    let hello = client.hello(helo).await.map_err(|e| e.to_string())?;
-    if !hello.is_positive() {
-        return Err(format!("EHLO after STARTTLS: {hello}"));
-    }
-    Ok(())
 }

@@ -230,6 +230,7 @@ mod tests {
             dsn_envid: Some("ENV1".into()),
             message_id: None,
             subject: None,
+            require_tls: false,
         }
     }
 

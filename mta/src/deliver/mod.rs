@@ -20,6 +20,7 @@ mod encode;
 mod engine;
 mod maildir;
 mod outcome;
+mod secure;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -11,9 +11,11 @@ mod resolver;
 use std::fmt;
 use std::path::PathBuf;
 
-pub use resolver::{DnsError, HickoryResolver, MxAnswer, Resolver, ResolverSetupError};
+pub use resolver::{
+    tokio_resolver, DnsError, HickoryResolver, MxAnswer, Resolver, ResolverSetupError,
+};
 
-use crate::config::{domain_listed, Config, OutboundTls, RouteConfig};
+use crate::config::{domain_listed, Config, OutboundTls, PolicySource, RouteConfig};
 
 /// A host and port to connect to; the host is a name or an IP literal.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -83,7 +85,11 @@ pub enum Target {
 #[derive(Debug, Clone)]
 pub struct Destination {
     pub target: Target,
+    /// The fixed TLS mode, used when `tls_order` is empty.
     pub tls: OutboundTls,
+    /// Policy sources tried in order for each next hop (DANE, MTA-STS, opportunistic);
+    /// empty: `tls` alone decides.
+    pub tls_order: Vec<PolicySource>,
     pub ca_file: Option<PathBuf>,
     pub max_connections: usize,
     pub max_messages_per_connection: usize,
@@ -107,6 +113,22 @@ impl Destination {
 pub struct Router {
     routes: Vec<(RouteConfig, Option<Vec<NextHop>>)>,
     default_connections: usize,
+    mx_order: Vec<PolicySource>,
+}
+
+/// The policy order for a route's `tls` (see `RouteConfig::tls`): `dane` and `mta-sts` fall
+/// back to opportunistic, an absent `tls` on MX delivery follows `[tls_policy] mx_order`.
+fn tls_order(
+    tls: Option<OutboundTls>,
+    by_mx: bool,
+    mx_order: &[PolicySource],
+) -> Vec<PolicySource> {
+    match tls {
+        Some(OutboundTls::Dane) => vec![PolicySource::Dane, PolicySource::Opportunistic],
+        Some(OutboundTls::MtaSts) => vec![PolicySource::MtaSts, PolicySource::Opportunistic],
+        None if by_mx => mx_order.to_vec(),
+        _ => Vec::new(),
+    }
 }
 
 impl Router {
@@ -129,6 +151,7 @@ impl Router {
         Router {
             routes,
             default_connections: 20,
+            mx_order: config.tls_policy.mx_order.clone(),
         }
     }
 
@@ -138,20 +161,26 @@ impl Router {
             route.domains.iter().any(|d| d == "*") || domain_listed(&route.domains, domain)
         });
         match matched {
-            Some((route, hops)) => Destination {
-                target: match (hops, &route.maildir) {
+            Some((route, hops)) => {
+                let target = match (hops, &route.maildir) {
                     (_, Some(dir)) => Target::Maildir(dir.clone()),
                     (Some(hops), None) => Target::Hops(hops.clone()),
                     (None, None) => Target::Mx(domain.to_string()),
-                },
-                tls: route.tls,
-                ca_file: route.ca_file.clone(),
-                max_connections: route.max_connections.max(1),
-                max_messages_per_connection: route.max_messages_per_connection.max(1),
-            },
+                };
+                let by_mx = matches!(target, Target::Mx(_));
+                Destination {
+                    tls_order: tls_order(route.tls, by_mx, &self.mx_order),
+                    target,
+                    tls: route.tls.unwrap_or_default(),
+                    ca_file: route.ca_file.clone(),
+                    max_connections: route.max_connections.max(1),
+                    max_messages_per_connection: route.max_messages_per_connection.max(1),
+                }
+            }
             None => Destination {
                 target: Target::Mx(domain.to_string()),
                 tls: OutboundTls::Opportunistic,
+                tls_order: self.mx_order.clone(),
                 ca_file: None,
                 max_connections: self.default_connections,
                 max_messages_per_connection: 100,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::dnssec::TrustAnchors;
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::TokioResolver;
 
@@ -59,27 +60,40 @@ pub struct ResolverSetupError(String);
 impl HickoryResolver {
     /// The configured servers, or the system's resolv.conf when none are configured.
     pub fn new(config: &DnsConfig) -> Result<Self, ResolverSetupError> {
-        let setup = |e: &dyn std::fmt::Display| ResolverSetupError(e.to_string());
-        let mut builder = if config.servers.is_empty() {
-            TokioResolver::builder_tokio().map_err(|e| setup(&e))?
-        } else {
-            let mut servers = ResolverConfig::from_parts(None, Vec::new(), Vec::new());
-            for server in &config.servers {
-                let mut name_server = NameServerConfig::udp_and_tcp(server.ip());
-                for connection in &mut name_server.connections {
-                    connection.port = server.port();
-                }
-                servers.add_name_server(name_server);
-            }
-            TokioResolver::builder_with_config(servers, TokioRuntimeProvider::default())
-        };
-        let options: &mut ResolverOpts = builder.options_mut();
-        options.timeout = config.timeout.max(Duration::from_millis(100));
-        options.attempts = 2;
-        options.ndots = 0;
-        let inner = builder.build().map_err(|e| setup(&e))?;
-        Ok(Self { inner })
+        Ok(Self {
+            inner: tokio_resolver(config, None)?,
+        })
     }
+}
+
+/// A hickory resolver for `config`'s servers; with a trust anchor it validates DNSSEC and
+/// marks each record's proof (`tls_policy` uses that one for TLSA and MX lookups).
+pub fn tokio_resolver(
+    config: &DnsConfig,
+    trust_anchor: Option<std::sync::Arc<TrustAnchors>>,
+) -> Result<TokioResolver, ResolverSetupError> {
+    let setup = |e: &dyn std::fmt::Display| ResolverSetupError(e.to_string());
+    let mut builder = if config.servers.is_empty() {
+        TokioResolver::builder_tokio().map_err(|e| setup(&e))?
+    } else {
+        let mut servers = ResolverConfig::from_parts(None, Vec::new(), Vec::new());
+        for server in &config.servers {
+            let mut name_server = NameServerConfig::udp_and_tcp(server.ip());
+            for connection in &mut name_server.connections {
+                connection.port = server.port();
+            }
+            servers.add_name_server(name_server);
+        }
+        TokioResolver::builder_with_config(servers, TokioRuntimeProvider::default())
+    };
+    let options: &mut ResolverOpts = builder.options_mut();
+    options.timeout = config.timeout.max(Duration::from_millis(100));
+    options.attempts = 2;
+    options.ndots = 0;
+    if let Some(anchor) = trust_anchor {
+        builder = builder.with_trust_anchor(anchor);
+    }
+    builder.build().map_err(|e| setup(&e))
 }
 
 fn classify(name: &str, error: &hickory_resolver::net::NetError) -> DnsError {
