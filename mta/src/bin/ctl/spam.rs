@@ -32,9 +32,21 @@ pub fn run(command: SpamCommand, config: &Option<PathBuf>) -> Result<(), String>
             ham,
             out,
             json,
+            bits,
+            epochs,
+            l2,
+            spam_weight,
         } => {
             let out = model_path(out, config)?;
-            train_model(&spam, &ham, &out, json)
+            let defaults = TrainOptions::default();
+            let options = TrainOptions {
+                bits: bits.unwrap_or(defaults.bits),
+                epochs: epochs.unwrap_or(defaults.epochs),
+                l2: l2.unwrap_or(defaults.l2),
+                spam_weight: spam_weight.unwrap_or(defaults.spam_weight),
+                ..defaults
+            };
+            train_model(&spam, &ham, &out, json, options)
         }
         SpamCommand::Learn { spam, ham, model } => {
             let path = model_path(model, config)?;
@@ -64,10 +76,16 @@ pub fn run(command: SpamCommand, config: &Option<PathBuf>) -> Result<(), String>
     }
 }
 
-fn train_model(spam: &Path, ham: &Path, out: &Path, as_json: bool) -> Result<(), String> {
+fn train_model(
+    spam: &Path,
+    ham: &Path,
+    out: &Path,
+    as_json: bool,
+    options: TrainOptions,
+) -> Result<(), String> {
     let mut messages = train::read_dir(spam, true).map_err(|e| e.to_string())?;
     messages.extend(train::read_dir(ham, false).map_err(|e| e.to_string())?);
-    let report = train::train(&messages, TrainOptions::default());
+    let report = train::train(&messages, options);
     report.model.save(out).map_err(|e| e.to_string())?;
     let rates = |r: &train::Rates| {
         json!({"spam": r.spam, "ham": r.ham, "spam_caught_percent": r.caught_percent(),

@@ -15,6 +15,7 @@
 use mail_parser::{Message, MessagePart, MimeHeaders, PartType};
 
 use super::html::{self, HtmlText};
+use super::tokens::{for_each_word, pair};
 
 /// Words read per message (subject included); the rest of a long message adds little.
 pub const MAX_WORDS: usize = 3000;
@@ -48,6 +49,15 @@ pub enum Flag {
     ExecutableAttachment,
     NoReceived,
     ExclamationsInSubject,
+    MimeWithoutVersion,
+    MessageIdOtherDomain,
+    DateMalformed,
+    SubjectTrailingId,
+    MissingSubject,
+    BodyMostlyCaps,
+    HtmlForm,
+    UrlUserinfo,
+    FromLocalDigits,
 }
 
 impl Flag {
@@ -78,6 +88,15 @@ impl Flag {
             Flag::ExecutableAttachment => "EXECUTABLE_ATTACHMENT",
             Flag::NoReceived => "NO_RECEIVED",
             Flag::ExclamationsInSubject => "SUBJ_EXCLAMATIONS",
+            Flag::MimeWithoutVersion => "MIME_NO_VERSION",
+            Flag::MessageIdOtherDomain => "MID_OTHER_DOMAIN",
+            Flag::DateMalformed => "DATE_MALFORMED",
+            Flag::SubjectTrailingId => "SUBJ_TRAILING_ID",
+            Flag::MissingSubject => "MISSING_SUBJECT",
+            Flag::BodyMostlyCaps => "BODY_CAPS",
+            Flag::HtmlForm => "HTML_FORM",
+            Flag::UrlUserinfo => "URL_USERINFO",
+            Flag::FromLocalDigits => "FROM_LOCAL_DIGITS",
         }
     }
 }
@@ -85,8 +104,12 @@ impl Flag {
 /// The features of one message.
 #[derive(Debug, Clone, Default)]
 pub struct Features {
-    /// Hashed token ids (not yet reduced to the model's size), deduplicated.
-    pub tokens: Vec<u64>,
+    /// Hashed tokens of the text (subject and body words, bigrams), deduplicated; not yet
+    /// reduced to the model's size.
+    pub words: Vec<u64>,
+    /// Hashed tokens of the envelope of the text: header fields, link targets, MIME and
+    /// HTML shape; deduplicated.
+    pub meta: Vec<u64>,
     pub flags: Vec<Flag>,
     /// Link hosts, for the URI blocklists.
     pub url_hosts: Vec<String>,
@@ -94,15 +117,7 @@ pub struct Features {
     pub text: String,
 }
 
-/// FNV-1a, 64 bits: stable across platforms and releases (the model file depends on it).
-pub fn hash(namespace: u8, text: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ u64::from(namespace);
-    for &b in text {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
+pub use super::tokens::hash;
 
 /// The hashed id of a flag (namespace 0, its symbol name).
 pub fn flag_token(flag: Flag) -> u64 {
@@ -114,60 +129,81 @@ const NS_BIGRAM: u8 = 2;
 const NS_SUBJECT: u8 = 3;
 const NS_URL: u8 = 4;
 const NS_HEADER: u8 = 5;
+const NS_SHOUT: u8 = 6;
+const NS_FROM_NAME: u8 = 7;
+const NS_URL_PATH: u8 = 8;
+const NS_DOMAIN_GRAM: u8 = 9;
 
+/// Tokens being gathered for one message.
 struct Collector {
-    tokens: Vec<u64>,
-    words: usize,
+    words: Vec<u64>,
+    meta: Vec<u64>,
+    word_count: usize,
     text: String,
+    /// Scratch space for normalised words.
+    buf: String,
+    /// Scratch space for `key:value` meta tokens.
+    scratch: String,
 }
 
 impl Collector {
+    /// Words of `text` in `namespace`, with bigrams (in a namespace per source) and a
+    /// token for each shouted word.
     fn words(&mut self, namespace: u8, text: &str) {
-        let mut previous: Option<String> = None;
-        for word in words(text) {
-            if self.words >= MAX_WORDS {
-                return;
+        let mut previous: Option<u64> = None;
+        let (words, limit) = (&mut self.words, &mut self.word_count);
+        for_each_word(text, &mut self.buf, |word| {
+            if *limit >= MAX_WORDS {
+                return false;
             }
-            self.words += 1;
-            self.tokens.push(hash(namespace, word.as_bytes()));
-            if namespace == NS_WORD {
-                if let Some(prev) = &previous {
-                    let pair = format!("{prev} {word}");
-                    self.tokens.push(hash(NS_BIGRAM, pair.as_bytes()));
-                }
+            *limit += 1;
+            let token = hash(namespace, word.text.as_bytes());
+            words.push(token);
+            if word.shouting {
+                words.push(hash(NS_SHOUT, word.text.as_bytes()));
             }
-            previous = Some(word);
-        }
+            if let Some(prev) = previous {
+                words.push(pair(prev, token) ^ u64::from(NS_BIGRAM));
+            }
+            previous = Some(token);
+            true
+        });
     }
 
-    fn token(&mut self, namespace: u8, text: &str) {
-        self.tokens.push(hash(namespace, text.as_bytes()));
+    /// A meta token `key:value`.
+    fn meta(&mut self, key: &str, value: &str) {
+        self.scratch.clear();
+        self.scratch.push_str(key);
+        self.scratch.push(':');
+        self.scratch.push_str(value);
+        self.scratch.make_ascii_lowercase();
+        self.meta.push(hash(NS_HEADER, self.scratch.as_bytes()));
+    }
+
+    fn meta_in(&mut self, namespace: u8, text: &str) {
+        self.meta.push(hash(namespace, text.as_bytes()));
     }
 }
 
-/// Lower-cased words of 2 to 24 characters; numbers keep only their length ("#3").
-fn words(text: &str) -> impl Iterator<Item = String> + '_ {
-    text.split(|c: char| !(c.is_alphanumeric() || c == '$' || c == '\''))
-        .map(|w| w.trim_matches('\''))
-        .filter(|w| {
-            let n = w.chars().count();
-            (2..=24).contains(&n) || *w == "$"
-        })
-        .map(|w| {
-            if w.chars().all(|c| c.is_ascii_digit()) {
-                format!("#{}", w.len())
-            } else {
-                w.to_lowercase()
-            }
-        })
+/// A count in a few buckets (0, 1, 2, 3-4, 5-8, 9-16, ...), as text for a meta token.
+fn bucket(n: usize) -> &'static str {
+    const NAMES: [&str; 8] = ["0", "1", "2", "3-4", "5-8", "9-16", "17-32", "33+"];
+    let index = match n {
+        0..=2 => n,
+        _ => (usize::BITS - (n - 1).leading_zeros()) as usize + 1,
+    };
+    NAMES[index.min(NAMES.len() - 1)]
 }
 
 /// The features of `message`; `raw_header` is its header section as received.
 pub fn extract(message: &Message<'_>, raw_header: &[u8]) -> Features {
     let mut out = Collector {
-        tokens: Vec::with_capacity(1024),
-        words: 0,
+        words: Vec::with_capacity(2048),
+        meta: Vec::with_capacity(128),
+        word_count: 0,
         text: String::new(),
+        buf: String::with_capacity(64),
+        scratch: String::with_capacity(64),
     };
     let mut flags = header_flags(message, raw_header);
     header_tokens(message, &mut out);
@@ -175,25 +211,29 @@ pub fn extract(message: &Message<'_>, raw_header: &[u8]) -> Features {
     for part in &message.parts {
         read_part(part, &mut out, &mut body);
     }
-    flags.extend(body.flags());
+    flags.extend(body.flags(&out.text));
+    body.shape_tokens(&mut out);
     let url_hosts = body.url_hosts(&mut out);
-    flags.extend(url_flags(
-        &url_hosts,
-        body.urls.len() + body.html.links.len(),
-    ));
-    for flag in &flags {
-        out.tokens.push(flag_token(*flag));
+    flags.extend(url_flags(&url_hosts, &body));
+    for list in [&mut out.words, &mut out.meta] {
+        list.sort_unstable();
+        list.dedup();
     }
-    out.tokens.sort_unstable();
-    out.tokens.dedup();
     flags.sort_unstable();
     flags.dedup();
     Features {
-        tokens: out.tokens,
+        words: out.words,
+        meta: out.meta,
         flags,
         url_hosts,
         text: out.text,
     }
+}
+
+fn domain_of(address: &str) -> Option<&str> {
+    address
+        .rsplit_once('@')
+        .map(|(_, d)| d.trim_end_matches('>'))
 }
 
 fn header_tokens(message: &Message<'_>, out: &mut Collector) {
@@ -202,27 +242,76 @@ fn header_tokens(message: &Message<'_>, out: &mut Collector) {
         out.text.push_str(subject);
         out.text.push('\n');
     }
-    if let Some(from) = message.from().and_then(|a| a.first()) {
-        if let Some(domain) = from.address().and_then(|a| a.rsplit_once('@')).map(|p| p.1) {
-            out.token(NS_HEADER, &format!("from-domain:{}", domain.to_lowercase()));
-        }
-    }
+    sender_tokens(message, out);
     for name in ["X-Mailer", "User-Agent"] {
         if let Some(value) = message.header_raw(name) {
-            for word in words(value).take(4) {
-                out.token(NS_HEADER, &format!("mailer:{word}"));
-            }
+            let mut taken = 0;
+            for_each_word(value, &mut out.buf, |w| {
+                out.meta
+                    .push(hash(NS_HEADER, format!("mailer:{}", w.text).as_bytes()));
+                taken += 1;
+                taken < 4
+            });
         }
     }
     if let Some(ct) = message.content_type() {
         let sub = ct.subtype().unwrap_or("");
-        out.token(NS_HEADER, &format!("ct:{}/{sub}", ct.ctype()));
+        out.meta("ct", &format!("{}/{sub}", ct.ctype()));
     }
-    if message.header_raw("List-Id").is_some() || message.header_raw("List-Unsubscribe").is_some() {
-        out.token(NS_HEADER, "list-headers");
+    let present = |name: &str| message.header_raw(name).is_some();
+    if present("List-Id") || present("List-Unsubscribe") {
+        out.meta_in(NS_HEADER, "list-headers");
     }
-    if message.header_raw("In-Reply-To").is_some() || message.header_raw("References").is_some() {
-        out.token(NS_HEADER, "thread-headers");
+    if present("In-Reply-To") || present("References") {
+        out.meta_in(NS_HEADER, "thread-headers");
+    }
+    for name in [
+        "X-MSMail-Priority",
+        "Importance",
+        "Reply-To",
+        "Cc",
+        "X-Mailer",
+        "Organization",
+    ] {
+        if present(name) {
+            out.meta("has", name);
+        }
+    }
+    for name in ["X-Priority", "Precedence"] {
+        if let Some(value) = message.header_raw(name) {
+            let value = value.split_whitespace().next().unwrap_or("");
+            out.meta(name, &value[..value.len().min(16)]);
+        }
+    }
+    let recipients = message.to().map_or(0, |a| a.iter().count());
+    out.meta("to-count", bucket(recipients));
+}
+
+fn sender_tokens(message: &Message<'_>, out: &mut Collector) {
+    let Some(from) = message.from().and_then(|a| a.first()) else {
+        return;
+    };
+    let address = from.address().unwrap_or("");
+    if let Some(domain) = domain_of(address) {
+        out.meta("from-domain", domain);
+        let tld = domain.rsplit('.').next().unwrap_or("");
+        out.meta("from-tld", tld);
+    }
+    let local = address.split('@').next().unwrap_or("");
+    let digits = local.bytes().filter(u8::is_ascii_digit).count();
+    out.meta("from-local-len", bucket(local.len()));
+    out.meta("from-local-digits", bucket(digits));
+    match from.name() {
+        Some(name) if !name.trim().is_empty() => {
+            let mut taken = 0;
+            let (meta, buf) = (&mut out.meta, &mut out.buf);
+            for_each_word(name, buf, |w| {
+                meta.push(hash(NS_FROM_NAME, w.text.as_bytes()));
+                taken += 1;
+                taken < 4
+            });
+        }
+        _ => out.meta_in(NS_FROM_NAME, "(none)"),
     }
 }
 
@@ -233,7 +322,12 @@ fn header_flags(message: &Message<'_>, raw_header: &[u8]) -> Vec<Flag> {
             flags.push(flag)
         }
     };
-    check(message.header_raw("Date").is_none(), Flag::MissingDate);
+    let date = message.header_raw("Date");
+    check(date.is_none(), Flag::MissingDate);
+    check(
+        date.is_some() && message.date().is_none(),
+        Flag::DateMalformed,
+    );
     let mid = message.header_raw("Message-ID");
     check(mid.is_none(), Flag::MissingMessageId);
     check(
@@ -241,26 +335,44 @@ fn header_flags(message: &Message<'_>, raw_header: &[u8]) -> Vec<Flag> {
         Flag::MessageIdWithoutDomain,
     );
     check(message.header_raw("Received").is_none(), Flag::NoReceived);
+    check(
+        message.header_raw("MIME-Version").is_none()
+            && message.content_type().is_some_and(|ct| {
+                ct.ctype().eq_ignore_ascii_case("multipart")
+                    || ct.subtype().is_some_and(|s| s.eq_ignore_ascii_case("html"))
+            }),
+        Flag::MimeWithoutVersion,
+    );
     let from = message.from().and_then(|a| a.first());
     check(from.is_none(), Flag::MissingFrom);
-    let from_domain = from
-        .and_then(|a| a.address())
-        .and_then(|a| a.rsplit_once('@'))
-        .map(|(_, d)| d.to_lowercase());
+    let address = from.and_then(|a| a.address()).unwrap_or("").to_lowercase();
+    let from_domain = domain_of(&address).map(str::to_string);
     if let Some(from) = from {
         let name_addr = from.name().filter(|n| n.contains('@'));
-        let address = from.address().unwrap_or("").to_lowercase();
         check(
             name_addr.is_some_and(|n| !n.to_lowercase().contains(&address)),
             Flag::FromDisplayNameHasOtherAddress,
         );
+        let local = address.split('@').next().unwrap_or("");
+        check(
+            local.bytes().filter(u8::is_ascii_digit).count() >= 3,
+            Flag::FromLocalDigits,
+        );
     }
+    let mid_domain = message
+        .message_id()
+        .and_then(domain_of)
+        .map(|d| html::registrable(&d.to_ascii_lowercase()).to_string());
+    check(
+        matches!((&mid_domain, &from_domain), (Some(m), Some(f)) if html::registrable(f) != m),
+        Flag::MessageIdOtherDomain,
+    );
     let reply_domain = message
         .reply_to()
         .and_then(|a| a.first())
         .and_then(|a| a.address())
-        .and_then(|a| a.rsplit_once('@'))
-        .map(|(_, d)| d.to_lowercase());
+        .and_then(domain_of)
+        .map(str::to_lowercase);
     check(
         matches!((&reply_domain, &from_domain), (Some(r), Some(f)) if r != f),
         Flag::ReplyToOtherDomain,
@@ -276,16 +388,20 @@ fn header_flags(message: &Message<'_>, raw_header: &[u8]) -> Vec<Flag> {
 }
 
 fn subject_flags(message: &Message<'_>, raw_header: &[u8], flags: &mut Vec<Flag>) {
-    let Some(subject) = message.subject() else {
+    let Some(subject) = message.subject().filter(|s| !s.trim().is_empty()) else {
+        flags.push(Flag::MissingSubject);
         return;
     };
-    let letters: Vec<char> = subject.chars().filter(|c| c.is_alphabetic()).collect();
-    let upper = letters.iter().filter(|c| c.is_uppercase()).count();
-    if letters.len() >= 8 && upper * 10 >= letters.len() * 7 {
+    let letters = subject.chars().filter(|c| c.is_alphabetic()).count();
+    let upper = subject.chars().filter(|c| c.is_uppercase()).count();
+    if letters >= 8 && upper * 10 >= letters * 7 {
         flags.push(Flag::SubjectMostlyCaps);
     }
     if subject.matches('!').count() >= 2 {
         flags.push(Flag::ExclamationsInSubject);
+    }
+    if has_trailing_id(subject) {
+        flags.push(Flag::SubjectTrailingId);
     }
     let raw = message.header_raw("Subject").unwrap_or("");
     if raw.contains("=?") {
@@ -294,6 +410,27 @@ fn subject_flags(message: &Message<'_>, raw_header: &[u8], flags: &mut Vec<Flag>
     if raw_subject_has_eight_bit(raw_header) {
         flags.push(Flag::SubjectRawEightBit);
     }
+}
+
+/// A subject that ends in a tracking id set off from the text: "... [suhdn]",
+/// "...      24871", "... (ID 3x9k)": bulk senders tag each copy so filters cannot
+/// match whole subjects.
+fn has_trailing_id(subject: &str) -> bool {
+    let trimmed = subject.trim_end();
+    let Some((before, last)) = trimmed.rsplit_once(char::is_whitespace) else {
+        return false;
+    };
+    let core = last.trim_matches(|c: char| matches!(c, '[' | ']' | '(' | ')' | '-' | '#'));
+    if core.len() < 3 || core.len() > 12 || !core.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return false;
+    }
+    let bracketed = last.starts_with(['[', '(']) && last.ends_with([']', ')']);
+    let spaced = before.ends_with("   ");
+    let mixed =
+        core.bytes().any(|b| b.is_ascii_digit()) && core.bytes().any(|b| b.is_ascii_alphabetic());
+    let digits = core.bytes().all(|b| b.is_ascii_digit());
+    (bracketed && (mixed || core.bytes().all(|b| b.is_ascii_lowercase()) && !before.is_empty()))
+        || (spaced && (mixed || digits))
 }
 
 fn raw_subject_has_eight_bit(raw_header: &[u8]) -> bool {
@@ -315,6 +452,7 @@ fn raw_subject_has_eight_bit(raw_header: &[u8]) -> bool {
 struct BodyShape {
     text_parts: usize,
     html_parts: usize,
+    binary_parts: usize,
     html: HtmlText,
     plain_chars: usize,
     base64_text: bool,
@@ -324,7 +462,7 @@ struct BodyShape {
 }
 
 impl BodyShape {
-    fn flags(&self) -> Vec<Flag> {
+    fn flags(&self, text: &str) -> Vec<Flag> {
         let mut flags = Vec::new();
         let html_text = self
             .html
@@ -332,54 +470,113 @@ impl BodyShape {
             .chars()
             .filter(|c| c.is_alphanumeric())
             .count();
-        if self.html_parts > 0 && self.text_parts == 0 {
-            flags.push(Flag::HtmlOnly);
-        }
-        if self.html.hidden_chars > 20 {
-            flags.push(Flag::HtmlHiddenText);
-        }
-        if self.html.images >= 1 && html_text + self.plain_chars < 200 {
-            flags.push(Flag::HtmlManyImagesLittleText);
-        }
-        if self.html_parts > 0 && self.text_parts > 0 && self.plain_chars < 20 && html_text > 200 {
-            flags.push(Flag::MultipartAlternativeMismatch);
-        }
-        if self.html.link_text_mismatch {
-            flags.push(Flag::LinkTextOtherHost);
-        }
-        if self.base64_text {
-            flags.push(Flag::Base64Text);
-        }
-        if self.charset_mismatch {
-            flags.push(Flag::CharsetMismatch);
-        }
-        if self.executable {
-            flags.push(Flag::ExecutableAttachment);
-        }
+        let mut check = |cond: bool, flag: Flag| {
+            if cond {
+                flags.push(flag)
+            }
+        };
+        check(self.html_parts > 0 && self.text_parts == 0, Flag::HtmlOnly);
+        check(self.html.hidden_chars > 20, Flag::HtmlHiddenText);
+        check(
+            self.html.images >= 1 && html_text + self.plain_chars < 200,
+            Flag::HtmlManyImagesLittleText,
+        );
+        check(
+            self.html_parts > 0 && self.text_parts > 0 && self.plain_chars < 20 && html_text > 200,
+            Flag::MultipartAlternativeMismatch,
+        );
+        check(self.html.link_text_mismatch, Flag::LinkTextOtherHost);
+        check(self.html.has_tag(html::Tag::Form), Flag::HtmlForm);
+        check(self.base64_text, Flag::Base64Text);
+        check(self.charset_mismatch, Flag::CharsetMismatch);
+        check(self.executable, Flag::ExecutableAttachment);
+        check(mostly_caps(text), Flag::BodyMostlyCaps);
         flags
     }
 
-    /// Emits URL tokens and flags; returns the distinct hosts.
+    /// Tokens of the MIME and HTML shape: part counts, length, notable tags.
+    fn shape_tokens(&self, out: &mut Collector) {
+        out.meta("text-parts", bucket(self.text_parts));
+        out.meta("html-parts", bucket(self.html_parts));
+        out.meta("binary-parts", bucket(self.binary_parts));
+        out.meta("images", bucket(self.html.images));
+        out.meta("links", bucket(self.urls.len() + self.html.links.len()));
+        out.meta("length", bucket(out.text.len() / 256));
+        for tag in self.html.tags() {
+            out.meta("tag", tag.name());
+        }
+    }
+
+    /// Emits URL tokens; returns the distinct hosts.
     fn url_hosts(&self, out: &mut Collector) -> Vec<String> {
-        let mut hosts: Vec<String> = self
-            .urls
-            .iter()
-            .chain(self.html.links.iter().map(|(href, _)| href))
-            .filter_map(|u| html::url_host(u))
-            .take(MAX_URLS)
-            .collect();
+        let urls = || {
+            self.urls
+                .iter()
+                .chain(self.html.links.iter().map(|(href, _)| href))
+                .take(MAX_URLS)
+        };
+        let mut hosts: Vec<String> = urls().filter_map(|u| html::url_host(u)).collect();
         hosts.sort();
         hosts.dedup();
         for host in &hosts {
-            out.token(NS_URL, host);
-            out.token(NS_URL, html::registrable(host));
+            out.meta_in(NS_URL, host);
+            let registrable = html::registrable(host);
+            out.meta_in(NS_URL, registrable);
+            out.meta("url-tld", host.rsplit('.').next().unwrap_or(""));
+            domain_grams(registrable, out);
+        }
+        for url in urls() {
+            url_path_tokens(url, out);
         }
         hosts
     }
 }
 
-fn url_flags(hosts: &[String], urls: usize) -> Vec<Flag> {
+/// Four-letter pieces of a domain's first label ("cheapmeds" -> "chea", "heap", ...):
+/// a domain never seen before still shares pieces with the ones that were.
+fn domain_grams(registrable: &str, out: &mut Collector) {
+    let label = registrable.split('.').next().unwrap_or("").as_bytes();
+    for gram in label.windows(4).take(16) {
+        out.meta.push(hash(NS_DOMAIN_GRAM, gram));
+    }
+}
+
+/// Words of a URL's path and query ("/remove.php?id=", "/~user/"), and its shape.
+fn url_path_tokens(url: &str, out: &mut Collector) {
+    let Some(scheme_end) = url.find("://") else {
+        return;
+    };
+    let rest = &url[scheme_end + 3..];
+    let path_at = rest.find(['/', '?']).unwrap_or(rest.len());
+    let path = &rest[path_at..];
+    if path.contains('?') {
+        out.meta_in(NS_URL_PATH, "(query)");
+    }
+    if rest[..path_at].contains(':') {
+        out.meta_in(NS_URL_PATH, "(port)");
+    }
+    let mut taken = 0;
+    let (meta, buf) = (&mut out.meta, &mut out.buf);
+    for_each_word(path, buf, |w| {
+        meta.push(hash(NS_URL_PATH, w.text.as_bytes()));
+        taken += 1;
+        taken < 8
+    });
+}
+
+/// Four fifths or more of at least 200 letters are capitals.
+fn mostly_caps(text: &str) -> bool {
+    let (mut letters, mut upper) = (0usize, 0usize);
+    for c in text.chars().filter(|c| c.is_alphabetic()).take(4000) {
+        letters += 1;
+        upper += usize::from(c.is_uppercase());
+    }
+    letters >= 200 && upper * 5 >= letters * 4
+}
+
+fn url_flags(hosts: &[String], body: &BodyShape) -> Vec<Flag> {
     let mut flags = Vec::new();
+    let urls = body.urls.len() + body.html.links.len();
     if hosts.iter().any(|h| html::is_shortener(h)) {
         flags.push(Flag::UrlShortener);
     }
@@ -389,13 +586,27 @@ fn url_flags(hosts: &[String], urls: usize) -> Vec<Flag> {
     if urls >= 15 {
         flags.push(Flag::ManyUrls);
     }
+    let userinfo = |u: &String| {
+        u.find("://").is_some_and(|at| {
+            let authority = &u[at + 3..];
+            let end = authority.find(['/', '?', '#']).unwrap_or(authority.len());
+            authority[..end].contains('@')
+        })
+    };
+    if body
+        .urls
+        .iter()
+        .chain(body.html.links.iter().map(|(h, _)| h))
+        .any(userinfo)
+    {
+        flags.push(Flag::UrlUserinfo);
+    }
     flags
 }
 
 fn read_part(part: &MessagePart<'_>, out: &mut Collector, body: &mut BodyShape) {
-    let encoding_base64 = part
-        .content_transfer_encoding()
-        .is_some_and(|e| e.eq_ignore_ascii_case("base64"));
+    let encoding = part.content_transfer_encoding();
+    let encoding_base64 = encoding.is_some_and(|e| e.eq_ignore_ascii_case("base64"));
     let charset = part
         .content_type()
         .and_then(|ct| ct.attribute("charset"))
@@ -407,6 +618,7 @@ fn read_part(part: &MessagePart<'_>, out: &mut Collector, body: &mut BodyShape) 
             body.base64_text |= encoding_base64;
             body.charset_mismatch |= charset_mismatch(charset.as_deref(), text);
             body.urls.extend(html::find_urls(text).take(MAX_URLS));
+            text_part_tokens(charset.as_deref(), encoding, out);
             out.words(NS_WORD, text);
             out.text.push_str(text);
             out.text.push('\n');
@@ -414,6 +626,7 @@ fn read_part(part: &MessagePart<'_>, out: &mut Collector, body: &mut BodyShape) 
         PartType::Html(source) => {
             body.html_parts += 1;
             body.base64_text |= encoding_base64;
+            text_part_tokens(charset.as_deref(), encoding, out);
             let stripped = html::strip(source);
             out.words(NS_WORD, &stripped.text);
             out.text.push_str(&stripped.text);
@@ -421,6 +634,7 @@ fn read_part(part: &MessagePart<'_>, out: &mut Collector, body: &mut BodyShape) 
             body.html.merge(stripped);
         }
         PartType::Binary(_) | PartType::InlineBinary(_) => {
+            body.binary_parts += 1;
             let name = part.attachment_name().unwrap_or("").to_ascii_lowercase();
             body.executable |= [
                 ".exe", ".scr", ".pif", ".bat", ".com", ".vbs", ".js", ".jar",
@@ -429,11 +643,16 @@ fn read_part(part: &MessagePart<'_>, out: &mut Collector, body: &mut BodyShape) 
             .any(|ext| name.ends_with(ext));
             if let Some(ct) = part.content_type() {
                 let sub = ct.subtype().unwrap_or("");
-                out.token(NS_HEADER, &format!("part:{}/{sub}", ct.ctype()));
+                out.meta("part", &format!("{}/{sub}", ct.ctype()));
             }
         }
         PartType::Message(_) | PartType::Multipart(_) => {}
     }
+}
+
+fn text_part_tokens(charset: Option<&str>, encoding: Option<&str>, out: &mut Collector) {
+    out.meta("charset", charset.unwrap_or("(none)"));
+    out.meta("cte", encoding.unwrap_or("(none)"));
 }
 
 /// A part declared ASCII or Latin that decodes to mostly other scripts (or the reverse is
@@ -482,8 +701,8 @@ mod tests {
              Subject: lunch tomorrow\r\n\r\nShall we meet at noon?\r\n",
         );
         assert!(f.flags.is_empty(), "{:?}", f.flags);
-        assert!(f.tokens.contains(&hash(NS_WORD, b"noon")));
-        assert!(f.tokens.contains(&hash(NS_SUBJECT, b"lunch")));
+        assert!(f.words.contains(&hash(NS_WORD, b"noon")));
+        assert!(f.words.contains(&hash(NS_SUBJECT, b"lunch")));
     }
 
     #[test]

@@ -19,6 +19,64 @@ pub struct HtmlText {
     /// `(href, link text)` of the anchors.
     pub links: Vec<(String, String)>,
     pub link_text_mismatch: bool,
+    /// The [`Tag`]s seen, one bit each.
+    tags: u32,
+}
+
+/// Elements whose presence says something about who wrote the HTML (a mail client, a
+/// newsletter tool, a spam kit); each is a classifier token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tag {
+    Font,
+    Table,
+    Form,
+    Input,
+    Center,
+    Map,
+    Iframe,
+    Meta,
+    Body,
+    Blink,
+    Bold,
+    Image,
+}
+
+impl Tag {
+    const ALL: [Tag; 12] = [
+        Tag::Font,
+        Tag::Table,
+        Tag::Form,
+        Tag::Input,
+        Tag::Center,
+        Tag::Map,
+        Tag::Iframe,
+        Tag::Meta,
+        Tag::Body,
+        Tag::Blink,
+        Tag::Bold,
+        Tag::Image,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Tag::Font => "font",
+            Tag::Table => "table",
+            Tag::Form => "form",
+            Tag::Input => "input",
+            Tag::Center => "center",
+            Tag::Map => "map",
+            Tag::Iframe => "iframe",
+            Tag::Meta => "meta",
+            Tag::Body => "body",
+            Tag::Blink => "blink",
+            Tag::Bold => "b",
+            Tag::Image => "img",
+        }
+    }
+
+    fn of(name: &str) -> Option<Tag> {
+        Tag::ALL.into_iter().find(|t| t.name() == name)
+    }
 }
 
 impl HtmlText {
@@ -29,6 +87,15 @@ impl HtmlText {
         self.images += other.images;
         self.links.extend(other.links);
         self.link_text_mismatch |= other.link_text_mismatch;
+        self.tags |= other.tags;
+    }
+
+    pub fn has_tag(&self, tag: Tag) -> bool {
+        self.tags & (1 << tag as u32) != 0
+    }
+
+    pub fn tags(&self) -> impl Iterator<Item = Tag> + '_ {
+        Tag::ALL.into_iter().filter(|t| self.has_tag(*t))
     }
 }
 
@@ -151,6 +218,9 @@ pub fn strip(source: &str) -> HtmlText {
         let tag = &rest[lt + 1..lt + gt];
         rest = &rest[lt + gt + 1..];
         let name = tag_name(tag);
+        if let Some(seen) = Tag::of(&name) {
+            out.tags |= 1 << seen as u32;
+        }
         if let Some(end) = skip_until {
             if name == end {
                 skip_until = None;

@@ -1,16 +1,19 @@
-//! Online learning: `bulwarkctl spam learn --spam|--ham FILE` moves the model file towards
-//! the administrator's verdict on one message.
+//! Online learning: `bulwarkctl spam learn --spam|--ham FILE`, `bulwarkctl quarantine release
+//! --not-spam` and `bulwarkctl quarantine delete --spam` move the model file towards the
+//! administrator's verdict on one message.
 //!
 //! # Safeguards against poisoning
 //! The daemon never learns from mail on its own: a sender cannot teach the model by sending,
 //! however much or however well-authenticated. Only an administrator's act does (this verb,
-//! or a quarantine release marked "not spam" once the quarantine calls [`learn_message`]).
+//! or a quarantine release marked "not spam", or a quarantined message deleted as "spam",
+//! which call [`learn_bytes`]).
 //! Each act moves the model by at most 200 bounded gradient steps on that one message, just
 //! far enough to put it 4 log-odds on the right side, so a single mistake is cheap to undo
 //! with the opposite verdict. The file is replaced atomically; the daemon reads it at start
 //! and on reload.
 
 use std::path::Path;
+use std::sync::Mutex;
 
 use super::model::{Model, ModelError};
 use super::train::features_of;
@@ -36,15 +39,27 @@ pub struct Learned {
     pub steps: usize,
 }
 
-/// Learns `message` as spam or ham into `model` (created from the built-in model if the
-/// file does not exist yet), and writes it back.
+/// One learning act at a time per process: each reads, updates and replaces the file, and
+/// two at once would lose one of them.
+static LEARNING: Mutex<()> = Mutex::new(());
+
+/// Learns the message in file `message` as spam or ham into `model` (created from the
+/// built-in model if the file does not exist yet), and writes it back.
 pub fn learn_message(model_path: &Path, message: &Path, spam: bool) -> Result<Learned, LearnError> {
     let raw = std::fs::read(message).map_err(|source| LearnError::Read {
         path: message.display().to_string(),
         source,
     })?;
-    let features =
-        features_of(&raw).ok_or_else(|| LearnError::Unparsable(message.display().to_string()))?;
+    learn_bytes(model_path, &raw, spam).map_err(|e| match e {
+        LearnError::Unparsable(_) => LearnError::Unparsable(message.display().to_string()),
+        other => other,
+    })
+}
+
+/// Learns a raw message (as stored; mbox `From ` line allowed) into the model file.
+pub fn learn_bytes(model_path: &Path, raw: &[u8], spam: bool) -> Result<Learned, LearnError> {
+    let features = features_of(raw).ok_or_else(|| LearnError::Unparsable("message".into()))?;
+    let _one_at_a_time = LEARNING.lock().unwrap_or_else(|p| p.into_inner());
     let mut model = if model_path.exists() {
         Model::load(model_path)?
     } else {

@@ -33,6 +33,7 @@ mod reputation;
 pub mod rules;
 pub mod scan;
 mod stage;
+mod tokens;
 pub mod train;
 
 pub use auth::{AuthOutcome, AuthSetupError, Authenticator};

@@ -10,8 +10,8 @@
 //! flags* jointly with the words, where Bayes treats every token as independent evidence and
 //! lets a thousand words drown a forged header. The figures are in bench/RESULTS.md.
 //!
-//! # File format (version 1), little endian
-//! `b"BWSPAM"`, `u16` version = 1, `u8` bits (the model has `2^bits` weights), `u8` 0,
+//! # File format (version 2), little endian
+//! `b"BWSPAM"`, `u16` version = 2, `u8` bits (the model has `2^bits` weights), `u8` 0,
 //! `f32` bias, `f32` scale, then `2^bits` `i16` weights (weight = i16 × scale), then the
 //! CRC-32 of everything before it. 2^16 weights make a 128 KiB file.
 //!
@@ -29,7 +29,10 @@ use super::features::Features;
 pub const DEFAULT_MODEL: &[u8] = include_bytes!("default.model");
 
 const MAGIC: &[u8; 6] = b"BWSPAM";
-const VERSION: u16 = 1;
+/// Version 2: the features of `features.rs` v2 (words normalised by `tokens.rs`, header,
+/// link and shape tokens, 33 flags). A version-1 file was trained on other features and
+/// is refused (retrain with `bulwarkctl spam train`).
+const VERSION: u16 = 2;
 /// The default size: 2^16 buckets.
 pub const DEFAULT_BITS: u8 = 16;
 /// Logits are clamped so that one message's words cannot outweigh every other signal.
@@ -162,32 +165,22 @@ impl Model {
         ((token ^ (token >> 29)) & ((1u64 << self.bits) - 1)) as u32
     }
 
-    /// The features as (bucket, value): words share a total weight of 1 (so long messages do
-    /// not shout), flags count 1 each.
+    /// The features as (bucket, value): the text's tokens share a total weight of 1 (so
+    /// long messages do not shout), the header, link and shape tokens another 1, and each
+    /// structural flag counts 1.
     pub fn example(&self, features: &Features, spam: bool) -> Example {
-        let flag_tokens: Vec<u64> = features
-            .flags
-            .iter()
-            .map(|f| super::features::flag_token(*f))
-            .collect();
-        let words = features
-            .tokens
-            .len()
-            .saturating_sub(flag_tokens.len())
-            .max(1);
-        let word_value = 1.0 / (words as f32).sqrt();
-        let buckets = features
-            .tokens
-            .iter()
-            .map(|&t| {
-                let value = if flag_tokens.contains(&t) {
-                    1.0
-                } else {
-                    word_value
-                };
-                (self.bucket(t), value)
-            })
-            .collect();
+        let share = |n: usize| 1.0 / (n.max(1) as f32).sqrt();
+        let (word_value, meta_value) = (share(features.words.len()), share(features.meta.len()));
+        let mut buckets =
+            Vec::with_capacity(features.words.len() + features.meta.len() + features.flags.len());
+        buckets.extend(features.words.iter().map(|&t| (self.bucket(t), word_value)));
+        buckets.extend(features.meta.iter().map(|&t| (self.bucket(t), meta_value)));
+        buckets.extend(
+            features
+                .flags
+                .iter()
+                .map(|&f| (self.bucket(super::features::flag_token(f)), 1.0)),
+        );
         Example { buckets, spam }
     }
 
@@ -248,6 +241,9 @@ pub struct TrainOptions {
     pub epochs: usize,
     pub rate: f32,
     pub l2: f32,
+    /// How much a spam example's error counts against a ham example's (below 1: missing
+    /// spam is cheaper than flagging ham).
+    pub spam_weight: f32,
 }
 
 impl Default for TrainOptions {
@@ -257,6 +253,7 @@ impl Default for TrainOptions {
             epochs: 12,
             rate: 0.5,
             l2: 1e-6,
+            spam_weight: 2.0,
         }
     }
 }
@@ -273,7 +270,11 @@ pub fn train_logistic(examples: &[Example], options: TrainOptions) -> Model {
         for &i in &order {
             let example = &examples[i];
             let p = sigmoid(model.logit(example));
-            let gradient = (p - if example.spam { 1.0 } else { 0.0 }) as f32;
+            let gradient = if example.spam {
+                (p - 1.0) as f32 * options.spam_weight
+            } else {
+                p as f32
+            };
             for &(b, v) in &example.buckets {
                 let b = b as usize;
                 let g = gradient * v + options.l2 * model.weights[b];
