@@ -13,18 +13,19 @@ Two loads, 20 sessions each:
 CPU per message: Bulwark = bulwarkd's utime+stime; Postfix = cgroup mta-bench; clamd (and
 clamav-milter for Postfix) = filter-peers-setup.sh cpu.
 
-    sudo python3 bench/av_bench.py --short            # 2,000 messages per setup, 1 round
-    sudo python3 bench/av_bench.py                    # 10,000 messages, 3 rounds
-    sudo python3 bench/av_bench.py --profile debug    # the debug bulwarkd (no release build)
+    sudo python3 bench/av_bench.py --short            # CI: 2,000 messages per setup, 1 round
+    sudo python3 bench/av_bench.py                    # long: 10,000 messages, 3 rounds
+    sudo python3 bench/av_bench.py --short --profile debug   # smoke run, no release build
+
+The harness (bulwarkd under test, relay-bench.sh, Postfix, filter-peers-setup.sh) is
+bench/harness.py, shared with bench.py and milter_bench.py.
 
 Appends a section to bench/RESULTS.md."""
 
 import argparse
 import base64
-import datetime
 import io
 import os
-import platform
 import socket
 import statistics
 import struct
@@ -37,38 +38,11 @@ import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench  # noqa: E402  (the relay harness: Bulwark, relay_bench, postfix_start/stop)
+import harness as bench  # noqa: E402  (the relay harness shared with bench.py, milter_bench.py)
+from harness import SESSIONS, filter_cpu, postfix_cgroup_cpu  # noqa: E402
 
-PEERS = bench.SHARED_BENCH / "filter-peers-setup.sh"
-FP_DIR = Path(os.environ.get("FP_DIR", "/tmp/filter-peers"))
-CLAMD_SOCK = FP_DIR / "clamav" / "run" / "clamd.sock"
-SESSIONS = 20
-
-
-def peers(*args: str) -> str:
-    env = dict(os.environ, MILTER_TRANSPORT="unix")
-    r = bench.run(["bash", str(PEERS), *args], env=env, timeout=300)
-    if r.returncode != 0:
-        raise RuntimeError(f"filter-peers-setup.sh {' '.join(args)}: {r.stderr[-2000:]}")
-    return r.stdout
-
-
-def filter_cpu() -> dict[str, float]:
-    fields = dict(kv.split("=", 1) for kv in peers("cpu").split() if "=" in kv)
-    return {k: float(v) for k, v in fields.items() if v.replace(".", "", 1).isdigit()}
-
-
-def postfix_cgroup_cpu() -> float:
-    for path in ("/sys/fs/cgroup/cpuacct/mta-bench/cpuacct.usage",):
-        try:
-            return int(Path(path).read_text()) / 1e9
-        except OSError:
-            pass
-    stat = Path("/sys/fs/cgroup/mta-bench/cpu.stat")
-    if stat.exists():
-        usage = dict(line.split() for line in stat.read_text().splitlines())
-        return int(usage["usage_usec"]) / 1e6
-    return float("nan")
+bench.TAG = "av-bench"
+CLAMD_SOCK = bench.FP_DIR / "clamav" / "run" / "clamd.sock"
 
 
 def av_toml(engines: list[str], signatures: Path) -> str:
@@ -251,16 +225,13 @@ def bulwark_run(work: Path, load: str, count: int, size: int, toml: str) -> dict
 def postfix_run(load: str, count: int, size: int) -> dict[str, float]:
     cpu0, f0 = postfix_cgroup_cpu(), filter_cpu()
     if load == "harness":
-        queue_cmd = bench.run(["bash", str(bench.SHARED_BENCH / "postfix-setup.sh"), "--queue-cmd"]).stdout.strip()
-        r = bench.relay_bench(bench.POSTFIX_PORT, bench.POSTFIX_SINK_PORT, count, SESSIONS, size,
-                              {"CGROUP": "mta-bench", "QUEUE_CMD": queue_cmd,
-                               "LABEL": "postfix-clamav-milter"})
+        r = bench.postfix_relay(count, size, "postfix-clamav-milter")
         rate, n = harness_rate(r), count
     else:
         sink = Sink(bench.POSTFIX_SINK_PORT)
         try:
             r = mixed_load(bench.POSTFIX_PORT, count, size)
-            queue_cmd = bench.run(["bash", str(bench.SHARED_BENCH / "postfix-setup.sh"), "--queue-cmd"]).stdout.strip()
+            queue_cmd = bench.postfix_queue_cmd()
             deadline = time.monotonic() + 60
             while bench.run(queue_cmd, shell=True).stdout.strip() not in ("0", "") and time.monotonic() < deadline:
                 time.sleep(0.5)
@@ -273,29 +244,20 @@ def postfix_run(load: str, count: int, size: int) -> dict[str, float]:
             "milter_cpu_ms": (f1.get("clamav_milter", 0) - f0.get("clamav_milter", 0)) / n * 1000}
 
 
-def median(runs: list[dict], key: str) -> float:
-    values = [r[key] for r in runs if key in r]
-    return statistics.median(values) if values else float("nan")
+def runs_median(runs: list[dict], key: str) -> float:
+    return bench.median(r.get(key) for r in runs)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--short", action="store_true")
-    parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--count", type=int, default=None)
+    bench.add_mode_arguments(parser, "2,000 messages per setup, 1 round", "10,000 messages, 3 rounds")
     parser.add_argument("--size", type=int, default=10240)
-    parser.add_argument("--profile", choices=["release", "debug"], default="release")
     args = parser.parse_args()
     rounds = args.rounds or (1 if args.short else 3)
     count = args.count or (2000 if args.short else 10000)
-    if os.geteuid() != 0:
-        bench.log("run as root (Postfix, cgroups, file descriptor limits)")
+    if not bench.preflight():
         return 2
-    if args.profile == "release":
-        subprocess.run(["cargo", "build", "--release", "--bins"], cwd=bench.REPO, check=True)
-    else:
-        bench.BULWARKD = bench.REPO / "target" / "debug" / "bulwarkd"
-        bench.BULWARKCTL = bench.REPO / "target" / "debug" / "bulwarkctl"
+    bench.select_build(args)
     work = Path(tempfile.mkdtemp(prefix="bench-av-"))
     signatures = signature_dir(work)
     setups = {
@@ -308,7 +270,7 @@ def main() -> int:
     ceiling = []
     try:
         bench.postfix_start()
-        peers("start", "clamav")
+        bench.filter_peers("start", "clamav")
         time.sleep(2)
         for r in range(rounds):
             ceiling.append(clamd_ceiling(count, args.size))
@@ -324,7 +286,7 @@ def main() -> int:
                               f"MTA {out['mta_cpu_ms']:.2f} ms, clamd {out['clamd_cpu_ms']:.2f} ms")
     finally:
         try:
-            peers("stop")
+            bench.filter_peers("stop", timeout=300)
         finally:
             bench.postfix_stop()
     report(args, rounds, count, results, ceiling)
@@ -332,11 +294,8 @@ def main() -> int:
 
 
 def report(args, rounds, count, results, ceiling) -> None:
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    cmd = "sudo python3 bench/av_bench.py" + (" --short" if args.short else "") + \
-        (f" --profile {args.profile}" if args.profile != "release" else "")
-    lines = [f"\n## Anti-virus ({now}, {platform.node()}, {os.cpu_count()} cores, bulwarkd {args.profile} build)\n",
-             f"Command: `{cmd}`. {count} messages of {args.size} B per setup, {SESSIONS} sessions, "
+    lines = [f"\n## Anti-virus ({bench.now()}, {bench.machine(args)})\n",
+             f"Command: `{bench.command('av_bench.py', args)}`. {count} messages of {args.size} B per setup, {SESSIONS} sessions, "
              f"{rounds} round(s), medians. Same clamd (filter-peers-setup.sh, one EICAR signature) "
              "for every setup; Postfix uses clamav-milter on a unix socket. Built-in engine: 1,000 "
              "MD5 + 1,000 SHA-256 signatures.\n"]
@@ -346,22 +305,19 @@ def report(args, rounds, count, results, ceiling) -> None:
                      f"messages): **{c['scans_s']:.0f} scans/s**, clamd {c['clamd_cpu_ms']:.2f} ms CPU per scan.\n")
     for load, title in (("harness", "smtp-source 10 KB text, end to end"),
                         ("mixed", "10 KB, 20 % with a zip attachment, accept-only")):
-        base = median(results.get((load, "postfix + clamav-milter"), []), "msg_s")
+        base = runs_median(results.get((load, "postfix + clamav-milter"), []), "msg_s")
         lines.append(f"\n{title}:\n\n| setup | msg/s | vs Postfix | of clamd ceiling | MTA CPU ms/msg | clamd CPU ms/msg |\n"
                      "| --- | --- | --- | --- | --- | --- |")
         for (l, name), runs in results.items():
             if l != load:
                 continue
-            rate = median(runs, "msg_s")
-            mta = median(runs, "mta_cpu_ms") + (median(runs, "milter_cpu_ms") if "postfix" in name else 0)
+            rate = runs_median(runs, "msg_s")
+            mta = runs_median(runs, "mta_cpu_ms") + (runs_median(runs, "milter_cpu_ms") if "postfix" in name else 0)
             share = f"{rate / c['scans_s'] * 100:.0f} %" if c and "clamd" in name else "–"
-            lines.append(f"| {name} | {rate:.0f} | {rate / base:.2f}x | {share} | {mta:.2f} | "
-                         f"{median(runs, 'clamd_cpu_ms'):.2f} |")
+            lines.append(f"| {name} | {rate:.0f} | {bench.ratio(rate, base)} | {share} | {mta:.2f} | "
+                         f"{runs_median(runs, 'clamd_cpu_ms'):.2f} |")
     lines.append("\nPostfix's MTA CPU includes clamav-milter's. Compare only within this run.\n")
-    text = "\n".join(lines)
-    print(text)
-    with open(bench.RESULTS, "a") as f:
-        f.write(text)
+    bench.append_results("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -248,6 +248,7 @@ impl Antivirus {
                 .await
                 .map_err(|e| ScanError::Builtin(e.to_string()))?
         };
+        let detection = detection.map_err(|e| ScanError::Builtin(e.to_string()))?;
         Ok(detection.map(|d| d.name()))
     }
 
@@ -361,7 +362,10 @@ impl Antivirus {
             "stale": stale,
             "md5_signatures": set.md5_count(),
             "sha256_signatures": set.sha256_count(),
-            "yara_files_ignored": set.yara_files_ignored,
+            "yara_compiled_in": builtin::yara::COMPILED_IN,
+            "yara_files": set.yara.files_compiled(),
+            "yara_rules": set.yara.rule_count(),
+            "yara_files_ignored": set.yara.files_ignored(),
             "counters": self.builtin_counters.json(),
         })
     }

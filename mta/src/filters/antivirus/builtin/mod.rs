@@ -1,5 +1,6 @@
 //! The built-in engine: decodes the message's MIME tree and the archives in it, and checks
-//! every decoded object against EICAR, the hash lists and the disguised-executable rule.
+//! every decoded object against EICAR, the hash lists, the YARA rules and the
+//! disguised-executable rule.
 //!
 //! # Contract
 //! - Objects are the leaf parts of the MIME tree after transfer decoding (base64,
@@ -10,6 +11,8 @@
 //!   expanding more than [`MAX_RATIO`]× its compressed size (above [`RATIO_FLOOR`]) or all
 //!   members together more than the unpack budget → `Bulwark.ZipBomb.*`. Nothing expands
 //!   beyond the budget in memory: members are read through a bounded reader.
+//! - A YARA rule that cannot finish on an object makes the scan an error (unless another
+//!   object is a detection): a message is never called clean on a half-evaluated rule set.
 //! - Encrypted or unreadable archive members cannot be looked into and are passed over (clamd,
 //!   when configured, applies its own policy to them).
 //! - The signature set is an `Arc` swapped whole under a lock held only for the swap: a scan
@@ -19,6 +22,7 @@ mod archive;
 mod magic;
 pub mod signatures;
 mod uuencode;
+pub mod yara;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -26,6 +30,7 @@ use std::sync::{Arc, RwLock};
 use mail_parser::{MessageParser, MimeHeaders, PartType};
 
 pub use signatures::{SignatureError, Signatures};
+pub use yara::YaraScanError;
 
 /// Attached messages and archives inside each other, at most this deep.
 pub const MAX_DEPTH: usize = 6;
@@ -45,6 +50,8 @@ pub enum Detection {
     Eicar,
     /// A hash list entry, by its name.
     Hash(String),
+    /// A YARA rule, by its virus name (`YARA.<rule>`).
+    Yara(String),
     DisguisedExecutable {
         format: &'static str,
         claim: String,
@@ -66,7 +73,7 @@ impl Detection {
     pub fn name(&self) -> String {
         match self {
             Detection::Eicar => "Eicar-Test-Signature".into(),
-            Detection::Hash(name) => name.clone(),
+            Detection::Hash(name) | Detection::Yara(name) => name.clone(),
             Detection::DisguisedExecutable { format, .. } => {
                 format!("Bulwark.Disguised.{format}")
             }
@@ -85,13 +92,39 @@ struct Object<'a> {
     bytes: &'a [u8],
 }
 
-/// One scan's state: the set it uses and the unpack budget left.
+/// One scan's state: the set it uses, the unpack budget left, the YARA scanner (made on the
+/// first object) and the first YARA failure.
 struct Walk<'s> {
     signatures: &'s Signatures,
     budget: u64,
+    yara: Option<yara::YaraScanner<'s>>,
+    yara_failure: Option<YaraScanError>,
 }
 
-impl Walk<'_> {
+impl<'s> Walk<'s> {
+    fn new(signatures: &'s Signatures, budget: u64) -> Self {
+        Self {
+            signatures,
+            budget,
+            yara: None,
+            yara_failure: None,
+        }
+    }
+
+    /// The first YARA rule `bytes` matches; a failure is kept for the end of the scan.
+    fn yara_match(&mut self, bytes: &[u8]) -> Option<Detection> {
+        if self.yara.is_none() {
+            self.yara = self.signatures.yara.scanner();
+        }
+        match self.yara.as_mut()?.first_match(bytes) {
+            Ok(found) => found.map(Detection::Yara),
+            Err(error) => {
+                self.yara_failure.get_or_insert(error);
+                None
+            }
+        }
+    }
+
     fn message(&mut self, raw: &[u8], depth: usize) -> Option<Detection> {
         if depth > MAX_DEPTH {
             return Some(Detection::NestingLimit);
@@ -143,6 +176,9 @@ impl Walk<'_> {
         }
         if let Some(name) = self.signatures.match_hashes(bytes) {
             return Some(Detection::Hash(name.to_string()));
+        }
+        if let Some(found) = self.yara_match(bytes) {
+            return Some(found);
         }
         if let Some(format) = magic::executable_format(bytes) {
             if let Some(claim) = magic::document_claim(object.name, object.content_type.as_deref())
@@ -218,14 +254,17 @@ impl BuiltinEngine {
         Ok(self.install(Signatures::load(&self.dir)?))
     }
 
-    /// Checks a whole raw message (header and body).
-    pub fn scan(&self, message: &[u8]) -> Option<Detection> {
+    /// Checks a whole raw message (header and body). Clean is `Ok(None)`; a YARA rule that
+    /// could not finish and no detection elsewhere is an error.
+    pub fn scan(&self, message: &[u8]) -> Result<Option<Detection>, YaraScanError> {
         let signatures = self.signatures();
-        let mut walk = Walk {
-            signatures: &signatures,
-            budget: self.unpack_budget,
-        };
-        walk.message(message, 0)
+        let mut walk = Walk::new(&signatures, self.unpack_budget);
+        let found = walk.message(message, 0);
+        match (found, walk.yara_failure) {
+            (Some(detection), _) => Ok(Some(detection)),
+            (None, Some(failure)) => Err(failure),
+            (None, None) => Ok(None),
+        }
     }
 }
 

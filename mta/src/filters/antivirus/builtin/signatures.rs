@@ -3,18 +3,22 @@
 //! # Format (ClamAV's hash formats, so one directory can serve clamd and Bulwark)
 //! - `*.hdb` and `*.hsb`: lines `HASH:SIZE:Name`, HASH hex MD5 (32 digits) or SHA-256 (64), SIZE
 //!   the file size in bytes or `*` (any size). `#` starts a comment line.
-//! - `*.yar` / `*.yara`: YARA rules. Not evaluated by this build (no YARA engine compiled in);
-//!   they are counted and reported as ignored, never silently treated as matching nothing.
+//! - `*.yar` / `*.yara`: YARA rules, compiled with the set (see [`super::yara`]; without the
+//!   cargo feature `yara` they are counted and reported as ignored, never silently treated as
+//!   matching nothing).
 //! - `VERSION`: one line naming the set (e.g. `2026-12-02.1`); absent: `local`.
 //! - Other files are ignored (clamd's `.ndb`, `.ldb`, ... belong to clamd).
 //!
 //! # Invariants
-//! A set is loaded completely or not at all: one bad line makes [`Signatures::load`] fail with
-//! the file and line, and the caller keeps its old set.
+//! A set is loaded completely or not at all: one bad hash line (file and line) or one rule file
+//! that does not compile (file, line and column) makes [`Signatures::load`] fail, and the caller
+//! keeps its old set.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
+
+use super::yara::{RuleError, YaraRules};
 
 /// Size constraint of a hash signature.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +46,8 @@ pub enum SignatureError {
         line: usize,
         message: String,
     },
+    #[error("YARA rules {0}")]
+    Yara(#[from] RuleError),
 }
 
 /// One loaded, immutable signature set.
@@ -53,7 +59,7 @@ pub struct Signatures {
     pub newest_file: Option<SystemTime>,
     md5: HashMap<[u8; 16], Vec<HashSignature>>,
     sha256: HashMap<[u8; 32], Vec<HashSignature>>,
-    pub yara_files_ignored: usize,
+    pub yara: YaraRules,
 }
 
 impl Signatures {
@@ -65,7 +71,7 @@ impl Signatures {
             newest_file: None,
             md5: HashMap::new(),
             sha256: HashMap::new(),
-            yara_files_ignored: 0,
+            yara: YaraRules::default(),
         }
     }
 
@@ -87,18 +93,23 @@ impl Signatures {
             .filter(|p| p.is_file())
             .collect();
         paths.sort();
+        let mut yara_sources = Vec::new();
         for path in paths {
-            set.load_file(&path)?;
+            if let Some(source) = set.load_file(&path)? {
+                yara_sources.push((path, source));
+            }
         }
+        set.yara = YaraRules::compile(&yara_sources)?;
         Ok(set)
     }
 
-    fn load_file(&mut self, path: &Path) -> Result<(), SignatureError> {
+    /// Loads one file; a YARA rule file is returned (path, text) to be compiled with the rest.
+    fn load_file(&mut self, path: &Path) -> Result<Option<String>, SignatureError> {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         let extension = path.extension().and_then(|e| e.to_str()).unwrap_or("");
         let relevant = matches!(extension, "hdb" | "hsb" | "yar" | "yara") || name == "VERSION";
         if !relevant || name.starts_with('.') {
-            return Ok(());
+            return Ok(None);
         }
         let read_error = |source| SignatureError::Read {
             path: path.to_path_buf(),
@@ -107,7 +118,7 @@ impl Signatures {
         let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
         self.newest_file = self.newest_file.max(modified);
         match extension {
-            "yar" | "yara" => self.yara_files_ignored += 1,
+            "yar" | "yara" => return Ok(Some(std::fs::read_to_string(path).map_err(read_error)?)),
             _ if name == "VERSION" => {
                 let text = std::fs::read_to_string(path).map_err(read_error)?;
                 let line = text.lines().next().unwrap_or("").trim();
@@ -120,7 +131,7 @@ impl Signatures {
                 self.add_hash_lines(path, &text)?;
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     fn add_hash_lines(&mut self, path: &Path, text: &str) -> Result<(), SignatureError> {
@@ -239,13 +250,29 @@ mod tests {
         std::fs::write(dir.path().join("local.hsb"), format!("{sha}:*:Test.Sha\n"))
             .expect("test step");
         std::fs::write(dir.path().join("VERSION"), "2026-12-02.1\n").expect("test step");
-        std::fs::write(dir.path().join("rules.yar"), "rule x { condition: true }")
-            .expect("test step");
+        std::fs::write(
+            dir.path().join("rules.yar"),
+            "rule x { strings: $a = \"x\" condition: $a }",
+        )
+        .expect("test step");
         std::fs::write(dir.path().join("clamd.ndb"), "garbage for clamd only").expect("test step");
         let set = Signatures::load(dir.path()).expect("test step");
         assert_eq!(set.version, "2026-12-02.1");
         assert_eq!((set.md5_count(), set.sha256_count()), (1, 1));
-        assert_eq!(set.yara_files_ignored, 1);
+        let yara = &set.yara;
+        let expected = if super::super::yara::COMPILED_IN {
+            (1, 0, 1)
+        } else {
+            (0, 1, 0)
+        };
+        assert_eq!(
+            (
+                yara.files_compiled(),
+                yara.files_ignored(),
+                yara.rule_count()
+            ),
+            expected
+        );
         assert_eq!(set.match_hashes(sample), Some("Test.Sha"));
         assert_eq!(set.match_hashes(b"clean"), None);
     }

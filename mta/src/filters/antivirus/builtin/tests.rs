@@ -6,6 +6,13 @@ use super::magic::tests::fake_pe;
 use super::signatures::Signatures;
 use super::*;
 
+impl BuiltinEngine {
+    /// A scan that must not fail (no YARA rule can time out in these tests).
+    fn scan_ok(&self, message: &[u8]) -> Option<Detection> {
+        self.scan(message).expect("scan")
+    }
+}
+
 fn engine() -> BuiltinEngine {
     BuiltinEngine::load(Path::new("/nonexistent/bulwark-signatures"), 25_000_000)
         .expect("test step")
@@ -51,20 +58,20 @@ fn eicar_in_a_plain_body() {
     let mut message = b"From: a@example.com\r\nSubject: t\r\n\r\n".to_vec();
     message.extend_from_slice(EICAR);
     message.extend_from_slice(b"\r\n");
-    assert_eq!(engine().scan(&message), Some(Detection::Eicar));
+    assert_eq!(engine().scan_ok(&message), Some(Detection::Eicar));
 }
 
 #[test]
 fn eicar_as_base64_attachment_and_in_nested_zips() {
     let engine = engine();
     let plain = with_attachment("eicar.com", "application/octet-stream", EICAR);
-    assert_eq!(engine.scan(&plain), Some(Detection::Eicar));
+    assert_eq!(engine.scan_ok(&plain), Some(Detection::Eicar));
     let zipped = zip_of(&[("readme.txt", b"hello"), ("eicar.com", EICAR)]);
     let message = with_attachment("files.zip", "application/zip", &zipped);
-    assert_eq!(engine.scan(&message), Some(Detection::Eicar));
+    assert_eq!(engine.scan_ok(&message), Some(Detection::Eicar));
     let twice = zip_of(&[("inner.zip", &zipped)]);
     let message = with_attachment("files.zip", "application/zip", &twice);
-    assert_eq!(engine.scan(&message), Some(Detection::Eicar));
+    assert_eq!(engine.scan_ok(&message), Some(Detection::Eicar));
 }
 
 #[test]
@@ -78,7 +85,7 @@ fn quoted_printable_is_decoded() {
     message.extend_from_slice(b"=\r\n");
     message.extend_from_slice(tail);
     message.extend_from_slice(b"\r\n");
-    assert_eq!(engine().scan(&message), Some(Detection::Eicar));
+    assert_eq!(engine().scan_ok(&message), Some(Detection::Eicar));
 }
 
 #[test]
@@ -102,7 +109,7 @@ fn uuencoded_block_is_decoded() {
     }
     text.extend_from_slice(b"`\r\nend\r\n");
     assert!(matches!(
-        engine().scan(&text),
+        engine().scan_ok(&text),
         Some(Detection::DisguisedExecutable { format: "PE", .. })
     ));
 }
@@ -114,9 +121,9 @@ fn clean_mail_with_attachments_passes() {
         ("logo.png", b"\x89PNG\r\n"),
     ]);
     let message = with_attachment("files.zip", "application/zip", &zipped);
-    assert_eq!(engine().scan(&message), None);
+    assert_eq!(engine().scan_ok(&message), None);
     let pdf = with_attachment("a.pdf", "application/pdf", b"%PDF-1.7 plain document");
-    assert_eq!(engine().scan(&pdf), None);
+    assert_eq!(engine().scan_ok(&pdf), None);
 }
 
 #[test]
@@ -136,7 +143,7 @@ fn hash_lists_match_attachments_and_members() {
     let engine = BuiltinEngine::load(dir.path(), 25_000_000).expect("test step");
     let found = Some(Detection::Hash("Test.Sample.Md5".into()));
     assert_eq!(
-        engine.scan(&with_attachment(
+        engine.scan_ok(&with_attachment(
             "x.bin",
             "application/octet-stream",
             sample
@@ -145,7 +152,7 @@ fn hash_lists_match_attachments_and_members() {
     );
     let zipped = zip_of(&[("x.bin", sample)]);
     assert_eq!(
-        engine.scan(&with_attachment("x.zip", "application/zip", &zipped)),
+        engine.scan_ok(&with_attachment("x.zip", "application/zip", &zipped)),
         found
     );
 }
@@ -155,16 +162,16 @@ fn disguised_executables_are_caught_by_name_or_type() {
     let engine = engine();
     let by_name = with_attachment("invoice.pdf", "application/octet-stream", &fake_pe());
     assert!(matches!(
-        engine.scan(&by_name),
+        engine.scan_ok(&by_name),
         Some(Detection::DisguisedExecutable { format: "PE", .. })
     ));
     let by_type = with_attachment("scan", "image/jpeg", &fake_pe());
-    assert!(engine.scan(&by_type).is_some());
+    assert!(engine.scan_ok(&by_type).is_some());
     let honest = with_attachment("setup.exe", "application/x-msdownload", &fake_pe());
-    assert_eq!(engine.scan(&honest), None);
+    assert_eq!(engine.scan_ok(&honest), None);
     let in_zip = zip_of(&[("cv.docx", &fake_pe())]);
     assert!(engine
-        .scan(&with_attachment("cv.zip", "application/zip", &in_zip))
+        .scan_ok(&with_attachment("cv.zip", "application/zip", &in_zip))
         .is_some());
 }
 
@@ -177,7 +184,7 @@ fn rfc2231_names_are_decoded() {
          Content-Disposition: attachment;\r\n filename*0*=utf-8''Rechnung%20M;\r\n filename*1*=%C3%A4rz.pdf\r\n\r\n\
          {encoded}\r\n--B--\r\n"
     );
-    match engine().scan(message.as_bytes()) {
+    match engine().scan_ok(message.as_bytes()) {
         Some(Detection::DisguisedExecutable { claim, .. }) => {
             assert!(claim.contains("Rechnung März.pdf"), "{claim}")
         }
@@ -192,7 +199,7 @@ fn zip_bombs_are_stopped_by_ratio_and_budget() {
     assert!(bomb.len() < 200_000);
     let message = with_attachment("bomb.zip", "application/zip", &bomb);
     assert_eq!(
-        engine().scan(&message),
+        engine().scan_ok(&message),
         Some(Detection::ZipBomb(BombLimit::Ratio))
     );
     // Within the ratio but over a small budget: the size limit.
@@ -203,7 +210,7 @@ fn zip_bombs_are_stopped_by_ratio_and_budget() {
     let big = zip_of(&[("noise.bin", &random)]);
     let message = with_attachment("big.zip", "application/zip", &big);
     assert_eq!(
-        small_budget.scan(&message),
+        small_budget.scan_ok(&message),
         Some(Detection::ZipBomb(BombLimit::Size))
     );
 }
@@ -215,7 +222,7 @@ fn nesting_beyond_the_limit_is_a_verdict() {
         archive = zip_of(&[("deeper.zip", &archive)]);
     }
     let message = with_attachment("deep.zip", "application/zip", &archive);
-    assert_eq!(engine().scan(&message), Some(Detection::NestingLimit));
+    assert_eq!(engine().scan_ok(&message), Some(Detection::NestingLimit));
 }
 
 #[test]
@@ -224,7 +231,7 @@ fn reload_swaps_the_set_and_keeps_it_on_error() {
     let engine = BuiltinEngine::load(dir.path(), 1 << 20).expect("test step");
     let sample = b"second wave sample";
     let message = with_attachment("s.bin", "application/octet-stream", sample);
-    assert_eq!(engine.scan(&message), None);
+    assert_eq!(engine.scan_ok(&message), None);
     let held = engine.signatures();
     use md5::Digest as _;
     let md5: String = md5::Md5::digest(sample)
@@ -235,7 +242,7 @@ fn reload_swaps_the_set_and_keeps_it_on_error() {
         .expect("test step");
     engine.reload().expect("test step");
     assert_eq!(
-        engine.scan(&message),
+        engine.scan_ok(&message),
         Some(Detection::Hash("Second.Wave".into()))
     );
     // A scan that took the old set before the swap still has it, unchanged.
@@ -243,8 +250,62 @@ fn reload_swaps_the_set_and_keeps_it_on_error() {
     std::fs::write(dir.path().join("broken.hdb"), "zz:1:Broken\n").expect("test step");
     assert!(engine.reload().is_err());
     assert_eq!(
-        engine.scan(&message),
+        engine.scan_ok(&message),
         Some(Detection::Hash("Second.Wave".into()))
     );
     let _: &Signatures = &engine.signatures();
+}
+
+#[cfg(feature = "yara")]
+mod yara_rules {
+    use super::*;
+
+    const RULE: &str =
+        "rule Marker_In_Member {\n  strings: $m = \"yara-marker-in-a-member\"\n  condition: $m\n}\n";
+
+    fn engine_with_rule(dir: &Path) -> BuiltinEngine {
+        std::fs::write(dir.join("mail.yar"), RULE).expect("test step");
+        BuiltinEngine::load(dir, 1 << 20).expect("test step")
+    }
+
+    #[test]
+    fn a_rule_matches_decoded_attachments_and_nested_zip_members() {
+        let dir = tempfile::tempdir().expect("test step");
+        let engine = engine_with_rule(dir.path());
+        let found = Some(Detection::Yara("YARA.Marker_In_Member".into()));
+        let payload: &[u8] = b"text with yara-marker-in-a-member inside";
+        let attached = with_attachment("a.txt", "text/plain", payload);
+        assert_eq!(engine.scan_ok(&attached), found);
+        let inner = zip_of(&[("deep/a.txt", payload)]);
+        let outer = zip_of(&[("inner.zip", &inner)]);
+        let zipped = with_attachment("a.zip", "application/zip", &outer);
+        assert_eq!(engine.scan_ok(&zipped), found);
+        assert_eq!(
+            found.map(|d| d.name()).as_deref(),
+            Some("YARA.Marker_In_Member")
+        );
+        let clean = with_attachment("a.txt", "text/plain", b"nothing here");
+        assert_eq!(engine.scan_ok(&clean), None);
+    }
+
+    #[test]
+    fn a_rule_file_with_a_syntax_error_keeps_the_old_rules() {
+        let dir = tempfile::tempdir().expect("test step");
+        let engine = engine_with_rule(dir.path());
+        let message = with_attachment("a.txt", "text/plain", b"yara-marker-in-a-member");
+        std::fs::write(
+            dir.path().join("new.yar"),
+            "rule New {\n  condition: nosuchthing\n}\n",
+        )
+        .expect("test step");
+        match engine.reload() {
+            Err(SignatureError::Yara(error)) => {
+                assert!(error.path.ends_with("new.yar"), "{error}");
+                assert_eq!((error.line, error.column), (2, 14), "{error}");
+            }
+            other => panic!("expected a YARA error, got {other:?}"),
+        }
+        assert_eq!(engine.signatures().yara.rule_count(), 1);
+        assert!(engine.scan_ok(&message).is_some());
+    }
 }
