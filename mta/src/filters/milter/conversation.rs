@@ -15,6 +15,7 @@ use async_trait::async_trait;
 
 use super::client::{unexpected, Connection, MilterError};
 use super::protocol::{self, action, command, step, ConnectFamily, MacroStage, Response};
+use crate::pipeline::Modification;
 use crate::smtp::reply::Reply;
 
 /// The body, streamed in chunks of at most `max` bytes; `None` at the end.
@@ -59,43 +60,12 @@ pub enum MilterVerdict {
     Discard,
 }
 
-/// A change the milter asked for, one to one with its SMFIR_* request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum MilterModification {
-    AddHeader {
-        name: String,
-        value: String,
-    },
-    /// `index` 0 puts the field first.
-    InsertHeader {
-        index: usize,
-        name: String,
-        value: String,
-    },
-    /// `index` is the 1-based occurrence of `name`; `None` deletes it.
-    ChangeHeader {
-        name: String,
-        index: usize,
-        value: Option<String>,
-    },
-    ReplaceBody(Vec<u8>),
-    AddRecipient {
-        address: String,
-        args: Option<String>,
-    },
-    DeleteRecipient {
-        address: String,
-    },
-    ChangeSender {
-        address: String,
-        args: Option<String>,
-    },
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MilterOutcome {
     pub verdict: MilterVerdict,
-    pub modifications: Vec<MilterModification>,
+    /// In the milter's order, one per SMFIR_* request (a replaced body, sent in chunks, is one
+    /// [`Modification::ReplaceBody`] with CRLF line ends, after the others).
+    pub modifications: Vec<Modification>,
     /// SMFIR_QUARANTINE's reason, when the milter asked to hold the message.
     pub quarantine: Option<String>,
     /// Recipients the milter refused at RCPT, with its reply.
@@ -365,18 +335,18 @@ async fn end_of_message(
             }
             Response::AddHeader { name, value } => {
                 permitted(negotiated, action::ADDHDRS, "add header")?;
-                MilterModification::AddHeader { name, value }
+                Modification::AddHeader { name, value }
             }
             Response::InsertHeader { index, name, value } => {
                 permitted(negotiated, action::ADDHDRS, "insert header")?;
                 let index = usize::try_from(index).unwrap_or(usize::MAX);
-                MilterModification::InsertHeader { index, name, value }
+                Modification::InsertHeader { index, name, value }
             }
             Response::ChangeHeader { index, name, value } => {
                 permitted(negotiated, action::CHGHDRS, "change header")?;
                 let index = usize::try_from(index.max(1)).unwrap_or(usize::MAX);
                 let value = (!value.is_empty()).then_some(value);
-                MilterModification::ChangeHeader { name, index, value }
+                Modification::ChangeHeader { name, index, value }
             }
             Response::AddRecipient { address, args } => {
                 let flag = if args.is_some() {
@@ -385,20 +355,20 @@ async fn end_of_message(
                     action::ADDRCPT
                 };
                 permitted(negotiated, flag, "add recipient")?;
-                MilterModification::AddRecipient {
+                Modification::AddRecipient {
                     address: unbracket(&address),
                     args,
                 }
             }
             Response::DeleteRecipient(address) => {
                 permitted(negotiated, action::DELRCPT, "delete recipient")?;
-                MilterModification::DeleteRecipient {
+                Modification::DeleteRecipient {
                     address: unbracket(&address),
                 }
             }
             Response::ChangeSender { address, args } => {
                 permitted(negotiated, action::CHGFROM, "change sender")?;
-                MilterModification::ChangeSender {
+                Modification::ChangeSender {
                     address: unbracket(&address),
                     args,
                 }
@@ -415,9 +385,26 @@ async fn end_of_message(
     if let Some(body) = new_body {
         outcome
             .modifications
-            .push(MilterModification::ReplaceBody(body));
+            .push(Modification::ReplaceBody(crlf(&body)));
     }
     Ok(())
+}
+
+/// Bare CR or LF become CRLF: a milter may send bare LF, and none may reach the spool.
+fn crlf(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + body.len() / 32);
+    let mut bytes = body.iter().copied().peekable();
+    while let Some(byte) = bytes.next() {
+        match byte {
+            b'\r' => {
+                bytes.next_if_eq(&b'\n');
+                out.extend_from_slice(b"\r\n");
+            }
+            b'\n' => out.extend_from_slice(b"\r\n"),
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 fn permitted(
@@ -485,6 +472,12 @@ mod tests {
                 ("X-Empty".to_string(), String::new()),
             ]
         );
+    }
+
+    #[test]
+    fn replaced_bodies_get_crlf_line_ends() {
+        assert_eq!(crlf(b"a\nb\r\nc\rd"), b"a\r\nb\r\nc\r\nd");
+        assert_eq!(crlf(b"\r\r\n\n"), b"\r\n\r\n\r\n");
     }
 
     #[test]

@@ -27,9 +27,7 @@ use crate::config::MilterConfig;
 pub use stage::MilterStage;
 
 pub use client::MilterError;
-pub use conversation::{
-    header_fields, BodySource, MessageFacts, MilterModification, MilterOutcome, MilterVerdict,
-};
+pub use conversation::{header_fields, BodySource, MessageFacts, MilterOutcome, MilterVerdict};
 use protocol::MacroStage;
 
 /// One configured milter and its idle connections.
@@ -124,6 +122,7 @@ mod tests {
     //! script, so the skips, macros, reuse and error paths are checked packet by packet.
     use super::protocol::{command, step};
     use super::*;
+    use crate::pipeline::Modification;
     use std::collections::HashMap;
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -237,20 +236,20 @@ mod tests {
         assert_eq!(
             outcome.modifications,
             vec![
-                MilterModification::AddHeader {
+                Modification::AddHeader {
                     name: "X-Scanned".into(),
                     value: "yes".into()
                 },
-                MilterModification::ChangeHeader {
+                Modification::ChangeHeader {
                     name: "X-Old".into(),
                     index: 1,
                     value: None
                 },
-                MilterModification::AddRecipient {
+                Modification::AddRecipient {
                     address: "new@example.com".into(),
                     args: Some("NOTIFY=NEVER".into())
                 },
-                MilterModification::ReplaceBody(b"new body\r\n".to_vec()),
+                Modification::ReplaceBody(b"new body\r\n".to_vec()),
             ]
         );
         assert_eq!(

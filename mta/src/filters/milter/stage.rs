@@ -5,11 +5,12 @@
 //! milter's accept only ends that milter's part, as in Postfix; reject, tempfail, discard; a
 //! reply code keeps the milter's code and text; SMFIR_QUARANTINE becomes
 //! `Verdict::Quarantine` with the milter's reason unless the milter also refused the
-//! message) and each modification request to one [`Modification`], in the milter's order.
-//! A recipient refused at RCPT gets its own group with the milter's reply, the others go on.
-//! A replaced body gets CRLF line ends (a milter may send bare LF; none may reach the
-//! spool). Errors are returned as [`StageError`]: the pipeline applies `default_action`
-//! (`on_error`) and logs it like every other stage decision.
+//! message). The conversation already answers with pipeline
+//! [`Modification`](crate::pipeline::Modification)s, one per request in the milter's order,
+//! each checked against the negotiated actions; they pass through unchanged. A recipient
+//! refused at RCPT gets its own group with the milter's reply, the others go on. Errors are
+//! returned as [`StageError`]: the pipeline applies `default_action` (`on_error`) and logs it
+//! like every other stage decision.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -17,11 +18,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::protocol::ConnectFamily;
-use super::{BodySource, MessageFacts, Milter, MilterModification, MilterOutcome, MilterVerdict};
+use super::{BodySource, MessageFacts, Milter, MilterOutcome, MilterVerdict};
 use crate::config::{DirectionScope, MilterConfig, OnError};
-use crate::pipeline::{
-    Answer, ContentReader, Context, Decision, Modification, Stage, StageError, Verdict,
-};
+use crate::pipeline::{Answer, ContentReader, Context, Decision, Stage, StageError, Verdict};
 
 pub struct MilterStage {
     milter: Milter,
@@ -135,7 +134,7 @@ fn answer(cx: &Context<'_>, outcome: MilterOutcome) -> Answer {
         ..
     } = outcome;
     let mut decision = Decision {
-        modifications: modifications.into_iter().map(modification).collect(),
+        modifications,
         ..Decision::default()
     };
     (decision.verdict, decision.reason) = match (verdict, quarantine) {
@@ -198,45 +197,6 @@ fn refused_groups(
         .collect()
 }
 
-fn modification(requested: MilterModification) -> Modification {
-    match requested {
-        MilterModification::AddHeader { name, value } => Modification::AddHeader { name, value },
-        MilterModification::InsertHeader { index, name, value } => {
-            Modification::InsertHeader { index, name, value }
-        }
-        MilterModification::ChangeHeader { name, index, value } => {
-            Modification::ChangeHeader { name, index, value }
-        }
-        MilterModification::ReplaceBody(body) => Modification::ReplaceBody(crlf(&body)),
-        MilterModification::AddRecipient { address, args } => {
-            Modification::AddRecipient { address, args }
-        }
-        MilterModification::DeleteRecipient { address } => {
-            Modification::DeleteRecipient { address }
-        }
-        MilterModification::ChangeSender { address, args } => {
-            Modification::ChangeSender { address, args }
-        }
-    }
-}
-
-/// Bare CR or LF become CRLF.
-fn crlf(body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + body.len() / 32);
-    let mut bytes = body.iter().copied().peekable();
-    while let Some(byte) = bytes.next() {
-        match byte {
-            b'\r' => {
-                bytes.next_if_eq(&b'\n');
-                out.extend_from_slice(b"\r\n");
-            }
-            b'\n' => out.extend_from_slice(b"\r\n"),
-            other => out.push(other),
-        }
-    }
-    out
-}
-
 struct BodyReader(ContentReader);
 
 #[async_trait]
@@ -246,16 +206,5 @@ impl BodySource for BodyReader {
         max: usize,
     ) -> Result<Option<Vec<u8>>, Box<dyn std::error::Error + Send + Sync>> {
         Ok(self.0.next(max).await?)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::crlf;
-
-    #[test]
-    fn replaced_bodies_get_crlf_line_ends() {
-        assert_eq!(crlf(b"a\nb\r\nc\rd"), b"a\r\nb\r\nc\r\nd");
-        assert_eq!(crlf(b"\r\r\n\n"), b"\r\n\r\n\r\n");
     }
 }
