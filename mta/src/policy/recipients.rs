@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use super::{HarvestTracker, SessionInfo, Stage, Verdict};
 use crate::bounded::BoundedMap;
 use crate::config::{Config, RecipientCheckConfig, RecipientCheckKind};
-use crate::smtp::address::Mailbox;
+use crate::smtp::address::{quoted, Mailbox};
 use crate::smtp::reply::{RejectReason, Reply};
 use crate::smtp_client::{Client, ClientError};
 
@@ -262,7 +262,7 @@ async fn probe(
             .is_positive()
     {
         let rcpt = client
-            .command(&format!("RCPT TO:<{address}>"))
+            .command(&format!("RCPT TO:<{}>", quoted(address)))
             .await
             .map_err(failed)?;
         answer = match rcpt.code / 100 {
