@@ -44,7 +44,12 @@ def add_user(users_file: Path, name: str, role: str, *extra) -> str:
 
 
 class Federation:
-    def __init__(self, base: Path, tls_cert):
+    """`routes` go before the catch-all route to the capture server, `relay_domains` extend
+    the relayed domains, `node_extra` (a dict) joins each node's file, `console_extra` the
+    [console] section (the console-operations tests use them)."""
+
+    def __init__(self, base: Path, tls_cert, routes=None, relay_domains=(), node_extra=None,
+                 console_extra=None):
         self.base = base
         self.pki = enroll(base / "pki", "node1", hosts=("127.0.0.1",))
         enroll(base / "pki", "node2", hosts=("127.0.0.1",))
@@ -56,10 +61,10 @@ class Federation:
         for name, port in zip(("node1", "node2"), control_ports[:2]):
             files = dict(self.pki, certificate=base / "pki" / f"{name}.pem", private_key=base / "pki" / f"{name}.key")
             extra = control_toml(files, port) + "\n" + to_toml({
-                "route": [{"domains": ["*"], "next_hops": [self.hop.address], "tls": "none"}],
-                "rule": [INVOICE_RULE]})
-            d = Daemon(base, name, tls_cert=tls_cert, relay={"domains": ["example.com", "example.net"]},
-                       extra_toml=extra)
+                "route": list(routes or []) + [{"domains": ["*"], "next_hops": [self.hop.address], "tls": "none"}],
+                "rule": [INVOICE_RULE], **(node_extra or {})})
+            d = Daemon(base, name, tls_cert=tls_cert, tls=True,
+                       relay={"domains": ["example.com", "example.net", *relay_domains]}, extra_toml=extra)
             d.start()
             self.nodes.append(d)
         self.users_file = base / "console-users"
@@ -78,6 +83,7 @@ class Federation:
             "node": [{"name": "node1", "address": f"127.0.0.1:{control_ports[0]}", "server_name": "node1"},
                      {"name": "node2", "address": f"127.0.0.1:{control_ports[1]}", "server_name": "node2"},
                      {"name": "node3-down", "address": f"127.0.0.1:{control_ports[2]}", "server_name": "node3"}],
+            **(console_extra(self.port) if callable(console_extra) else console_extra or {}),
         }
         self.console_config = base / "console.toml"
         self.console_config.write_text(self.nodes[0].config_path.read_text() + "\n" + to_toml({"console": console}))

@@ -116,10 +116,11 @@ def test_config_edit_with_an_error_then_correctly(fed, page, shots):
     fixed = original.replace('hostname = "mx.test"', 'hostname = "edited.test"')
     page.fill("#config-text", fixed)
     page.click("button[value=validate]")
-    assert "valid" in page.inner_text("#verdict") and "edited.test" in page.inner_text("#diff")
+    # One outcome row per target node, and one diff per target.
+    assert "valid" in page.inner_text("#outcomes") and "edited.test" in page.inner_text("#diff-node2")
     shot(page, shots, "config-diff")
     page.click("button[value=apply]")
-    assert "applied and reloaded" in page.inner_text("#verdict")
+    assert "applied and reloaded" in page.inner_text("#outcomes")
     shot(page, shots, "config-applied")
     status = fed.nodes[1].ctl("status", "--json").stdout
     assert '"edited.test"' in status

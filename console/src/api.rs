@@ -25,6 +25,12 @@ pub struct ApiRoute {
 }
 
 fn table() -> Vec<(ApiRoute, MethodRouter<State>)> {
+    let mut table = core_table();
+    table.extend(crate::api_ops::table());
+    table
+}
+
+fn core_table() -> Vec<(ApiRoute, MethodRouter<State>)> {
     let route = |method, path, summary, query, authenticated| ApiRoute {
         method,
         path,
@@ -111,24 +117,43 @@ fn table() -> Vec<(ApiRoute, MethodRouter<State>)> {
     ]
 }
 
+/// This module's routes and the operations' (`ops_api`), one table for mounting and OpenAPI.
+fn all_routes() -> Vec<(ApiRoute, MethodRouter<State>)> {
+    let mut all = table();
+    all.extend(crate::ops_api::table());
+    all
+}
+
 pub fn routes() -> Router<State> {
-    table()
+    // One path may carry several methods (GET and POST /api/v1/nodes): merge them first,
+    // since mounting a path twice is refused.
+    let mut by_path: Vec<(&'static str, MethodRouter<State>)> = Vec::new();
+    for (spec, handler) in all_routes() {
+        match by_path.iter().position(|(path, _)| *path == spec.path) {
+            Some(i) => {
+                let (path, earlier) = by_path.swap_remove(i);
+                by_path.push((path, earlier.merge(handler)));
+            }
+            None => by_path.push((spec.path, handler)),
+        }
+    }
+    by_path
         .into_iter()
-        .fold(Router::new(), |router, (spec, handler)| {
-            router.route(spec.path, handler)
+        .fold(Router::new(), |router, (path, handler)| {
+            router.route(path, handler)
         })
 }
 
 pub fn openapi_document() -> Value {
     let mut paths = serde_json::Map::new();
-    for (spec, _) in table() {
+    for (spec, _) in all_routes() {
         let mut parameters: Vec<Value> = spec
             .query
             .iter()
             .map(|(name, description)| json!({ "name": name, "in": "query", "description": description, "schema": { "type": "string" } }))
             .collect();
-        if spec.path.contains("{id}") {
-            parameters.push(json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }));
+        for name in path_parameters(spec.path) {
+            parameters.push(json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } }));
         }
         let security = if spec.authenticated {
             json!([{ "bearer": [] }])
@@ -144,6 +169,12 @@ pub fn openapi_document() -> Value {
     }
     json!({ "openapi": "3.0.3", "info": { "title": "Bulwark console API", "version": env!("CARGO_PKG_VERSION") },
         "components": { "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } } }, "paths": paths })
+}
+
+/// The `{name}` segments of a route path.
+fn path_parameters(path: &str) -> impl Iterator<Item = &str> {
+    path.split('/')
+        .filter_map(|segment| segment.strip_prefix('{')?.strip_suffix('}'))
 }
 
 async fn openapi() -> Json<Value> {
@@ -328,6 +359,7 @@ pub async fn release_one(
     let request = NodeRequest::QuarantineRelease {
         ids: vec![id.to_string()],
         to: target.to.clone(),
+        not_spam: false,
     };
     let answers = state.nodes.fan_out(&request, Some(&target.node)).await;
     let ok = answers.iter().all(|a| a.result.is_some());
@@ -389,6 +421,12 @@ async fn track(
 #[cfg(test)]
 mod tests {
     #[test]
+    fn every_route_mounts_once_with_all_its_methods() {
+        // axum panics on a path mounted twice: building the router is the check.
+        let _router = super::routes();
+    }
+
+    #[test]
     fn openapi_lists_every_route_of_the_table() {
         let document = super::openapi_document();
         for path in [
@@ -399,6 +437,14 @@ mod tests {
             "/api/v1/quarantine/{id}/release",
             "/api/v1/track",
             "/api/v1/nodes",
+            "/api/v1/config/history",
+            "/api/v1/config/apply",
+            "/api/v1/config/rollback",
+            "/api/v1/config/rules",
+            "/api/v1/quarantine/{id}/release-allow",
+            "/api/v1/quarantine/bulk",
+            "/api/v1/queue/destinations",
+            "/api/v1/nodes/{name}",
         ] {
             assert!(document["paths"][path].is_object(), "{path} missing");
         }

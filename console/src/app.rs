@@ -48,28 +48,56 @@ pub struct Inner {
     pub nodes: Nodes,
     pub audit: Audit,
     pub samples: Mutex<VecDeque<Sample>>,
+    pub alerts: crate::alerts::Alerts,
+    /// The digest links' key and used links (when `[console.digest]` is set).
+    pub links: Option<crate::digest::link::Links>,
+    /// One digest-link release at a time (check, release, mark).
+    pub release_lock: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("TLS: {0}")]
+    Pem(#[from] bulwark::admin::https::PemError),
+    #[error(transparent)]
+    DigestKey(#[from] crate::digest::link::KeyError),
 }
 
 pub type State = Arc<Inner>;
 
-pub fn new_state(config: ConsoleConfig) -> Result<State, bulwark::admin::https::PemError> {
+pub fn new_state(config: ConsoleConfig) -> Result<State, StateError> {
     let client = Federation::new(
         &config.client_certificate,
         &config.client_private_key,
         &config.ca,
     )?;
+    let list = crate::node_list::load(&config).unwrap_or_else(|e| {
+        log::error!("node list: {e}; using [[console.node]]");
+        config.nodes.clone()
+    });
     let nodes = Nodes {
         client,
-        list: config.nodes.clone(),
+        nodes: std::sync::RwLock::new(list),
         timeout: config.node_timeout,
     };
     let audit = Audit::new(config.audit_log());
+    let state_dir = config.state_dir();
+    let alerts = crate::alerts::Alerts::new(crate::alerts::history::History::new(
+        state_dir.join("alerts.jsonl"),
+    ));
+    let links = match config.digest {
+        Some(_) => Some(crate::digest::link::Links::open(&state_dir)?),
+        None => None,
+    };
     Ok(Arc::new(Inner {
         config,
         auth: Auth::new(),
         nodes,
         audit,
         samples: Mutex::new(VecDeque::new()),
+        alerts,
+        links,
+        release_lock: tokio::sync::Mutex::new(()),
     }))
 }
 
@@ -216,6 +244,7 @@ async fn security_headers(request: Request, next: Next) -> Response {
 pub fn router(state: State) -> Router {
     crate::pages::routes()
         .merge(crate::api::routes())
+        .merge(crate::ops::routes())
         .layer(middleware::from_fn(security_headers))
         .with_state(state)
 }

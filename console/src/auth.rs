@@ -23,12 +23,14 @@ pub enum Permission {
     Quarantine,
     Flow,
     Config,
+    /// Adding and removing nodes of the federation: admins only.
+    Nodes,
 }
 
 pub fn allows(role: Role, permission: Permission) -> bool {
     match role {
         Role::Admin => true,
-        Role::Operator => permission != Permission::Config,
+        Role::Operator => !matches!(permission, Permission::Config | Permission::Nodes),
         Role::Auditor => permission == Permission::Read,
         Role::Quarantine => permission == Permission::Quarantine,
     }

@@ -2,6 +2,7 @@
 //! `node_timeout`; the answer lists each node's result or why it did not answer, so one dead
 //! node never fails a page.
 
+use std::sync::RwLock;
 use std::time::Duration;
 
 use bulwark::admin::protocol::Request;
@@ -25,11 +26,21 @@ pub struct NodeAnswer {
 
 pub struct Nodes {
     pub client: Federation,
-    pub list: Vec<ConsoleNode>,
+    /// Changed by the Nodes page (`node_list`); read as a snapshot per query.
+    pub nodes: RwLock<Vec<ConsoleNode>>,
     pub timeout: Duration,
 }
 
 impl Nodes {
+    /// The nodes now, in their order.
+    pub fn list(&self) -> Vec<ConsoleNode> {
+        self.nodes.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn replace(&self, list: Vec<ConsoleNode>) {
+        *self.nodes.write().unwrap_or_else(|p| p.into_inner()) = list;
+    }
+
     pub async fn ask(&self, node: &ConsoleNode, request: &Request) -> NodeAnswer {
         let outcome = self
             .client
@@ -50,11 +61,13 @@ impl Nodes {
 
     /// `request` to every node (or only `only`), concurrently.
     pub async fn fan_out(&self, request: &Request, only: Option<&str>) -> Vec<NodeAnswer> {
-        let chosen = self
-            .list
-            .iter()
-            .filter(|n| only.is_none_or(|name| n.name == name));
+        let chosen: Vec<ConsoleNode> = self
+            .list()
+            .into_iter()
+            .filter(|n| only.is_none_or(|name| n.name == name))
+            .collect();
         let mut asks: Vec<_> = chosen
+            .iter()
             .map(|node| Box::pin(self.ask(node, request)))
             .collect();
         join_all(&mut asks).await
@@ -94,7 +107,7 @@ impl Nodes {
         name: &str,
         request: &Request,
     ) -> bulwark::admin::protocol::Response {
-        let Some(node) = self.list.iter().find(|n| n.name == name) else {
+        let Some(node) = self.list().into_iter().find(|n| n.name == name) else {
             return bulwark::admin::protocol::Response::error(format!("no node {name:?}"));
         };
         match self

@@ -6,12 +6,27 @@
 //! It reads `[console]` from a bulwark configuration file (`--config`), serves HTTPS only, and
 //! embeds every asset it serves (no CDN, works air-gapped).
 
+mod alerts;
 mod api;
+mod api_ops;
 mod app;
 mod audit;
 mod auth;
+mod config_ops;
+mod config_text;
+mod digest;
 mod federation;
+mod node_list;
+mod ops;
+mod ops_api;
+mod outbox;
 mod pages;
+mod pages_config;
+mod pages_nodes;
+mod quarantine_ops;
+mod reports;
+mod schedule;
+mod webhook;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -48,6 +63,8 @@ enum StartError {
     Tls(#[from] bulwark::admin::https::PemError),
     #[error("TLS: {0}")]
     Rustls(#[from] rustls::Error),
+    #[error(transparent)]
+    State(#[from] app::StateError),
     #[error("listen {address}: {source}")]
     Bind {
         address: SocketAddr,
@@ -83,6 +100,8 @@ async fn run(args: Args) -> Result<(), StartError> {
         .ok_or_else(|| StartError::NoConsole(args.config.clone()))?;
     let state = app::new_state(console.clone())?;
     app::spawn_sampler(state.clone());
+    alerts::spawn(state.clone());
+    schedule::spawn(state.clone());
     let router = app::router(state);
     let listener = TcpListener::bind(console.listen)
         .await

@@ -35,12 +35,13 @@ pub fn routes() -> Router<State> {
         .route("/queue", get(queue_page).post(queue_action))
         .route("/quarantine", get(quarantine_page).post(quarantine_action))
         .route("/quarantine/{node}/{id}", get(preview))
+        .route("/quarantine/bulk", post(quarantine_bulk))
         .route("/track", get(track_page))
-        .route("/config", get(config_page).post(config_action))
         .route("/flow", get(flow_page).post(flow_action))
-        .route("/nodes", get(nodes_page))
         .route("/audit", get(audit_page))
         .route("/audit.jsonl", get(audit_export))
+        .merge(crate::pages_config::routes())
+        .merge(crate::pages_nodes::routes())
 }
 
 pub fn escape(text: &str) -> String {
@@ -58,7 +59,7 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-fn text(value: &Value) -> String {
+pub(crate) fn text(value: &Value) -> String {
     match value {
         Value::String(s) => escape(s),
         Value::Null => "-".into(),
@@ -66,10 +67,10 @@ fn text(value: &Value) -> String {
     }
 }
 
-fn layout(title: &str, caller: Option<&Caller>, body: &str) -> Html<String> {
+pub(crate) fn layout(title: &str, caller: Option<&Caller>, body: &str) -> Html<String> {
     let nav = match caller {
         Some(c) => format!(
-            "<nav><a href=\"/\">Dashboard</a><a href=\"/queue\">Queue</a><a href=\"/quarantine\">Quarantine</a><a href=\"/track\">Tracking</a><a href=\"/config\">Configuration</a><a href=\"/flow\">Flow</a><a href=\"/nodes\">Nodes</a><a href=\"/audit\">Audit</a>\
+            "<nav><a href=\"/\">Dashboard</a><a href=\"/queue\">Queue</a><a href=\"/quarantine\">Quarantine</a><a href=\"/track\">Tracking</a><a href=\"/config\">Configuration</a><a href=\"/flow\">Flow</a><a href=\"/nodes\">Nodes</a><a href=\"/audit\">Audit</a><a href=\"/alerts\">Alerts</a><a href=\"/reports\">Reports</a>\
              <form method=\"post\" action=\"/logout\" style=\"display:inline\"><input type=\"hidden\" name=\"csrf\" value=\"{}\"><button>Log out {}</button></form></nav>",
             c.session.csrf, escape(&c.session.user)),
         None => String::new(),
@@ -77,7 +78,7 @@ fn layout(title: &str, caller: Option<&Caller>, body: &str) -> Html<String> {
     Html(format!("<!doctype html><html><head><meta charset=\"utf-8\"><title>{} - Bulwark</title><link rel=\"stylesheet\" href=\"/style.css\"></head><body>{nav}<main><h1>{}</h1>{body}</main></body></html>", escape(title), escape(title)))
 }
 
-fn csrf_field(caller: &Caller) -> String {
+pub(crate) fn csrf_field(caller: &Caller) -> String {
     format!(
         "<input type=\"hidden\" name=\"csrf\" value=\"{}\">",
         caller.session.csrf
@@ -95,7 +96,7 @@ fn same_secret(expected: &str, given: &str) -> bool {
 }
 
 /// Refuses a browser post whose CSRF token is not the session's.
-fn check_csrf(caller: &Caller, token: &str) -> Result<(), Refusal> {
+pub(crate) fn check_csrf(caller: &Caller, token: &str) -> Result<(), Refusal> {
     if caller.cookie && !same_secret(&caller.session.csrf, token) {
         return Err((StatusCode::FORBIDDEN, "missing or wrong CSRF token\n"));
     }
@@ -103,7 +104,7 @@ fn check_csrf(caller: &Caller, token: &str) -> Result<(), Refusal> {
 }
 
 /// "node X did not answer: why" lines for the nodes without a result.
-fn unanswered(answers: &[NodeAnswer]) -> String {
+pub(crate) fn unanswered(answers: &[NodeAnswer]) -> String {
     answers
         .iter()
         .filter(|a| a.result.is_none())
@@ -115,6 +116,63 @@ fn unanswered(answers: &[NodeAnswer]) -> String {
             )
         })
         .collect()
+}
+
+/// One table: its `id`, the header cells (plain text, escaped here), then the rows, whose
+/// cells are already rendered HTML (each caller escapes what it puts in).
+pub(crate) fn table(
+    id: &str,
+    headers: &[&str],
+    rows: impl IntoIterator<Item = Vec<String>>,
+) -> String {
+    let mut out = format!("<table id=\"{}\"><tr>", escape(id));
+    for header in headers {
+        let _ = write!(out, "<th>{}</th>", escape(header));
+    }
+    out.push_str("</tr>");
+    for row in rows {
+        out.push_str("<tr>");
+        for cell in row {
+            let _ = write!(out, "<td>{cell}</td>");
+        }
+        out.push_str("</tr>");
+    }
+    out.push_str("</table>");
+    out
+}
+
+/// Every (node, entry) of the answers whose result is a list (queue, quarantine, flow lists).
+pub(crate) fn entries(answers: &[NodeAnswer]) -> impl Iterator<Item = (&str, &Value)> {
+    answers.iter().flat_map(|a| {
+        a.result
+            .as_ref()
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(move |e| (a.node.as_str(), e))
+    })
+}
+
+/// The page of a refused or failed change: the reason, and a way back.
+pub(crate) fn problem_page(
+    caller: &Caller,
+    title: &str,
+    status: StatusCode,
+    why: &str,
+    back: &str,
+) -> Response {
+    (
+        status,
+        layout(
+            title,
+            Some(caller),
+            &format!(
+                "<p class=\"problem\">{}</p><p><a href=\"{back}\">back</a></p>",
+                escape(why)
+            ),
+        ),
+    )
+        .into_response()
 }
 
 async fn login_page() -> Html<String> {
@@ -293,25 +351,36 @@ async fn queue_page(
     let needle = search.q.clone().unwrap_or_default().to_ascii_lowercase();
     let mut body = format!("<form method=\"get\"><input name=\"q\" value=\"{}\" placeholder=\"sender, recipient, subject, id\"><button>Search</button></form>", escape(&needle));
     body.push_str(&unanswered(&answers));
-    body.push_str("<table><tr><th>node</th><th>id</th><th>state</th><th>sender</th><th>recipients</th><th>subject</th><th>last error</th><th></th></tr>");
-    for a in &answers {
-        for e in a
-            .result
-            .as_ref()
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            if !needle.is_empty() && !e.to_string().to_ascii_lowercase().contains(&needle) {
-                continue;
-            }
-            let _ = write!(body, "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                escape(&a.node), text(&e["id"]), text(&e["state"]), text(&e["sender"]), text(&e["recipients"]), text(&e["subject"]), text(&e["last_error"]),
-                action_buttons(&caller, "/queue", &a.node, e["id"].as_str().unwrap_or(""), &["hold", "release", "delete"]));
-        }
-    }
-    body.push_str("</table>");
-    for node in &state.nodes.list {
+    let rows = entries(&answers)
+        .filter(|(_, e)| needle.is_empty() || e.to_string().to_ascii_lowercase().contains(&needle))
+        .map(|(node, e)| {
+            let id = e["id"].as_str().unwrap_or("");
+            vec![
+                escape(node),
+                text(&e["id"]),
+                text(&e["state"]),
+                text(&e["sender"]),
+                text(&e["recipients"]),
+                text(&e["subject"]),
+                text(&e["last_error"]),
+                action_buttons(&caller, "/queue", node, id, &["hold", "release", "delete"]),
+            ]
+        });
+    body.push_str(&table(
+        "queue",
+        &[
+            "node",
+            "id",
+            "state",
+            "sender",
+            "recipients",
+            "subject",
+            "last error",
+            "",
+        ],
+        rows,
+    ));
+    for node in &state.nodes.list() {
         body.push_str(&action_buttons(
             &caller,
             "/queue",
@@ -320,10 +389,72 @@ async fn queue_page(
             &["flush"],
         ));
     }
+    body.push_str(&destinations_section(&state, &caller).await);
     layout("Queue", Some(&caller), &body).into_response()
 }
 
-fn action_buttons(caller: &Caller, action: &str, node: &str, id: &str, verbs: &[&str]) -> String {
+/// Per-destination state from each node's delivery engine: waiting messages, connections,
+/// failures, the last error, and when it is tried next (a destination that is down).
+async fn destinations_section(state: &State, caller: &Caller) -> String {
+    let answers = state
+        .nodes
+        .fan_out(&NodeRequest::QueueDestinations, None)
+        .await;
+    let rows = entries(&answers).map(|(node, d)| {
+        let next = match d["down_for_seconds"].as_u64() {
+            Some(seconds) => format!("in {seconds} s"),
+            None => "when a message is ready".to_string(),
+        };
+        let destination = d["destination"].as_str().unwrap_or("");
+        vec![
+            escape(node),
+            escape(destination),
+            text(&d["state"]),
+            text(&d["queued"]),
+            format!(
+                "{}/{}",
+                text(&d["active_connections"]),
+                text(&d["connection_limit"])
+            ),
+            text(&d["consecutive_failures"]),
+            text(&d["last_error"]),
+            escape(&next),
+            destination_flush(caller, node, destination),
+        ]
+    });
+    format!(
+        "<h2>Destinations</h2>{}{}",
+        unanswered(&answers),
+        table(
+            "destinations",
+            &[
+                "node",
+                "destination",
+                "state",
+                "queued",
+                "connections",
+                "failures",
+                "last error",
+                "next attempt",
+                ""
+            ],
+            rows
+        )
+    )
+}
+
+fn destination_flush(caller: &Caller, node: &str, destination: &str) -> String {
+    format!("<form method=\"post\" action=\"/queue\" style=\"display:inline\">{}<input type=\"hidden\" name=\"node\" value=\"{}\"><input type=\"hidden\" name=\"to\" value=\"{}\"><button name=\"verb\" value=\"flush-destination\">retry now</button></form>",
+        csrf_field(caller), escape(node), escape(destination))
+}
+
+pub(crate) fn action_buttons(
+    caller: &Caller,
+    action: &str,
+    node: &str,
+    id: &str,
+    verbs: &[&str],
+) -> String {
     verbs
         .iter()
         .map(|verb| format!("<form method=\"post\" action=\"{action}\" style=\"display:inline\">{}<input type=\"hidden\" name=\"node\" value=\"{}\"><input type=\"hidden\" name=\"id\" value=\"{}\"><button name=\"verb\" value=\"{verb}\">{verb}{}</button></form>",
@@ -404,6 +535,9 @@ async fn queue_action(
         "release" => NodeRequest::QueueRelease { ids },
         "delete" => NodeRequest::QueueDelete { ids },
         "flush" => NodeRequest::QueueFlush { destination: None },
+        "flush-destination" => NodeRequest::QueueFlush {
+            destination: Some(form.to.clone()),
+        },
         _ => return (StatusCode::BAD_REQUEST, "unknown action\n").into_response(),
     };
     change(
@@ -429,25 +563,37 @@ async fn quarantine_page(
     let needle = search.q.clone().unwrap_or_default().to_ascii_lowercase();
     let mut body = format!("<form method=\"get\"><input name=\"q\" value=\"{}\" placeholder=\"sender, recipient, subject, reason\"><button>Search</button></form>", escape(&needle));
     body.push_str(&unanswered(&answers));
-    body.push_str("<table><tr><th>node</th><th>id</th><th>sender</th><th>recipients</th><th>subject</th><th>reason</th><th>state</th><th></th></tr>");
-    for a in &answers {
-        for e in a
-            .result
-            .as_ref()
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            if !needle.is_empty() && !e.to_string().to_ascii_lowercase().contains(&needle) {
-                continue;
-            }
+    let verbs: &[&str] = if caller.may(Permission::Flow).is_ok() {
+        &["release", "release-allow", "delete"]
+    } else {
+        &["release", "delete"]
+    };
+    let rows = entries(&answers)
+        .filter(|(_, e)| needle.is_empty() || e.to_string().to_ascii_lowercase().contains(&needle))
+        .map(|(node, e)| {
             let id = e["id"].as_str().unwrap_or("");
-            let _ = write!(body, "<tr><td>{}</td><td><a href=\"/quarantine/{}/{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                escape(&a.node), escape(&a.node), escape(id), escape(id), text(&e["sender"]), text(&e["recipients"]), text(&e["subject"]), text(&e["reason"]), text(&e["state"]),
-                action_buttons(&caller, "/quarantine", &a.node, id, &["release", "delete"]));
-        }
-    }
-    body.push_str("</table>");
+            // The checkbox belongs to the bulk form below (HTML `form` attribute): no nesting.
+            vec![format!("<input type=\"checkbox\" name=\"item\" value=\"{}/{}\" form=\"bulk\" aria-label=\"select {}\">", escape(node), escape(id), escape(id)),
+                escape(node), format!("<a href=\"/quarantine/{}/{}\">{}</a>", escape(node), escape(id), escape(id)),
+                text(&e["sender"]), text(&e["recipients"]), text(&e["subject"]), text(&e["reason"]), text(&e["state"]),
+                action_buttons(&caller, "/quarantine", node, id, verbs)]
+        });
+    body.push_str(&table(
+        "quarantine",
+        &[
+            "",
+            "node",
+            "id",
+            "sender",
+            "recipients",
+            "subject",
+            "reason",
+            "state",
+            "",
+        ],
+        rows,
+    ));
+    let _ = write!(body, "<form method=\"post\" action=\"/quarantine/bulk\" id=\"bulk\">{}<p>Selected: <button name=\"verb\" value=\"release\">release selected</button> <button name=\"verb\" value=\"delete\">delete selected</button></p></form>", csrf_field(&caller));
     layout("Quarantine", Some(&caller), &body).into_response()
 }
 
@@ -472,15 +618,32 @@ async fn quarantine_action(
                 Err((status, message)) => (status, layout("Release refused", Some(&caller), &format!("<p class=\"problem\">{}</p>", escape(&message)))).into_response(),
             }
         }
+        "release-allow" => {
+            match crate::quarantine_ops::release_and_allow(&state, &caller, &form.node, &form.id)
+                .await
+            {
+                Ok(done) => {
+                    let allowed = if done.allowed.ok {
+                        format!("<p class=\"ok\" id=\"allowed\">sender {} added to the allow list of {} (version {})</p>", escape(&done.sender), escape(&form.node), done.allowed.version.unwrap_or(0))
+                    } else {
+                        format!("<p class=\"problem\" id=\"allowed\">released, but the sender was not allowed: {}</p>", escape(done.allowed.error.as_deref().unwrap_or("?")))
+                    };
+                    layout("Released", Some(&caller), &format!("<p class=\"ok\">released {}</p>{allowed}<p><a href=\"/quarantine\">back</a></p>", escape(&form.id))).into_response()
+                }
+                Err(e) => problem_page(
+                    &caller,
+                    "Release refused",
+                    StatusCode::FORBIDDEN,
+                    &e.to_string(),
+                    "/quarantine",
+                ),
+            }
+        }
         "delete" => {
-            let visible = quarantine_entries(&state, &caller).await;
-            let owned = visible
-                .iter()
-                .filter(|a| a.node == form.node)
-                .filter_map(|a| a.result.as_ref()?.as_array())
-                .flatten()
-                .any(|e| e["id"].as_str() == Some(form.id.as_str()));
-            if !owned {
+            if crate::quarantine_ops::visible_entry(&state, &caller, &form.node, &form.id)
+                .await
+                .is_none()
+            {
                 return (StatusCode::NOT_FOUND, "no such message you may see\n").into_response();
             }
             change(
@@ -491,6 +654,7 @@ async fn quarantine_action(
                 &form.node,
                 NodeRequest::QuarantineDelete {
                     ids: vec![form.id.clone()],
+                    spam: false,
                 },
             )
             .await
@@ -499,20 +663,87 @@ async fn quarantine_action(
     }
 }
 
+#[derive(Deserialize)]
+struct BulkForm {
+    #[serde(default)]
+    csrf: String,
+    verb: String,
+}
+
+/// Release or delete every selected message (`item` = `node/id`, repeated).
+async fn quarantine_bulk(
+    Shared(state): Shared<State>,
+    caller: Caller,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Response {
+    let field = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let form = BulkForm {
+        csrf: field("csrf"),
+        verb: field("verb"),
+    };
+    if let Err(refused) =
+        check_csrf(&caller, &form.csrf).and_then(|()| caller.may(Permission::Quarantine))
+    {
+        return refused.into_response();
+    }
+    let action = match form.verb.as_str() {
+        "release" => crate::quarantine_ops::BulkAction::Release,
+        "delete" => crate::quarantine_ops::BulkAction::Delete,
+        _ => return (StatusCode::BAD_REQUEST, "unknown action\n").into_response(),
+    };
+    let items: Vec<_> = pairs
+        .iter()
+        .filter(|(k, _)| k == "item")
+        .filter_map(|(_, v)| v.split_once('/'))
+        .map(|(node, id)| crate::quarantine_ops::Item {
+            node: node.to_string(),
+            id: id.to_string(),
+        })
+        .collect();
+    if items.is_empty() {
+        return problem_page(
+            &caller,
+            "Bulk action",
+            StatusCode::BAD_REQUEST,
+            "no message selected",
+            "/quarantine",
+        );
+    }
+    let outcomes = crate::quarantine_ops::bulk(&state, &caller, action, &items).await;
+    let rows = outcomes.iter().map(|o| {
+        let verdict = if o.ok {
+            "<span class=\"ok\">done</span>".to_string()
+        } else {
+            format!(
+                "<span class=\"problem\">{}</span>",
+                escape(o.error.as_deref().unwrap_or("failed"))
+            )
+        };
+        vec![escape(&o.node), escape(&o.id), verdict]
+    });
+    let body = format!(
+        "{}<p><a href=\"/quarantine\">back</a></p>",
+        table("bulk-outcomes", &["node", "id", "outcome"], rows)
+    );
+    layout(&format!("Bulk {}", form.verb), Some(&caller), &body).into_response()
+}
+
 /// The message as escaped text: nothing in it can run or load anything.
 async fn preview(
     Shared(state): Shared<State>,
     caller: Caller,
     Path((node, id)): Path<(String, String)>,
 ) -> Response {
-    let visible = quarantine_entries(&state, &caller).await;
-    let owned = visible
-        .iter()
-        .filter(|a| a.node == node)
-        .filter_map(|a| a.result.as_ref()?.as_array())
-        .flatten()
-        .any(|e| e["id"].as_str() == Some(id.as_str()));
-    if !owned {
+    if crate::quarantine_ops::visible_entry(&state, &caller, &node, &id)
+        .await
+        .is_none()
+    {
         return (StatusCode::NOT_FOUND, "no such message you may see\n").into_response();
     }
     let answers = state
@@ -585,188 +816,28 @@ fn flatten_events(result: &Value) -> Vec<Value> {
     }
 }
 
-#[derive(Deserialize, Default)]
-struct NodeChoice {
-    #[serde(default)]
-    node: Option<String>,
-}
-
-fn node_picker(state: &State, chosen: &str, action: &str) -> String {
-    let options: String = state
-        .nodes
-        .list
-        .iter()
-        .map(|n| {
-            format!(
-                "<option{}>{}</option>",
-                if n.name == chosen { " selected" } else { "" },
-                escape(&n.name)
-            )
-        })
-        .collect();
-    format!("<form method=\"get\" action=\"{action}\"><select name=\"node\">{options}</select><button>Show</button></form>")
-}
-
-async fn config_page(
-    Shared(state): Shared<State>,
-    caller: Caller,
-    Query(choice): Query<NodeChoice>,
-) -> Response {
-    if let Err(refused) = caller.may(Permission::Read) {
-        return refused.into_response();
-    }
-    let node = choice
-        .node
-        .or_else(|| state.nodes.list.first().map(|n| n.name.clone()))
-        .unwrap_or_default();
-    let answers = state
-        .nodes
-        .fan_out(&NodeRequest::ConfigGet, Some(&node))
-        .await;
-    let current = answers
-        .first()
-        .and_then(|a| a.result.as_ref())
-        .and_then(|r| r["text"].as_str())
-        .unwrap_or("")
-        .to_string();
-    let body = format!(
-        "{}{}{}",
-        node_picker(&state, &node, "/config"),
-        unanswered(&answers),
-        config_form(&caller, &node, &current)
-    );
-    layout("Configuration", Some(&caller), &body).into_response()
-}
-
-fn config_form(caller: &Caller, node: &str, text: &str) -> String {
-    format!("<form method=\"post\" action=\"/config\">{}<input type=\"hidden\" name=\"node\" value=\"{}\"><textarea name=\"text\" rows=\"30\" cols=\"100\" id=\"config-text\">{}</textarea><p><button name=\"verb\" value=\"validate\">Validate and show diff</button> <button name=\"verb\" value=\"apply\">Apply and reload</button></p></form>",
-        csrf_field(caller), escape(node), escape(text))
-}
-
-#[derive(Deserialize)]
-struct ConfigEdit {
-    #[serde(default)]
-    csrf: String,
-    node: String,
-    text: String,
-    verb: String,
-}
-
-/// Lines only in `old` (-) and only in `new` (+), in file order: enough to review an edit.
-fn line_diff(old: &str, new: &str) -> String {
-    let mut out = String::new();
-    for line in old.lines().filter(|l| !new.lines().any(|n| n == *l)) {
-        let _ = writeln!(out, "<span class=\"del\">- {}</span>", escape(line));
-    }
-    for line in new.lines().filter(|l| !old.lines().any(|o| o == *l)) {
-        let _ = writeln!(out, "<span class=\"add\">+ {}</span>", escape(line));
-    }
-    out
-}
-
-async fn config_action(
-    Shared(state): Shared<State>,
-    caller: Caller,
-    Form(form): Form<ConfigEdit>,
-) -> Response {
-    if let Err(refused) =
-        check_csrf(&caller, &form.csrf).and_then(|()| caller.may(Permission::Config))
-    {
-        return refused.into_response();
-    }
-    let text = form.text.replace("\r\n", "\n");
-    let request = if form.verb == "apply" {
-        NodeRequest::ConfigPut { text: text.clone() }
-    } else {
-        NodeRequest::ConfigValidate { text: text.clone() }
-    };
-    let current = state
-        .nodes
-        .fan_out(&NodeRequest::ConfigGet, Some(&form.node))
-        .await;
-    let old = current
-        .first()
-        .and_then(|a| a.result.as_ref())
-        .and_then(|r| r["text"].as_str())
-        .unwrap_or("")
-        .to_string();
-    let answer = state.nodes.ask_named(&form.node, &request).await;
-    if form.verb == "apply" {
-        state.audit.record(
-            &caller.session.user,
-            caller.peer,
-            "config apply",
-            json!({ "node": form.node, "ok": answer.ok }),
-            answer.ok,
-        );
-    }
-    let problems: String = answer.result["problems"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|p| {
-            format!(
-                "<li class=\"problem\">line {}, column {}: {} {}</li>",
-                p["line"],
-                p["column"],
-                text_of(&p["key"]),
-                text_of(&p["message"])
-            )
-        })
-        .collect();
-    let verdict = match (&answer.error, form.verb.as_str(), problems.is_empty()) {
-        (None, "apply", _) => "<p class=\"ok\" id=\"verdict\">applied and reloaded</p>".to_string(),
-        (None, _, true) => "<p class=\"ok\" id=\"verdict\">valid</p>".to_string(),
-        (_, _, false) => format!("<ul id=\"problems\">{problems}</ul>"),
-        (Some(e), _, true) => format!("<p class=\"problem\" id=\"verdict\">{}</p>", escape(e)),
-    };
-    let body = format!(
-        "{verdict}<h2>Diff</h2><pre id=\"diff\">{}</pre>{}",
-        line_diff(&old, &text),
-        config_form(&caller, &form.node, &text)
-    );
-    layout("Configuration", Some(&caller), &body).into_response()
-}
-
-fn text_of(value: &Value) -> String {
-    escape(value.as_str().unwrap_or(""))
-}
-
 async fn flow_page(Shared(state): Shared<State>, caller: Caller) -> Response {
     if let Err(refused) = caller.may(Permission::Read) {
         return refused.into_response();
     }
     let answers = state.nodes.fan_out(&NodeRequest::FlowList, None).await;
     let mut body = unanswered(&answers);
-    body.push_str(
-        "<table id=\"blocked\"><tr><th>node</th><th>source</th><th>detail</th><th></th></tr>",
-    );
-    for a in &answers {
-        for e in a
-            .result
-            .as_ref()
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let target = e["network"]
-                .as_str()
-                .or(e["target"].as_str())
-                .or(e["source"].as_str())
-                .unwrap_or("")
-                .to_string();
-            let _ = write!(
-                body,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                escape(&a.node),
-                escape(&target),
-                escape(&e.to_string()),
-                flow_button(&caller, &a.node, &target, "unblock")
-            );
-        }
-    }
-    body.push_str("</table><h2>Block a source</h2>");
-    for node in &state.nodes.list {
+    let rows = entries(&answers).map(|(node, e)| {
+        let target = e["network"]
+            .as_str()
+            .or(e["target"].as_str())
+            .or(e["source"].as_str())
+            .unwrap_or("");
+        vec![
+            escape(node),
+            escape(target),
+            escape(&e.to_string()),
+            flow_button(&caller, node, target, "unblock"),
+        ]
+    });
+    body.push_str(&table("blocked", &["node", "source", "detail", ""], rows));
+    body.push_str("<h2>Block a source</h2>");
+    for node in &state.nodes.list() {
         let _ = write!(body, "<form method=\"post\" action=\"/flow\">{}<input type=\"hidden\" name=\"node\" value=\"{}\"><input name=\"target\" placeholder=\"address or network\"><input name=\"seconds\" placeholder=\"seconds (empty: until unblocked)\"><button name=\"verb\" value=\"block\">block on {}</button></form>",
             csrf_field(&caller), escape(&node.name), escape(&node.name));
     }
@@ -820,47 +891,29 @@ async fn flow_action(
     .await
 }
 
-async fn nodes_page(Shared(state): Shared<State>, caller: Caller) -> Response {
-    if let Err(refused) = caller.may(Permission::Read) {
-        return refused.into_response();
-    }
-    let answers = state.nodes.fan_out(&NodeRequest::Status, None).await;
-    let mut body = String::from("<table id=\"nodes\"><tr><th>node</th><th>address</th><th>state</th><th>hostname</th><th>version</th><th>uptime</th><th>queue</th></tr>");
-    for (node, a) in state.nodes.list.iter().zip(&answers) {
-        let (class, label) = if a.result.is_some() {
-            ("ok", "up".to_string())
-        } else {
-            (
-                "down",
-                format!("DOWN: {}", a.error.as_deref().unwrap_or("?")),
-            )
-        };
-        let r = a.result.clone().unwrap_or(Value::Null);
-        let _ = write!(body, "<tr class=\"{class}\"><td>{}</td><td>{}</td><td class=\"{class}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            escape(&node.name), escape(&node.address), escape(&label), text(&r["hostname"]), text(&r["version"]), text(&r["uptime_seconds"]), text(&r["queue"]["messages"]));
-    }
-    body.push_str("</table><p>Add or remove a node: enrol it with <code>bulwarkctl node enroll</code> and list it as <code>[[console.node]]</code> in the console's configuration.</p>");
-    layout("Nodes", Some(&caller), &body).into_response()
-}
-
 async fn audit_page(Shared(state): Shared<State>, caller: Caller) -> Response {
     if let Err(refused) = caller.may(Permission::Read) {
         return refused.into_response();
     }
-    let mut body = String::from("<p><a href=\"/audit.jsonl\">export (JSON lines)</a></p><table id=\"audit\"><tr><th>when</th><th>who</th><th>from</th><th>what</th><th>ok</th><th>detail</th></tr>");
-    for e in state.audit.entries().iter().rev().take(500) {
-        let _ = write!(
-            body,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+    let entries = state.audit.entries();
+    let rows = entries.iter().rev().take(500).map(|e| {
+        vec![
             text(&e["at"]),
             text(&e["user"]),
             text(&e["from"]),
             text(&e["action"]),
             text(&e["ok"]),
-            escape(&e["detail"].to_string())
-        );
-    }
-    body.push_str("</table>");
+            escape(&e["detail"].to_string()),
+        ]
+    });
+    let body = format!(
+        "<p><a href=\"/audit.jsonl\">export (JSON lines)</a></p>{}",
+        table(
+            "audit",
+            &["when", "who", "from", "what", "ok", "detail"],
+            rows
+        )
+    );
     layout("Audit log", Some(&caller), &body).into_response()
 }
 

@@ -84,15 +84,26 @@ pub fn root_store(ca: &Path) -> Result<rustls::RootCertStore, PemError> {
     Ok(roots)
 }
 
-/// The server side: our certificate, client certificates required and checked against `ca`.
-pub fn server_config(config: &ControlConfig) -> Result<Arc<rustls::ServerConfig>, PemError> {
+/// The server side: our certificate, client certificates checked against `ca`. They are
+/// required in the handshake unless `anonymous_allowed` (an MTA-STS policy is published,
+/// which senders fetch without one); `/control` then still refuses a client without one.
+pub fn server_config(
+    config: &ControlConfig,
+    anonymous_allowed: bool,
+) -> Result<Arc<rustls::ServerConfig>, PemError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = WebPkiClientVerifier::builder_with_provider(
+    let builder = WebPkiClientVerifier::builder_with_provider(
         Arc::new(root_store(&config.ca)?),
         provider.clone(),
-    )
-    .build()
-    .map_err(|e| PemError::Verifier(e.to_string()))?;
+    );
+    let builder = if anonymous_allowed {
+        builder.allow_unauthenticated()
+    } else {
+        builder
+    };
+    let verifier = builder
+        .build()
+        .map_err(|e| PemError::Verifier(e.to_string()))?;
     let tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_client_cert_verifier(verifier)
@@ -105,8 +116,9 @@ pub fn server_config(config: &ControlConfig) -> Result<Arc<rustls::ServerConfig>
 
 pub async fn bind(
     config: &ControlConfig,
+    anonymous_allowed: bool,
 ) -> Result<(TcpListener, TlsAcceptor), ControlListenError> {
-    let acceptor = TlsAcceptor::from(server_config(config)?);
+    let acceptor = TlsAcceptor::from(server_config(config, anonymous_allowed)?);
     let listener =
         TcpListener::bind(config.listen)
             .await
@@ -143,6 +155,21 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, control: Arc<Co
     }
 }
 
+/// Where senders fetch our MTA-STS policy (RFC 8461 3.3).
+const MTA_STS_PATH: &str = "/.well-known/mta-sts.txt";
+
+/// The `[tls_policy.publish]` policy as `text/plain`, or 404 when none is configured.
+async fn serve_mta_sts(
+    tls: &mut tokio_rustls::server::TlsStream<TcpStream>,
+    control: &Control,
+) -> Result<(), HttpError> {
+    let config = control.gateway.runtime().config.clone();
+    match crate::tls_policy::published_policy(&config.tls_policy) {
+        Some(policy) => http::write_response(tls, 200, "text/plain", policy.as_bytes()).await,
+        None => http::write_response(tls, 404, "text/plain", b"no MTA-STS policy\n").await,
+    }
+}
+
 async fn exchange(
     stream: TcpStream,
     acceptor: TlsAcceptor,
@@ -150,6 +177,18 @@ async fn exchange(
 ) -> Result<(), HttpError> {
     let mut tls = acceptor.accept(stream).await?;
     let request = http::read_request(&mut tls, MAX_REQUEST).await?;
+    if request.path == MTA_STS_PATH && request.method == "GET" {
+        return serve_mta_sts(&mut tls, &control).await;
+    }
+    if tls.get_ref().1.peer_certificates().is_none() {
+        return http::write_response(
+            &mut tls,
+            403,
+            "text/plain",
+            b"client certificate required\n",
+        )
+        .await;
+    }
     if request.path != "/control" {
         return http::write_response(&mut tls, 404, "text/plain", b"only POST /control\n").await;
     }

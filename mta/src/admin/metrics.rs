@@ -82,6 +82,32 @@ fn label(name: &str, value: &str) -> String {
     format!("{{{name}=\"{escaped}\"}}")
 }
 
+/// The outbound limits' alerts (a key went over) and refused messages, when configured.
+fn outbound_limit_metrics(out: &mut String, gateway: &Gateway) {
+    let Some(ledger) = gateway.outbound_ledger() else {
+        return;
+    };
+    let (alerts, refused) = ledger.alert_counts();
+    let alerts: Vec<(String, f64)> = alerts
+        .iter()
+        .map(|(kind, count)| (label("per", kind), *count as f64))
+        .collect();
+    family(
+        out,
+        "bulwark_outbound_limit_alerts_total",
+        "counter",
+        "Outbound limit alerts: a user, sender or client went over its limit",
+        &alerts,
+    );
+    family(
+        out,
+        "bulwark_outbound_limit_refused_total",
+        "counter",
+        "Messages deferred or held by the outbound limits",
+        &plain(refused),
+    );
+}
+
 pub async fn render(gateway: &Gateway) -> String {
     let mut out = String::new();
     let c = &gateway.counters;
@@ -141,6 +167,7 @@ pub async fn render(gateway: &Gateway) -> String {
     queue_metrics(&mut out, gateway);
     destination_metrics(&mut out, gateway).await;
     flow_metrics(&mut out, gateway);
+    outbound_limit_metrics(&mut out, gateway);
     let (segments, bytes) = gateway.spool.journal_usage();
     family(
         &mut out,

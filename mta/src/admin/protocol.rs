@@ -63,9 +63,20 @@ pub enum Request {
     ConfigValidate {
         text: String,
     },
-    /// Validates `text`, replaces the file (the old one kept as `FILE.previous`) and reloads.
+    /// Validates `text`, replaces the file (the old one kept as `FILE.previous`), reloads, and
+    /// records it in the history with `by` (who) and `note` (why, e.g. "rollback to 3").
     ConfigPut {
         text: String,
+        #[serde(default)]
+        by: Option<String>,
+        #[serde(default)]
+        note: Option<String>,
+    },
+    /// The versions applied over the control protocol, oldest first (`config_history`).
+    ConfigHistory,
+    /// The text of one version of the history.
+    ConfigVersion {
+        version: u64,
     },
     /// Engines, signature versions and ages, scan counters.
     AvStatus,
@@ -75,6 +86,10 @@ pub enum Request {
     },
     /// Reloads the signature directory (after a change made outside Bulwark).
     AvReload,
+    /// The effective outbound TLS policy for a recipient domain (`bulwarkctl tls policy`).
+    TlsPolicy {
+        domain: String,
+    },
     /// A message timeline (`bulwarkctl track`).
     Track(crate::track::Query),
     QuarantineList {
@@ -88,14 +103,39 @@ pub enum Request {
         raw: bool,
     },
     /// Re-queues each message once, to all its unreleased recipients or only to `to`.
+    /// With `not_spam`, each message is first learned as ham by the anti-spam model.
     QuarantineRelease {
         ids: Vec<String>,
         #[serde(default)]
         to: Option<String>,
+        #[serde(default)]
+        not_spam: bool,
     },
+    /// With `spam`, each message is first learned as spam by the anti-spam model.
     QuarantineDelete {
         ids: Vec<String>,
+        #[serde(default)]
+        spam: bool,
     },
+    /// Queues a message the console wrote (an alert, a report, a digest) through this node's
+    /// own queue: `message` is the whole RFC 5322 text; no content filter runs on it.
+    Submit {
+        sender: String,
+        recipients: Vec<String>,
+        message: String,
+    },
+    /// Totals of the tracking store between two times (milliseconds since the epoch): the
+    /// numbers of the console's daily and weekly reports.
+    TrackSummary {
+        from_ms: i64,
+        to_ms: i64,
+        #[serde(default = "default_top")]
+        top: usize,
+    },
+}
+
+fn default_top() -> usize {
+    10
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -106,8 +106,21 @@ impl Control {
             Request::ConfigValidate { text } => {
                 super::config_edit::validate(self.config_file.as_deref(), &text)
             }
-            Request::ConfigPut { text } => {
-                super::config_edit::put(self.config_file.as_deref(), &text, &self.hooks.reload)
+            Request::ConfigPut { text, by, note } => {
+                let author = super::config_edit::Author {
+                    by: by.as_deref().unwrap_or("control"),
+                    note: note.as_deref().unwrap_or(""),
+                };
+                super::config_edit::put(
+                    self.config_file.as_deref(),
+                    &text,
+                    &author,
+                    &self.hooks.reload,
+                )
+            }
+            Request::ConfigHistory => super::config_edit::history(self.config_file.as_deref()),
+            Request::ConfigVersion { version } => {
+                super::config_edit::version(self.config_file.as_deref(), version)
             }
             other => execute(other, &self.gateway, &self.hooks).await,
         }
@@ -116,7 +129,11 @@ impl Control {
 
 async fn execute(request: Request, gateway: &Gateway, hooks: &ConfigHooks) -> Response {
     match request {
-        Request::ConfigGet | Request::ConfigValidate { .. } | Request::ConfigPut { .. } => {
+        Request::ConfigGet
+        | Request::ConfigValidate { .. }
+        | Request::ConfigPut { .. }
+        | Request::ConfigHistory
+        | Request::ConfigVersion { .. } => {
             Response::error("configuration requests need the control context")
         }
         Request::Status => Response::ok(status(gateway)),
@@ -179,14 +196,64 @@ async fn execute(request: Request, gateway: &Gateway, hooks: &ConfigHooks) -> Re
             Ok(version) => Response::ok(json!({ "reloaded": true, "version": version })),
             Err(e) => Response::error(format!("reload refused, the old set stays: {e}")),
         }),
+        Request::TlsPolicy { domain } => tls_policy(gateway, &domain).await,
         Request::Track(query) => track(gateway, query).await,
         Request::QuarantineList { filter } => quarantine::list(gateway, &filter),
         Request::QuarantineShow { id, raw } => quarantine::show(gateway, &id, raw),
-        Request::QuarantineRelease { ids, to } => {
-            quarantine::release(gateway, &ids, to.as_deref()).await
+        Request::QuarantineRelease { ids, to, not_spam } => {
+            quarantine::release(gateway, &ids, to.as_deref(), not_spam).await
         }
-        Request::QuarantineDelete { ids } => quarantine::delete(gateway, &ids).await,
+        Request::QuarantineDelete { ids, spam } => quarantine::delete(gateway, &ids, spam).await,
+        Request::Submit {
+            sender,
+            recipients,
+            message,
+        } => super::submit::submit(gateway, &sender, &recipients, &message).await,
+        Request::TrackSummary {
+            from_ms,
+            to_ms,
+            top,
+        } => track_summary(gateway, from_ms, to_ms, top).await,
     }
+}
+
+/// The policy delivery would apply to `domain` now (the MX hosts looked up afresh).
+async fn tls_policy(gateway: &Gateway, domain: &str) -> Response {
+    use crate::route::{Resolver, Router, Target};
+    let Some(security) = gateway.transport_security.get() else {
+        return Response::error("transport security is not running");
+    };
+    let config = gateway.runtime().config.clone();
+    let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+    let destination = Router::new(&config).destination(&domain);
+    let mut error = None;
+    let hosts: Vec<(String, u16)> = match &destination.target {
+        Target::Hops(hops) => hops.iter().map(|h| (h.host.clone(), h.port)).collect(),
+        Target::Maildir(_) => Vec::new(),
+        Target::Mx(domain) => {
+            let port = config.delivery.mx_port;
+            let answer = match crate::route::HickoryResolver::new(&config.dns) {
+                Ok(resolver) => resolver.mx(domain).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match answer {
+                Ok(crate::route::MxAnswer::Hosts(hosts)) => {
+                    hosts.into_iter().map(|h| (h, port)).collect()
+                }
+                Ok(crate::route::MxAnswer::Implicit) => vec![(domain.clone(), port)],
+                Ok(crate::route::MxAnswer::NullMx) => Vec::new(),
+                Err(e) => {
+                    error = Some(e);
+                    Vec::new()
+                }
+            }
+        }
+    };
+    let mut result = crate::tls_policy::explain(security, &destination, &hosts).await;
+    if let (Some(error), Some(map)) = (error, result.as_object_mut()) {
+        map.insert("error".into(), json!(error));
+    }
+    Response::ok(result)
 }
 
 fn with_antivirus(gateway: &Gateway, act: impl FnOnce(&Antivirus) -> Response) -> Response {
@@ -280,9 +347,54 @@ fn status(gateway: &Gateway) -> Value {
         "journal": { "segments": journal_segments, "bytes": journal_bytes },
         "tracking": gateway.tracker.status(),
         "spool": { "recovery_problems": gateway.spool.recovery_problems() },
+        "disk": disk(gateway, config.server.min_free_space),
+        "certificates": certificates(config),
         "unknown_recipients_by_client": gateway.harvest.top(10).iter()
             .map(|(ip, n)| json!({ "client": ip.to_string(), "count": n })).collect::<Vec<_>>(),
     })
+}
+
+/// The spool's file system: what the console's disk and spool alerts compare.
+fn disk(gateway: &Gateway, reserve: u64) -> Value {
+    match gateway.spool.file_system() {
+        Ok((free, total)) => json!({
+            "free_bytes": free,
+            "total_bytes": total,
+            "used_percent": if total == 0 { 0 } else { 100 - free.saturating_mul(100) / total },
+            "reserve_bytes": reserve,
+        }),
+        Err(e) => json!({ "error": e.to_string() }),
+    }
+}
+
+/// When each certificate this node serves expires (the console's certificate alert).
+fn certificates(config: &crate::config::Config) -> Value {
+    let mut files = Vec::new();
+    if let Some(tls) = &config.tls {
+        files.push(("tls", &tls.certificate));
+    }
+    if let Some(control) = &config.control {
+        files.push(("control", &control.certificate));
+    }
+    let list: Vec<Value> = files
+        .into_iter()
+        .map(|(role, path)| match super::certificate::not_after(path) {
+            Ok(not_after) => json!({ "role": role, "path": path, "not_after": not_after }),
+            Err(e) => json!({ "role": role, "path": path, "error": e.to_string() }),
+        })
+        .collect();
+    json!(list)
+}
+
+/// The tracking store's totals for a report, read off the async runtime.
+async fn track_summary(gateway: &Gateway, from_ms: i64, to_ms: i64, top: usize) -> Response {
+    let tracker = gateway.tracker.clone();
+    let top = top.clamp(1, 100);
+    match tokio::task::spawn_blocking(move || tracker.summary(from_ms, to_ms, top)).await {
+        Ok(Ok(summary)) => Response::ok(json!(summary)),
+        Ok(Err(e)) => Response::error(e.to_string()),
+        Err(e) => Response::error(format!("tracking summary failed: {e}")),
+    }
 }
 
 pub(super) fn parse_ids(ids: &[String]) -> Result<Vec<QueueId>, Response> {

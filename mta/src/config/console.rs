@@ -73,8 +73,27 @@ pub struct ConsoleConfig {
     /// The audit log (JSON lines); default: `users_file` + `.audit`.
     #[serde(default)]
     pub audit_log: Option<PathBuf>,
+    /// The node list as added and removed on the Nodes page (TOML, `[[node]]`); once it exists
+    /// it is the list, `[[console.node]]` only seeds it. Default: `users_file` + `.nodes`.
+    #[serde(default)]
+    pub nodes_file: Option<PathBuf>,
     #[serde(default, rename = "node")]
     pub nodes: Vec<ConsoleNode>,
+    /// Alert history, the digest link key, used links, schedule marks; default:
+    /// `users_file` + `.state`.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// The console's address as mail readers reach it (digest links), `https://host:port`.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    #[serde(default)]
+    pub mail: Option<super::ConsoleMailConfig>,
+    #[serde(default)]
+    pub alerts: Option<super::AlertsConfig>,
+    #[serde(default)]
+    pub reports: Option<super::ReportsConfig>,
+    #[serde(default)]
+    pub digest: Option<super::DigestConfig>,
 }
 
 /// One federated gateway.
@@ -101,6 +120,22 @@ impl ConsoleNode {
 }
 
 impl ConsoleConfig {
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir.clone().unwrap_or_else(|| {
+            let mut name = self.users_file.clone().into_os_string();
+            name.push(".state");
+            PathBuf::from(name)
+        })
+    }
+
+    pub fn nodes_file(&self) -> PathBuf {
+        self.nodes_file.clone().unwrap_or_else(|| {
+            let mut name = self.users_file.clone().into_os_string();
+            name.push(".nodes");
+            PathBuf::from(name)
+        })
+    }
+
     pub fn audit_log(&self) -> PathBuf {
         self.audit_log.clone().unwrap_or_else(|| {
             let mut name = self.users_file.clone().into_os_string();
