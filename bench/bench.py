@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
 """Bulwark's benchmark suite: Bulwark and Postfix measured side by side in one run.
 
-    python3 bench/bench.py            # full run (documented in README; ~15 minutes)
-    python3 bench/bench.py --short    # a quick smoke of every measurement (~2 minutes)
+    sudo python3 bench/bench.py            # long run (documented in README; ~15 minutes)
+    sudo python3 bench/bench.py --short    # CI: a quick smoke of every measurement (~2 minutes)
+    sudo python3 bench/bench.py --short --profile debug   # smoke run, no release build
+
+The harness (bulwarkd under test, relay-bench.sh, the Postfix peer) is bench/harness.py,
+shared with av_bench.py and milter_bench.py.
 
 End-to-end relay (Postfix's smtp-source -> MTA -> smtp-sink on loopback, 20 sessions, one
 message per session as smtp-source sends them) uses the shared harness
@@ -23,14 +27,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
-import platform
 import re
 import resource
 import shutil
-import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,171 +38,23 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED_BENCH = Path(os.environ.get("SHARED_BENCH", REPO.parent / "shared" / "bench"))
-BULWARKD = REPO / "target" / "release" / "bulwarkd"
-BULWARKCTL = REPO / "target" / "release" / "bulwarkctl"
-RESULTS = REPO / "bench" / "RESULTS.md"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness as h  # noqa: E402  (shared with av_bench.py and milter_bench.py)
+from harness import (BULWARK_PORT, SINK_PORT, Bulwark, log, relay_bench,  # noqa: E402
+                     run)
 
-BULWARK_PORT, SINK_PORT = 2625, 2626
-POSTFIX_PORT, POSTFIX_SINK_PORT = 2525, 2526
-
-
-def log(text: str) -> None:
-    print(f"[bench] {text}", file=sys.stderr, flush=True)
-
-
-def run(cmd: list[str] | str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, text=True, capture_output=True, **kw)
-
-
-# --------------------------------------------------------------------------------------------
-# Bulwark under test
-# --------------------------------------------------------------------------------------------
-
-class Bulwark:
-    """A release bulwarkd relaying example.test to 127.0.0.1:SINK_PORT (or holding mail)."""
-
-    def __init__(self, work: Path, hold: bool = False, sink_port: int = SINK_PORT,
-                 sessions: int = 20000, extra_toml: str = ""):
-        self.dir = Path(tempfile.mkdtemp(prefix="bulwark-bench-", dir=work))
-        self.config = self.dir / "bulwark.toml"
-        hop = "127.0.0.1:9" if hold else f"127.0.0.1:{sink_port}"
-        delivery = ('retry_initial = "1h"\nretry_max = "2h"\ndead_destination_failures = 1\n'
-                    if hold else 'retry_initial = "1s"\nretry_max = "5s"\n')
-        self.config.write_text(f"""
-[server]
-hostname = "bench.test"
-spool_dir = "{self.dir / 'spool'}"
-control_socket = "{self.dir / 'ctl.sock'}"
-[[listener]]
-address = "127.0.0.1:{BULWARK_PORT}"
-role = "mx"
-max_sessions = {sessions}
-[relay]
-domains = ["example.test"]
-trusted_networks = ["127.0.0.0/8"]
-[limits]
-max_sessions_per_client = {sessions}
-# Each run its own tracking store: the built-in /var/lib/bulwark/tracking is shared by every
-# run on the machine and grows, so a later run would measure a bigger store.
-[tracking]
-dir = "{self.dir / 'tracking'}"
-[[route]]
-domains = ["*"]
-next_hops = ["{hop}"]
-tls = "none"
-max_connections = 20
-[delivery]
-{delivery}
-[dns]
-servers = ["127.0.0.1:9"]
-{extra_toml}
-""")
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, nofile: int = 65536) -> "Bulwark":
-        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-        wanted = min(nofile, hard) if hard != resource.RLIM_INFINITY else nofile
-
-        def limits():
-            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-        env = dict(os.environ, BULWARK_LOG="warn")
-        self.proc = subprocess.Popen([str(BULWARKD), "--config", str(self.config)],
-                                     stdout=subprocess.DEVNULL, stderr=open(self.dir / "log", "w"),
-                                     preexec_fn=limits, env=env)
-        for _ in range(100):
-            if (self.dir / "ctl.sock").exists() and port_open(BULWARK_PORT):
-                return self
-            time.sleep(0.05)
-        raise RuntimeError(f"bulwarkd did not start: {(self.dir / 'log').read_text()[-2000:]}")
-
-    def ctl(self, *args: str) -> str:
-        return run([str(BULWARKCTL), "--socket", str(self.dir / "ctl.sock"), *args]).stdout
-
-    def queue_cmd(self) -> str:
-        return (f"{BULWARKCTL} --socket {self.dir / 'ctl.sock'} status --json "
-                "| python3 -c 'import json,sys; print(json.load(sys.stdin)[\"queue\"][\"messages\"])'")
-
-    def queued(self) -> int:
-        out = run(self.queue_cmd(), shell=True).stdout.strip()
-        return int(out) if out.isdigit() else -1
-
-    def rss_kb(self) -> tuple[int, int]:
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
-        hwm = int(re.search(r"VmHWM:\s+(\d+)", status).group(1))
-        return rss, hwm
-
-    def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) / ticks
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def port_open(port: int, host: str = "127.0.0.1") -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.2) as s:
-            s.settimeout(1)
-            s.recv(512)
-            s.sendall(b"QUIT\r\n")
-        return True
-    except OSError:
-        return False
-
-
-# --------------------------------------------------------------------------------------------
-# End-to-end relay through the shared harness
-# --------------------------------------------------------------------------------------------
-
-def relay_bench(port: int, sink_port: int, count: int, sessions: int, size: int,
-                env: dict[str, str]) -> dict[str, str]:
-    script = SHARED_BENCH / "relay-bench.sh"
-    result = run(["bash", str(script), str(port), str(sink_port), str(count), str(sessions), str(size)],
-                 env={**os.environ, **env}, timeout=1800)
-    line = next((l for l in result.stdout.splitlines() if l.startswith("RESULT")), "")
-    if not line:
-        raise RuntimeError(f"relay-bench failed: {result.stderr[-2000:]}")
-    return dict(kv.split("=", 1) for kv in line.split()[1:] if "=" in kv)
+REPO = h.REPO
+RESULTS = h.RESULTS
 
 
 def bulwark_relay(work: Path, count: int, size: int, extra_toml: str = "") -> dict[str, str]:
     b = Bulwark(work, extra_toml=extra_toml).start()
     try:
-        fields = relay_bench(BULWARK_PORT, SINK_PORT, count, 20, size,
-                             {"MTA_PIDS": str(b.proc.pid), "QUEUE_CMD": b.queue_cmd(),
-                              "LABEL": f"bulwark-{size}"})
+        fields = h.bulwark_relay(b, SINK_PORT, count, size, f"bulwark-{size}")
         fields["peak_rss_kb"] = str(b.rss_kb()[1])
         return fields
     finally:
         b.stop()
-
-
-def postfix_relay(count: int, size: int) -> dict[str, str]:
-    setup = SHARED_BENCH / "postfix-setup.sh"
-    queue_cmd = run(["bash", str(setup), "--queue-cmd"]).stdout.strip()
-    return relay_bench(POSTFIX_PORT, POSTFIX_SINK_PORT, count, 20, size,
-                       {"CGROUP": "mta-bench", "QUEUE_CMD": queue_cmd, "LABEL": f"postfix-{size}"})
-
-
-def postfix_start() -> None:
-    r = run(["bash", str(SHARED_BENCH / "postfix-setup.sh")], timeout=600)
-    if r.returncode != 0:
-        raise RuntimeError(f"postfix-setup failed: {r.stderr[-2000:]}")
-
-
-def postfix_stop() -> None:
-    run(["bash", str(SHARED_BENCH / "postfix-teardown.sh")], timeout=120)
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,50 +183,43 @@ def big_queue(work: Path, count: int) -> dict[str, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--short", action="store_true", help="a quick smoke of every measurement")
-    parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--count", type=int, default=None)
+    h.add_mode_arguments(parser, "a quick smoke of every measurement, 2,000 messages, 1 round",
+                         "20,000 messages, 3 rounds")
     parser.add_argument("--sizes", default="1024,10240,102400")
     parser.add_argument("--skip-postfix", action="store_true")
     args = parser.parse_args()
     rounds = args.rounds or (1 if args.short else 3)
     count = args.count or (2000 if args.short else 20000)
     sizes = [int(s) for s in args.sizes.split(",")]
-    if os.geteuid() != 0:
-        log("run as root (Postfix setup, cgroups, file descriptor limits)")
+    if not h.preflight():
         return 2
-    if not (SHARED_BENCH / "relay-bench.sh").exists():
-        log(f"missing {SHARED_BENCH}/relay-bench.sh (set SHARED_BENCH)")
-        return 2
-    subprocess.run(["cargo", "build", "--release", "--bins"], cwd=REPO, check=True)
+    h.select_build(args)
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     rows = []
     try:
         if not args.skip_postfix:
-            postfix_start()
+            h.postfix_start()
         for size in sizes:
             b_runs, p_runs = [], []
             for r in range(rounds):
                 b_runs.append(bulwark_relay(work, count, size))
                 log(f"bulwark {size} B round {r + 1}: {b_runs[-1].get('e2e_msg_s')} msg/s")
                 if not args.skip_postfix:
-                    p_runs.append(postfix_relay(count, size))
+                    p_runs.append(h.postfix_relay(count, size, f"postfix-{size}"))
                     log(f"postfix {size} B round {r + 1}: {p_runs[-1].get('e2e_msg_s')} msg/s")
             rows.append((size, b_runs, p_runs))
     finally:
         if not args.skip_postfix:
-            postfix_stop()
+            h.postfix_stop()
 
     def med(runs, key):
-        values = [float(r[key]) for r in runs if r.get(key) not in (None, "NA")]
-        return statistics.median(values) if values else float("nan")
+        return h.median(r.get(key) for r in runs)
 
     lines = []
     lines.append(f"## {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC — "
-                 f"`python3 bench/bench.py{' --short' if args.short else ''}`")
+                 f"`{h.command('bench.py', args)}`")
     lines.append("")
-    lines.append(f"Machine: {platform.node()}, {os.cpu_count()} cores, {platform.platform()}; "
-                 f"{count} messages, 20 sessions, {rounds} round(s), medians.")
+    lines.append(f"Machine: {h.machine(args)}; {count} messages, 20 sessions, {rounds} round(s), medians.")
     lines.append("")
     lines.append("| size | Bulwark msg/s | Postfix msg/s | ratio | Bulwark CPU ms/msg | Postfix CPU ms/msg | Bulwark peak RSS MB |")
     lines.append("| --- | --- | --- | --- | --- | --- | --- |")
@@ -383,7 +228,7 @@ def main() -> int:
         bcpu = med(b_runs, "mta_cpu_s") / count * 1000
         pcpu = med(p_runs, "mta_cpu_s") / count * 1000
         rss = med(b_runs, "peak_rss_kb") / 1024
-        lines.append(f"| {size // 1024} KB | {b:.0f} | {p:.0f} | {b / p:.1f}x | {bcpu:.2f} | {pcpu:.2f} | {rss:.1f} |")
+        lines.append(f"| {size // 1024} KB | {b:.0f} | {p:.0f} | {h.ratio(b, p)} | {bcpu:.2f} | {pcpu:.2f} | {rss:.1f} |")
     lines.append("")
 
     acc = accept_only(work, count, 1024)
@@ -399,13 +244,7 @@ def main() -> int:
                  f"(RSS {q['rss_built_mb']:.0f} MB), drained in {q['drain_s']:.1f} s = "
                  f"{q['drain_msg_s']:.0f} msg/s, peak RSS {q['peak_rss_mb']:.0f} MB")
     lines.append("")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not RESULTS.exists():
-        RESULTS.write_text("# Benchmark results\n\nEach run appends a section "
-                           "(`python3 bench/bench.py`, see bench/bench.py for what is measured).\n\n")
-    with RESULTS.open("a") as f:
-        f.write(text)
+    h.append_results("\n".join(lines) + "\n")
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench  # noqa: E402  (the same daemon setup and tools as the benchmark)
+import harness as bench  # noqa: E402  (the same daemon setup and tools as the benchmark)
 
 
 def smtp_tool(name: str) -> str:
