@@ -33,7 +33,8 @@ top="$work/rpmbuild"
 mkdir -p "$top"/{SOURCES,SPECS,BUILD,RPMS,SRPMS} "$out"
 
 if [ -n "$glibc228" ]; then
-    (cd "$repo" && cargo zigbuild --release --bins --target x86_64-unknown-linux-gnu.2.28)
+    (cd "$repo" && cargo zigbuild --release --bins --features bulwark-mta/yara \
+        --target x86_64-unknown-linux-gnu.2.28)
     prebuilt="$repo/target/x86_64-unknown-linux-gnu/release"
 fi
 

@@ -166,7 +166,8 @@ def test_rpmlint_has_no_errors(flavour):
     need("rpmlint")
     _, rpm = flavour
     cp = run(["rpmlint", "-r", REPO / "rpm/bulwark.rpmlintrc", rpm], timeout=120)
-    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert " 0 errors," in cp.stdout and cp.returncode == 0, cp.stdout + cp.stderr
+    # bulwark-selinux: tests/test_selinux.py::test_selinux_rpm_rpmlint_has_no_errors
 
 
 # --------------------------------------------------------------------------------------------
@@ -293,7 +294,8 @@ def test_rpm_builds_from_source_over_vendored_crates(tmp_path):
     crates (rpm/build.sh without --prebuilt)."""
     need("rpmbuild", "rpm", "cargo")
     out = tmp_path / "out"
-    cp = run([REPO / "rpm/build.sh", out], timeout=1200)
+    # A fresh release build of the whole tree, yara-x (wasmtime, cranelift) included.
+    cp = run([REPO / "rpm/build.sh", out], timeout=2400)
     assert cp.returncode == 0, cp.stdout[-3000:] + cp.stderr[-3000:]
     main = next(out.glob("bulwark-0*.x86_64.rpm"))
     files = run(["rpm", "-qpl", main]).stdout
