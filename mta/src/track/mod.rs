@@ -26,6 +26,7 @@
 mod event;
 mod query;
 mod store;
+mod summary;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -39,6 +40,7 @@ use serde::Serialize;
 pub use event::{normalise_address, normalise_message_id, now_ms, Event, EventKind};
 pub use query::{Filter, Query, QueryError, Timeline, TimelineEntry, MAX_EVENTS};
 pub use store::{Store, StoreError, DATABASE};
+pub use summary::{Count, Summary};
 
 use crate::config::TrackingConfig;
 use crate::queue::{Envelope, QueueId};
@@ -177,6 +179,13 @@ impl Tracker {
         self.flush(QUERY_FLUSH_WAIT);
         let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
         Ok(reader.timeline(&filter, MAX_EVENTS)?)
+    }
+
+    /// The report totals between `from_ms` and `to_ms` (blocking: call it off the runtime).
+    pub fn summary(&self, from_ms: i64, to_ms: i64, top: usize) -> Result<Summary, TrackError> {
+        self.flush(QUERY_FLUSH_WAIT);
+        let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(summary::summarise(&reader, from_ms, to_ms, top)?)
     }
 
     pub fn status(&self) -> Status {

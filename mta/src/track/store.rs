@@ -238,6 +238,11 @@ impl Store {
         &self.connection
     }
 
+    /// For the read-only aggregate queries of `summary`.
+    pub(super) fn reader(&self) -> &Connection {
+        &self.connection
+    }
+
     /// The events `filter` asks for, oldest first, at most `limit`.
     pub fn timeline(&self, filter: &Filter, limit: usize) -> Result<Timeline, StoreError> {
         let linked = if filter.follows_links() {

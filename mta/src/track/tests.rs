@@ -336,6 +336,7 @@ fn received_and_queued_record_the_envelope_for_search() {
         dsn_envid: None,
         message_id: Some("<q@x>".into()),
         subject: None,
+        require_tls: false,
     };
     received_and_queued(&tracker, QueueId(3), &envelope, 42);
     let query = Query {
@@ -398,4 +399,73 @@ fn a_purge_that_finds_nothing_still_leaves_later_orphans_to_the_next() {
         .query_row("SELECT count(*) FROM messages", [], |row| row.get(0))
         .expect("count");
     assert_eq!(orphans, 0, "the message row went with its last event");
+}
+
+#[test]
+fn a_summary_counts_volumes_stops_and_tops_inside_its_window() {
+    let (_dir, mut store) = store();
+    let verdict = |id: u64, stage: &str, verdict: &str| {
+        let kind = EventKind::Verdict {
+            stage: stage.into(),
+            verdict: verdict.into(),
+            reason: None,
+            score: None,
+        };
+        Event::new(QueueId(id), None, kind).at(T0 + 5)
+    };
+    let rejected = EventKind::Rejected {
+        stage: "antivirus".into(),
+        reply: "554 5.7.1 virus".into(),
+    };
+    store
+        .insert(&[
+            received(1, "a@x", "Bob@Other.org", &["alice@example.com"], T0),
+            received(
+                2,
+                "b@x",
+                "bob@other.org",
+                &["alice@example.com", "carol@example.net"],
+                T0 + 1,
+            ),
+            received(3, "c@x", "eve@spam.test", &["alice@example.com"], T0 + 2),
+            received(
+                9,
+                "z@x",
+                "late@other.org",
+                &["alice@example.com"],
+                T0 + 100_000,
+            ),
+            delivered(1, "alice@example.com", T0 + 3),
+            delivered(2, "alice@example.com", T0 + 3),
+            delivered(2, "carol@Example.NET", T0 + 3),
+            verdict(3, "antispam", "quarantine"),
+            verdict(2, "antispam", "accept"),
+            verdict(3, "antivirus", "reject"),
+            Event::new(QueueId(3), None, rejected).at(T0 + 6),
+        ])
+        .expect("insert");
+    let summary = summary::summarise(&store, T0, T0 + 50_000, 2).expect("summary");
+    assert_eq!((summary.received, summary.delivered), (3, 3));
+    assert_eq!((summary.spam, summary.viruses, summary.rejected), (1, 1, 1));
+    let top = |list: &[Count]| {
+        list.iter()
+            .map(|c| (c.key.clone(), c.count))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        top(&summary.top_senders),
+        [("bob@other.org".into(), 2), ("eve@spam.test".into(), 1)]
+    );
+    assert_eq!(
+        top(&summary.top_recipients)[0],
+        ("alice@example.com".into(), 3)
+    );
+    assert_eq!(
+        top(&summary.top_destinations),
+        [("example.com".into(), 2), ("example.net".into(), 1)]
+    );
+    assert_eq!(
+        top(&summary.rejections),
+        [("antivirus: 554 5.7.1 virus".into(), 1)]
+    );
 }
