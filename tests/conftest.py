@@ -492,6 +492,22 @@ def tcp_accepts(port: int, host: str = "127.0.0.1", talk: bool = False) -> bool:
         return False
 
 
+def control_answers(path: Path) -> bool:
+    """True once the daemon answers a status request on its control socket: it is served only
+    after start-up is complete (privileges dropped, signal handlers in place), unlike the
+    sockets, which are bound and accept connections early."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(2)
+    try:
+        s.connect(str(path))
+        s.sendall(b'{"command":"status"}\n')
+        return s.recv(1) != b""
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
 def unix_accepts(path: Path) -> bool:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(0.5)
@@ -624,7 +640,7 @@ class Daemon:
             if self.proc.poll() is not None:
                 raise DaemonError(f"bulwarkd exited with status {self.proc.returncode} while starting;"
                                   f" config:\n{self.config_path.read_text()}\nlog:\n{self.log()}")
-            if unix_accepts(self.control_socket) and all(tcp_accepts(p, h, talk=True) for p, h in zip(self.ports, self.hosts)):
+            if control_answers(self.control_socket) and all(tcp_accepts(p, h, talk=True) for p, h in zip(self.ports, self.hosts)):
                 return
             time.sleep(0.05)
         raise DaemonError(f"bulwarkd not ready within {timeout}s (control socket {self.control_socket},"

@@ -1,7 +1,8 @@
 """The anti-spam stage ([antispam]): GTUBE, DMARC p=reject, a DNSBL-listed client, an
 allowlisted sender, each action at its threshold (tag, quarantine, reject), per-domain
 thresholds and opt-out through the per-recipient split, the spam_score_over rule condition,
-and `bulwarkctl spam train/learn/check` on a small spam/ham set the test builds.
+`bulwarkctl spam train/learn/check` on a small spam/ham set the test builds, and learning from
+the operator's verdicts on quarantined mail (release --not-spam, delete --spam).
 
 Real SMTP (RawSession) into a real bulwarkd, next hop a Postfix smtp-sink; every DNS record
 comes from the loopback DNS server of conftest (tests/dns_server.py). Every wait is bounded."""
@@ -20,7 +21,7 @@ GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 
 def empty_model(path: Path) -> Path:
     """A valid model file whose weights are all 0, so rules alone decide the score."""
-    body = b"BWSPAM" + struct.pack("<HBBff", 1, 8, 0, 0.0, 1.0) + b"\0\0" * 256
+    body = b"BWSPAM" + struct.pack("<HBBff", 2, 8, 0, 0.0, 1.0) + b"\0\0" * 256
     path.write_bytes(body + struct.pack("<I", zlib.crc32(body)))
     return path
 
@@ -230,6 +231,76 @@ def test_trained_model_separates_a_small_set_and_learns(tmp_path):
     assert r.returncode == 0 and "learned" in r.stdout, r.stderr
     after = float(run([BULWARKCTL, "spam", "check", "--model", str(model), str(target)]).stdout.split("\t")[1])
     assert after >= 5.0 > before, (before, after)
+
+
+def check_score(model: Path, path: Path) -> float:
+    r = run([BULWARKCTL, "spam", "check", "--model", str(model), str(path)])
+    assert r.returncode == 0, r.stderr
+    return float(r.stdout.split("\t")[1])
+
+
+def quarantined(d) -> list:
+    cp = d.ctl("quarantine", "list", "--json")
+    assert cp.returncode == 0, cp.stderr
+    return json.loads(cp.stdout)
+
+
+def test_quarantine_verdicts_teach_the_running_model(gateway, tmp_path):
+    """Release --not-spam learns the message as ham, delete --spam learns it as spam: the
+    model file's score moves across tag_score, and the running daemon scores with it."""
+    model = tmp_path / "live.model"
+    r = run([BULWARKCTL, "spam", "train", "--spam", str(corpus(tmp_path / "spam", SPAM_WORDS, 40, 1)),
+             "--ham", str(corpus(tmp_path / "ham", HAM_WORDS, 40, 2)), "--out", str(model)])
+    assert r.returncode == 0, r.stderr
+    d, hop = gateway({"model": str(model), "authentication": False, "tag_score": 5.0,
+                      "quarantine_score": 5.0, "reject_score": 100.0})
+    # A newsletter and a pitch the model takes for spam: both quarantined.
+    body = "winner prize claim casino bonus jackpot offer from the club newsletter"
+    letter = message(subject="winner bonus", body=body, headers=("Message-ID: <n1@other.org>",))
+    pitch = message(subject="cheap pills", body="cheap pills click unsubscribe cheap pills click")
+    files = {}
+    for name, raw in (("letter", letter), ("pitch", pitch)):
+        files[name] = tmp_path / f"{name}.eml"
+        files[name].write_bytes(raw)
+        assert check_score(model, files[name]) >= 5.0, name
+        assert transaction(d, ["alice@example.com"], raw)[0] == 250
+    ids = {e["subject"]: e["id"] for e in quarantined(d)}
+    assert sorted(ids) == ["cheap pills", "winner bonus"], ids
+    # Delete --spam: confirmed spam moves further up, and is gone.
+    before = check_score(model, files["pitch"])
+    cp = d.ctl("quarantine", "delete", ids["cheap pills"], "--spam")
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    after = check_score(model, files["pitch"])
+    assert after > before, (before, after)
+    assert [e["subject"] for e in quarantined(d)] == ["winner bonus"]
+    # Release --not-spam: the newsletter is delivered and learned as ham.
+    before = check_score(model, files["letter"])
+    cp = d.ctl("quarantine", "release", ids["winner bonus"], "--not-spam")
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    hop.wait_for(1)
+    after = check_score(model, files["letter"])
+    assert after < 5.0 <= before, (before, after)
+    # The daemon reloaded the model: the same newsletter now passes untagged.
+    assert transaction(d, ["alice@example.com"], letter)[0] == 250
+    hop.wait_for(2)
+    status = [m.msg["X-Spam-Status"] for m in hop.messages()]
+    assert len(status) == 2 and status[-1].startswith("No,"), status
+
+
+def test_release_not_spam_without_a_model_file_is_refused(gateway, tmp_path):
+    """The built-in model is read-only: a "not spam" release with no [antispam] model file
+    is refused and the message stays quarantined (never released without its verdict)."""
+    rules = tmp_path / "spam.rules"
+    rules.write_text(THRESHOLD_RULES)
+    d, hop = gateway({"rules": str(rules), "authentication": False, "quarantine_score": 5.0,
+                      "reject_score": 100.0})
+    assert transaction(d, ["alice@example.com"], message(subject="held", body="rejectme"))[0] == 250
+    entries = quarantined(d)
+    assert [e["subject"] for e in entries] == ["held"], entries
+    cp = d.ctl("quarantine", "release", entries[0]["id"], "--not-spam")
+    assert cp.returncode != 0 and "names no model file" in cp.stdout + cp.stderr, cp
+    assert [e["state"] for e in quarantined(d)] == [entries[0]["state"]]
+    assert hop.messages() == []
 
 
 def test_bad_rules_file_is_a_startup_error(tmp_path):

@@ -236,7 +236,9 @@ def test_30mb_message_is_streamed_to_clamd_within_an_rss_bound(clamd, gateway):
     # The virus sits at the very end: a 554 proves clamd got all 30 MB.
     assert code == 554 and "Test.Eicar.Ndb" in text, (code, text)
     peak = d.vm_hwm_kb()
-    assert peak < 60 * 1024, f"VmHWM {peak} kB after a 30 MB scan (baseline {baseline} kB)"
+    # Above the idle daemon's own peak (its code pages count too): a message held whole would
+    # add at least its 30 MB.
+    assert peak - baseline < 20 * 1024, f"VmHWM {peak} kB after a 30 MB scan (baseline {baseline} kB)"
 
 
 def test_builtin_engine_alone_detects_by_hash_eicar_disguise_and_zip_bomb(gateway, tmp_path):
@@ -263,6 +265,55 @@ def test_builtin_engine_alone_detects_by_hash_eicar_disguise_and_zip_bomb(gatewa
     assert len(hop.wait_for(1)) == 1
     status = av_status(d)["engines"]["builtin"]
     assert status["md5_signatures"] == 1 and status["counters"]["detections"] == len(cases), status
+
+
+# -- YARA rules (cargo feature `yara`; tests/run-all.sh builds with it and sets BULWARK_REQUIRE_YARA)
+
+YARA_MARKER = b"bulwark-yara-test-marker: harmless text a YARA rule looks for"
+YARA_RULE = 'rule Bulwark_Test_Marker {\n  strings: $m = "bulwark-yara-test-marker"\n  condition: $m\n}\n'
+
+
+def require_yara(d) -> None:
+    """Skips (or, under tests/run-all.sh, fails) when bulwarkd was built without YARA."""
+    if av_status(d)["engines"]["builtin"].get("yara_compiled_in"):
+        return
+    reason = "bulwarkd built without the cargo feature `yara` (cargo build --features yara)"
+    if os.environ.get("BULWARK_REQUIRE_YARA"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def test_yara_rule_matches_decoded_attachments_and_zip_members_a_bad_file_keeps_the_old_rules(
+        gateway, tmp_path):
+    sigs = tmp_path / "signatures"
+    sigs.mkdir()
+    (sigs / "mail.yar").write_text(YARA_RULE)
+    d, hop = gateway(engines=["builtin"], signatures_dir=str(sigs))
+    require_yara(d)
+    name = "YARA.Bulwark_Test_Marker"
+    # Base64 and deflate hide the marker from the raw message: only decoded objects show it.
+    attached = with_attachment("notes.txt", "text/plain", YARA_MARKER)
+    zipped = with_attachment("notes.zip", "application/zip", zip_of({"in/notes.txt": YARA_MARKER}))
+    assert YARA_MARKER not in attached and YARA_MARKER not in zipped
+    for what, message in {"attachment": attached, "zip member": zipped}.items():
+        code, text = transaction(d, message)
+        assert code == 554 and name in text, (what, code, text)
+    assert transaction(d, with_attachment("ok.txt", "text/plain", b"nothing to see"))[0] == 250
+    assert len(hop.wait_for(1)) == 1
+    status = av_status(d)["engines"]["builtin"]
+    assert (status["yara_rules"], status["yara_files"]) == (1, 1), status
+    # A second file with a syntax error: reload refused with file:line:column, old rules stay.
+    (sigs / "broken.yar").write_text('rule Broken {\n  strings: $a = "x"\n  condition: $a and\n}\n')
+    cp = d.ctl("av", "reload")
+    assert cp.returncode != 0, cp.stdout
+    assert f"{sigs / 'broken.yar'}:4:" in cp.stderr and "old set stays" in cp.stderr, cp.stderr
+    code, text = transaction(d, attached)
+    assert code == 554 and name in text, (code, text)
+    assert av_status(d)["engines"]["builtin"]["yara_files"] == 1
+    (sigs / "broken.yar").unlink()
+    (sigs / "mail.yar").unlink()
+    assert d.ctl("av", "reload").returncode == 0
+    assert transaction(d, attached)[0] == 250
 
 
 # -- signature bundles -------------------------------------------------------------------------
@@ -316,6 +367,27 @@ def test_manual_update_installs_signed_bundles_and_refuses_others(gateway, tmp_p
     assert av_status(d)["engines"]["builtin"]["version"] == "2026-12-02.1"
     text_status = d.ctl("av", "status").stdout
     assert "version 2026-12-02.1" in text_status and "1 detections" in text_status, text_status
+
+
+def test_signed_bundle_carries_yara_rules(gateway, tmp_path):
+    key, public = make_key(tmp_path)
+    d, _ = gateway(engines=["builtin"], update_public_key=public)
+    require_yara(d)
+    message = with_attachment("notes.txt", "text/plain", YARA_MARKER)
+    assert transaction(d, message)[0] == 250
+    broken = tmp_path / "broken.zip"
+    broken.write_bytes(zip_of({"VERSION": "y0\n", "mail.yar": "rule { condition: }\n"}))
+    sign(key, broken)
+    cp = d.ctl("av", "update", str(broken))
+    assert cp.returncode != 0 and "mail.yar:1:" in cp.stderr, cp.stderr
+    bundle = tmp_path / "yara.zip"
+    bundle.write_bytes(zip_of({"VERSION": "2026-12-02.y1\n", "mail.yar": YARA_RULE}))
+    sign(key, bundle)
+    cp = d.ctl("av", "update", str(bundle))
+    assert cp.returncode == 0, cp.stderr
+    code, text = transaction(d, message)
+    assert code == 554 and "YARA.Bulwark_Test_Marker" in text, (code, text)
+    assert av_status(d)["engines"]["builtin"]["yara_rules"] == 1
 
 
 @pytest.fixture

@@ -219,17 +219,21 @@ def test_bad_rules_are_config_errors_with_line_and_column(tmp_path):
     assert len(out.strip().splitlines()) == 2, out
 
 
-def test_30mb_message_through_a_header_rule_stays_under_60mb_rss(gateway):
+def test_30mb_message_through_a_header_rule_is_never_held_whole(gateway):
     """A rule that changes a header makes the pipeline rewrite the message into a fresh draft:
     streamed from the first draft's file, never held whole."""
     d, hop, _ = gateway({"name": "mark", "action": "add_header", "add_header": "X-Policy: checked"},
                         {"name": "tag", "subject": "large", "action": "tag", "tag": "[BIG]"})
     size = 30 * 1024 * 1024
+    baseline_mb = d.vm_hwm_kb() / 1024
     code, text = send_large(d.port, size, sender=SENDER)
     assert code == 250, (code, text)
     got = hop.wait_for(1, timeout=60)[0]
     hwm_mb = d.vm_hwm_kb() / 1024
-    assert hwm_mb < 60, f"bulwarkd peak RSS {hwm_mb:.1f} MB after a 30 MB message through a rule"
+    # Measured above the idle daemon's own peak (code pages count, and a build with YARA maps
+    # more of them): holding the message whole would add at least its 30 MB (measured: ~6 MB).
+    assert hwm_mb - baseline_mb < 20, (f"bulwarkd peak RSS grew {hwm_mb - baseline_mb:.1f} MB "
+                                       f"(from {baseline_mb:.1f}) with a 30 MB message through a rule")
     assert got.subject == "[BIG] large"
     assert got.msg["X-Policy"] == "checked"
     assert len(got.content) >= size * 76 // 78

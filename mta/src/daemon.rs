@@ -25,6 +25,7 @@ use crate::queue::{QueueIndex, Spool};
 use crate::route::HickoryResolver;
 use crate::service::{notify, privileges};
 use crate::smtp::server;
+use crate::tls_policy::{self, TransportSecurity};
 use crate::track::{TrackError, Tracker};
 
 /// How long sessions may take to finish after SIGTERM.
@@ -58,6 +59,8 @@ pub enum StartError {
     Tracking(#[from] TrackError),
     #[error("cannot open the quarantine: {0}")]
     Quarantine(#[from] crate::quarantine::QuarantineError),
+    #[error("transport security: {0}")]
+    TransportSecurity(#[from] crate::tls_policy::TlsPolicyError),
 }
 
 /// Where the configuration came from: reloads read the same place.
@@ -89,6 +92,10 @@ impl ConfigSource {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(source: ConfigSource) -> Result<(), StartError> {
+    // Taken over first: a SIGHUP or SIGTERM that arrives while the daemon is still starting
+    // (sockets already bound, so a supervisor may think it up) must not kill it with the
+    // default action; it waits and is acted on once the daemon is ready.
+    let signals = Signals::take_over()?;
     let config = source.load()?;
     announce(&source, &config);
     let (spool, recovered) = Spool::open(&config.server.spool_dir, config.server.spool_sync)?;
@@ -122,7 +129,10 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
     }
     let control = admin::server::bind(&config.server.control_socket)?;
     let control_https = match &config.control {
-        Some(settings) => Some(admin::https::bind(settings).await?),
+        Some(settings) => {
+            let publishes = config.tls_policy.publish.is_some();
+            Some(admin::https::bind(settings, publishes).await?)
+        }
         None => None,
     };
     let metrics = match &config.metrics {
@@ -137,10 +147,12 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
     // drop even where the service user cannot traverse to them again (e.g. a 0700 parent).
     let tracker = Arc::new(Tracker::open(&config.tracking)?);
     log::info!("tracking: events in {}", config.tracking.dir.display());
+    let transport_security = Arc::new(TransportSecurity::new(&config)?);
     // Everything that needs root (ports below 1024, eBPF) is done: become the service user.
     if let Some(identity) = privileges::wanted(&config.server)? {
         privileges::hand_over_dir(&identity, &config.tracking.dir)?;
         privileges::hand_over_dir(&identity, &config.quarantine.dir)?;
+        privileges::hand_over_dir(&identity, &config.tls_policy.state_dir)?;
         privileges::drop_to(
             &identity,
             &config.server.spool_dir,
@@ -152,6 +164,9 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
         config, spool, queue, delivery, flow, tracker, quarantine,
     )?);
     gateway.set_listening(listening);
+    // Set before delivery starts, so no connection runs without its policy.
+    let _ = gateway.transport_security.set(transport_security.clone());
+    tls_policy::report::spawn(transport_security, gateway.clone());
     deliver::start(gateway.clone(), inbox, Arc::new(resolver));
     spawn_flow_housekeeping(gateway.clone());
     spawn_quarantine_purge(gateway.quarantine.clone());
@@ -192,7 +207,7 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
     }
 
     let (stop, stopped) = watch::channel(false);
-    spawn_signal_handlers(stop, reload)?;
+    spawn_signal_handlers(signals, stop, reload);
     log::info!("bulwarkd ready");
     notify::ready(&gateway);
     notify::spawn_heartbeat(gateway.clone());
@@ -270,13 +285,33 @@ fn reload_now(gateway: &Gateway, source: &ConfigSource) -> Result<Vec<Change>, S
     outcome
 }
 
+/// The signals the daemon acts on, taken from the default disposition.
+struct Signals {
+    hangup: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn take_over() -> Result<Signals, StartError> {
+        Ok(Signals {
+            hangup: signal(SignalKind::hangup()).map_err(StartError::Signals)?,
+            terminate: signal(SignalKind::terminate()).map_err(StartError::Signals)?,
+            interrupt: signal(SignalKind::interrupt()).map_err(StartError::Signals)?,
+        })
+    }
+}
+
 fn spawn_signal_handlers(
+    signals: Signals,
     stop: watch::Sender<bool>,
     reload: admin::server::ReloadFn,
-) -> Result<(), StartError> {
-    let mut hangup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
-    let mut terminate = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
+) {
+    let Signals {
+        mut hangup,
+        mut terminate,
+        mut interrupt,
+    } = signals;
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
             let reload = reload.clone();
@@ -291,7 +326,6 @@ fn spawn_signal_handlers(
         notify::stopping();
         let _ = stop.send(true);
     });
-    Ok(())
 }
 
 /// `--check-config`: prints every problem; the process exit code.

@@ -109,6 +109,8 @@ pub struct Gateway {
     /// Messages the pipeline stopped (`[quarantine]`), opened at start.
     pub quarantine: Arc<Quarantine>,
     listening: OnceLock<Vec<BoundSocket>>,
+    /// DANE / MTA-STS / TLS-RPT, set once at start (before delivery starts).
+    pub transport_security: OnceLock<Arc<crate::tls_policy::TransportSecurity>>,
 }
 
 /// A socket the daemon listens on, as bound (not as the file says).
@@ -148,7 +150,13 @@ impl Gateway {
             tracker,
             quarantine,
             listening: OnceLock::new(),
+            transport_security: OnceLock::new(),
         })
+    }
+
+    /// The outbound limits' ledger, when `[outbound_limit]` is (or was) configured.
+    pub fn outbound_ledger(&self) -> Option<Arc<crate::filters::ratelimit::Ledger>> {
+        self.ledgers.current()
     }
 
     pub fn runtime(&self) -> Arc<Runtime> {
@@ -214,36 +222,23 @@ impl Gateway {
     ) -> Result<QueueId, SpoolError> {
         let mut draft = self.spool.begin();
         draft.write(message).await?;
-        let parsed = mail_parser::MessageParser::default().parse_headers(message);
-        let envelope = Envelope {
-            sender: String::new(),
-            recipients: vec![Recipient {
-                address: to.to_string(),
-                notify: None,
-                orcpt: None,
-                outcome: RecipientOutcome::Pending,
-            }],
-            received_at: unix_now(),
-            client_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            helo: hostname.to_string(),
-            auth_user: None,
-            tls: None,
-            body: Default::default(),
-            smtputf8: false,
-            eight_bit: !message.is_ascii(),
-            dsn_ret: None,
-            dsn_envid: None,
-            message_id: parsed
-                .as_ref()
-                .and_then(|m| m.message_id())
-                .map(str::to_string),
-            subject: parsed
-                .as_ref()
-                .and_then(|m| m.subject())
-                .map(str::to_string),
-        };
+        let envelope = notice_envelope(to, hostname, message);
         self.enqueue(draft, envelope, Origin::Generated { about, reason })
             .await
+    }
+
+    /// Queues a report this gateway wrote about no message in particular (TLS-RPT), from
+    /// the null sender.
+    pub async fn queue_report(
+        &self,
+        to: &str,
+        hostname: &str,
+        message: &[u8],
+    ) -> Result<QueueId, SpoolError> {
+        let mut draft = self.spool.begin();
+        draft.write(message).await?;
+        let envelope = notice_envelope(to, hostname, message);
+        self.enqueue(draft, envelope, Origin::Report).await
     }
 
     pub fn greet_passed_recently(&self, ip: IpAddr) -> bool {
@@ -298,6 +293,39 @@ fn start_antivirus(
     Ok(av)
 }
 
+/// The envelope of a message this gateway wrote: null sender, one recipient.
+fn notice_envelope(to: &str, hostname: &str, message: &[u8]) -> Envelope {
+    let parsed = mail_parser::MessageParser::default().parse_headers(message);
+    Envelope {
+        sender: String::new(),
+        recipients: vec![Recipient {
+            address: to.to_string(),
+            notify: None,
+            orcpt: None,
+            outcome: RecipientOutcome::Pending,
+        }],
+        received_at: unix_now(),
+        client_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        helo: hostname.to_string(),
+        auth_user: None,
+        tls: None,
+        body: Default::default(),
+        smtputf8: false,
+        eight_bit: !message.is_ascii(),
+        dsn_ret: None,
+        dsn_envid: None,
+        message_id: parsed
+            .as_ref()
+            .and_then(|m| m.message_id())
+            .map(str::to_string),
+        subject: parsed
+            .as_ref()
+            .and_then(|m| m.subject())
+            .map(str::to_string),
+        require_tls: false,
+    }
+}
+
 /// Where a queued message came from, which decides the first events of its timeline.
 #[derive(Debug, Clone, Copy)]
 pub enum Origin<'a> {
@@ -313,6 +341,8 @@ pub enum Origin<'a> {
     Generated { about: QueueId, reason: &'a str },
     /// Let out of the quarantine or otherwise put back by an operator (already tracked).
     Requeued,
+    /// A report this gateway wrote about no one message (TLS-RPT): only `queued`.
+    Report,
 }
 
 impl Origin<'_> {
@@ -321,7 +351,7 @@ impl Origin<'_> {
         let recipients = || envelope.recipients.iter().map(|r| r.address.as_str());
         let first = match self {
             Origin::Client => return track::received_and_queued(tracker, id, envelope, size),
-            Origin::Filtered | Origin::Requeued => None,
+            Origin::Filtered | Origin::Requeued | Origin::Report => None,
             Origin::Split { from } => Some(EventKind::Split {
                 from,
                 recipients: recipients().map(str::to_string).collect(),

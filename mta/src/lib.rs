@@ -28,5 +28,6 @@ pub mod rules;
 pub mod service;
 pub mod smtp;
 pub mod smtp_client;
+pub mod tls_policy;
 pub mod track;
 pub mod transport;

@@ -79,6 +79,8 @@ pub struct Capabilities {
     pub chunking: bool,
     pub dsn: bool,
     pub starttls: bool,
+    /// RFC 8689: the next hop promises to keep REQUIRETLS messages on verified TLS.
+    pub requiretls: bool,
 }
 
 impl Capabilities {
@@ -95,6 +97,7 @@ impl Capabilities {
                 "CHUNKING" => caps.chunking = true,
                 "DSN" => caps.dsn = true,
                 "STARTTLS" => caps.starttls = true,
+                "REQUIRETLS" => caps.requiretls = true,
                 _ => {}
             }
         }

@@ -63,6 +63,11 @@ enum Command {
         #[command(subcommand)]
         command: FlowCommand,
     },
+    /// Outbound transport security (DANE, MTA-STS, TLS-RPT).
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
+    },
     /// Anti-virus: engines, signatures and updates.
     Av {
         #[command(subcommand)]
@@ -172,6 +177,16 @@ enum NodeCommand {
 }
 
 #[derive(Subcommand)]
+enum TlsCommand {
+    /// The effective outbound TLS policy for mail to DOMAIN, per MX host, and why.
+    Policy {
+        domain: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum AvCommand {
     /// Engines, signature versions and ages, scans, detections, errors.
     Status {
@@ -197,6 +212,18 @@ enum SpamCommand {
         out: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+        /// Model size: 2^BITS weights of 2 bytes (10..=20; the shipped model's by default).
+        #[arg(long, value_name = "BITS", value_parser = clap::value_parser!(u8).range(10..=20))]
+        bits: Option<u8>,
+        /// Passes over the training messages.
+        #[arg(long, value_name = "N")]
+        epochs: Option<usize>,
+        /// L2 regularisation per update.
+        #[arg(long, value_name = "X")]
+        l2: Option<f32>,
+        /// Weight of a spam example's error against a ham example's.
+        #[arg(long, value_name = "X")]
+        spam_weight: Option<f32>,
     },
     /// Teach the model one message (updates [antispam] model, or --model).
     Learn {
@@ -329,11 +356,19 @@ enum QuarantineCommand {
         /// One of the message's original recipients.
         #[arg(long, value_name = "ADDR")]
         to: Option<String>,
+        /// The anti-spam verdict was wrong: learn each message as ham first.
+        #[arg(long)]
+        not_spam: bool,
         #[arg(long)]
         json: bool,
     },
     /// Delete messages from the quarantine for good.
-    Delete { ids: Vec<String> },
+    Delete {
+        ids: Vec<String>,
+        /// Confirmed spam: learn each message as spam first.
+        #[arg(long)]
+        spam: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -626,6 +661,12 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         },
+        Command::Tls {
+            command: TlsCommand::Policy { domain, json },
+        } => (
+            Request::TlsPolicy { domain },
+            if json { print_json } else { print_tls_policy },
+        ),
         Command::Av { command } => match av_request(command) {
             Ok(pair) => pair,
             Err(message) => {
@@ -880,6 +921,7 @@ fn print_av_status(value: &Value) {
                     ""
                 }
             );
+            println!("    {}", yara_summary(engine));
         }
     }
     println!(
@@ -897,6 +939,21 @@ fn print_av_status(value: &Value) {
     }
 }
 
+/// The built-in engine's YARA line: rules in use, or rule files this build ignores.
+fn yara_summary(engine: &Value) -> String {
+    if engine["yara_compiled_in"] == true {
+        format!(
+            "YARA: {} rules from {} files",
+            engine["yara_rules"], engine["yara_files"]
+        )
+    } else {
+        format!(
+            "YARA: not in this build (cargo feature `yara`), {} rule files ignored",
+            engine["yara_files_ignored"]
+        )
+    }
+}
+
 fn failure(message: &str) -> ExitCode {
     eprintln!("bulwarkctl: {message}");
     ExitCode::FAILURE
@@ -910,7 +967,7 @@ fn nothing_selected() -> ExitCode {
 fn request_needs_ids(request: &Request) -> bool {
     matches!(request,
         Request::QueueHold { ids } | Request::QueueRelease { ids } | Request::QueueDelete { ids }
-        | Request::QuarantineRelease { ids, .. } | Request::QuarantineDelete { ids }
+        | Request::QuarantineRelease { ids, .. } | Request::QuarantineDelete { ids, .. }
         if ids.is_empty())
 }
 
@@ -1032,6 +1089,31 @@ fn print_json(value: &Value) {
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_default()
     );
+}
+
+fn print_tls_policy(value: &Value) {
+    println!("destination: {}", text(&value["destination"]));
+    println!("order: {}", text(&value["order"]));
+    println!("MX answer DNSSEC-secure: {}", text(&value["dnssec_mx"]));
+    match &value["mta_sts"] {
+        Value::Null => println!("MTA-STS: no policy"),
+        sts => println!("MTA-STS: {sts}"),
+    }
+    for host in value["hosts"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+        println!(
+            "  {}:{}  {}  ({})",
+            text(&host["host"]),
+            text(&host["port"]),
+            text(&host["policy"]),
+            text(&host["why"])
+        );
+    }
+    if let Some(error) = value["error"].as_str() {
+        println!("MX lookup: {error}");
+    }
+    if !value["tls_rpt"].is_null() {
+        println!("TLS-RPT this period: {}", value["tls_rpt"]);
+    }
 }
 
 fn print_done(value: &Value) {
@@ -1279,11 +1361,18 @@ fn quarantine_request(command: QuarantineCommand) -> Result<Call, String> {
                 pick(json, print_quarantine_show)
             },
         ),
-        QuarantineCommand::Release { ids, to, json } => (
-            Request::QuarantineRelease { ids, to },
+        QuarantineCommand::Release {
+            ids,
+            to,
+            not_spam,
+            json,
+        } => (
+            Request::QuarantineRelease { ids, to, not_spam },
             pick(json, print_released),
         ),
-        QuarantineCommand::Delete { ids } => (Request::QuarantineDelete { ids }, print_done),
+        QuarantineCommand::Delete { ids, spam } => {
+            (Request::QuarantineDelete { ids, spam }, print_done)
+        }
     })
 }
 

@@ -67,6 +67,10 @@ pub fn builtin_default() -> Config {
             ..Default::default()
         },
         milters: Vec::new(),
+        tls_policy: super::TlsPolicyConfig {
+            state_dir: state.join("tls"),
+            ..Default::default()
+        },
     }
 }
 
@@ -78,7 +82,7 @@ fn local_maildir(state: &std::path::Path) -> RouteConfig {
         next_hops: Vec::new(),
         smart_host: None,
         maildir: Some(state.join("Maildir")),
-        tls: Default::default(),
+        tls: None,
         ca_file: None,
         max_connections: 1,
         max_messages_per_connection: 100,

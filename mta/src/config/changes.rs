@@ -21,6 +21,7 @@ const RESTART_ONLY: &[&str] = &[
     "server.group",
     "server.control_socket",
     "dns",
+    "tls_policy",
     "flow.mode",
     "flow.interfaces",
     "flow.pin_dir",
@@ -57,6 +58,8 @@ pub fn diff(running: &Config, file: &Config) -> Vec<Change> {
 pub fn keep_restart_only(running: &Config, reloaded: &mut Config) {
     reloaded.listeners = running.listeners.clone();
     reloaded.dns = running.dns.clone();
+    // The resolvers, cache and counters are built once at start.
+    reloaded.tls_policy = running.tls_policy.clone();
     let (server, old) = (&mut reloaded.server, &running.server);
     server.spool_dir = old.spool_dir.clone();
     server.spool_sync = old.spool_sync;

@@ -248,6 +248,7 @@ fn validate(config: &mut Config, base: &Path) -> Found {
     validate_antivirus(config, &mut found);
     validate_antispam(config, &mut found);
     validate_tracking(config, &mut found);
+    validate_tls_policy(config, base, &mut found);
     validate_milters(config, &mut found);
     ranges::check(config, &mut found);
     resolve_paths(config, base);
@@ -272,6 +273,7 @@ fn validate_console(config: &Config, found: &mut Found) {
             "the console serves HTTPS only: set certificate/private_key or a [tls] section".into(),
         ));
     }
+    validate_console_ops(console, found);
     for (i, node) in console.nodes.iter().enumerate() {
         if console.nodes[..i]
             .iter()
@@ -290,6 +292,93 @@ fn validate_console(config: &Config, found: &mut Found) {
             found.push((
                 indexed_in(&["console", "node"], i, "address"),
                 format!("{:?} is not host:port", node.address),
+            ));
+        }
+    }
+}
+
+/// `[console.mail]`, `[console.alerts]`, `[console.reports]`, `[console.digest]`: what the
+/// types cannot say (a rule's parameter, a node that must be listed, mail addresses).
+fn validate_console_ops(console: &super::ConsoleConfig, found: &mut Found) {
+    let listed = |name: &str| console.nodes.iter().any(|n| n.name == name);
+    let wants_mail = console
+        .alerts
+        .as_ref()
+        .is_some_and(|a| !a.mail_to.is_empty())
+        || console
+            .reports
+            .as_ref()
+            .is_some_and(|r| !r.mail_to.is_empty())
+        || console.digest.is_some();
+    match &console.mail {
+        Some(mail) if !listed(&mail.node) => found.push((
+            key(&["console", "mail", "node"]),
+            format!("{:?} is not a [[console.node]] name", mail.node),
+        )),
+        None if wants_mail => found.push((
+            key(&["console", "listen"]),
+            "alerts, reports or digests are mailed: set [console.mail] node and from".into(),
+        )),
+        _ => {}
+    }
+    if console.digest.is_some() && console.public_url.is_none() {
+        found.push((
+            key(&["console", "digest"]),
+            "digest links need [console] public_url (https://host:port)".into(),
+        ));
+    }
+    for (field, list) in [
+        ("alerts", console.alerts.as_ref().map(|a| &a.mail_to)),
+        ("reports", console.reports.as_ref().map(|r| &r.mail_to)),
+    ] {
+        for address in list.into_iter().flatten() {
+            if !address.contains('@') {
+                found.push((
+                    key(&["console", field, "mail_to"]),
+                    format!("{address:?} is not a mail address"),
+                ));
+            }
+        }
+    }
+    if let Some(reports) = &console.reports {
+        if reports.hour > 23 {
+            found.push((
+                key(&["console", "reports", "hour"]),
+                "an hour is 0 to 23".into(),
+            ));
+        }
+    }
+    if let Some(digest) = &console.digest {
+        if digest.hour > 23 {
+            found.push((
+                key(&["console", "digest", "hour"]),
+                "an hour is 0 to 23".into(),
+            ));
+        }
+    }
+    let Some(alerts) = &console.alerts else {
+        return;
+    };
+    if let Some(url) = &alerts.webhook {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            found.push((
+                key(&["console", "alerts", "webhook"]),
+                format!("{url:?} is not an http:// or https:// URL"),
+            ));
+        }
+    }
+    for (i, rule) in alerts.rules.iter().enumerate() {
+        let at = |field| indexed_in(&["console", "alerts", "rule"], i, field);
+        if rule.when.needs_limit() && rule.limit.is_none() {
+            found.push((at("when"), format!("{:?} needs a limit", rule.name)));
+        }
+        if rule.when.needs_duration() && rule.duration.is_zero() {
+            found.push((at("when"), format!("{:?} needs a duration", rule.name)));
+        }
+        if let Some(bad) = rule.nodes.iter().find(|n| !listed(n)) {
+            found.push((
+                at("nodes"),
+                format!("{bad:?} is not a [[console.node]] name"),
             ));
         }
     }
@@ -620,6 +709,55 @@ fn validate_antivirus(config: &Config, found: &mut Found) {
     }
 }
 
+fn validate_tls_policy(config: &Config, base: &Path, found: &mut Found) {
+    let policy = &config.tls_policy;
+    if policy.mx_order.is_empty() {
+        found.push((
+            key(&["tls_policy", "mx_order"]),
+            "must name at least one of dane, mta-sts, opportunistic".into(),
+        ));
+    }
+    for (name, file) in [
+        ("dnssec_trust_anchor", &policy.dnssec_trust_anchor),
+        ("mta_sts_ca_file", &policy.mta_sts_ca_file),
+    ] {
+        if let Some(file) = file {
+            if !base.join(file).is_file() {
+                found.push((
+                    key(&["tls_policy", name]),
+                    format!("{} is not a readable file", base.join(file).display()),
+                ));
+            }
+        }
+    }
+    if policy.report.interval.is_zero() {
+        found.push((
+            key(&["tls_policy", "report", "interval"]),
+            "must be longer than 0".into(),
+        ));
+    }
+    if let Some(publish) = &policy.publish {
+        if !matches!(publish.mode.as_str(), "enforce" | "testing" | "none") {
+            found.push((
+                key(&["tls_policy", "publish", "mode"]),
+                "must be enforce, testing or none".into(),
+            ));
+        }
+        if publish.mx.is_empty() && publish.mode != "none" {
+            found.push((
+                key(&["tls_policy", "publish", "mx"]),
+                "must name the MX hosts senders may use".into(),
+            ));
+        }
+        if publish.max_age.as_secs() > crate::tls_policy::mta_sts::MAX_AGE_LIMIT {
+            found.push((
+                key(&["tls_policy", "publish", "max_age"]),
+                "must be at most one year (31557600 s)".into(),
+            ));
+        }
+    }
+}
+
 fn validate_tracking(config: &Config, found: &mut Found) {
     if config.tracking.retention.is_zero() {
         found.push((
@@ -680,6 +818,16 @@ fn resolve_paths(config: &mut Config, base: &Path) {
         resolve(file);
     }
     resolve(&mut config.tracking.dir);
+    resolve(&mut config.tls_policy.state_dir);
+    for file in [
+        &mut config.tls_policy.dnssec_trust_anchor,
+        &mut config.tls_policy.mta_sts_ca_file,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        resolve(file);
+    }
     resolve(&mut config.quarantine.dir);
     if let Some(tls) = &mut config.tls {
         resolve(&mut tls.certificate);

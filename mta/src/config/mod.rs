@@ -10,6 +10,7 @@ mod antispam;
 mod builtin;
 pub mod changes;
 mod console;
+mod console_ops;
 mod domains;
 mod duration;
 mod load;
@@ -18,6 +19,7 @@ mod pipeline;
 mod policy;
 mod ranges;
 mod size;
+mod tls_policy;
 mod tracking;
 
 use std::net::SocketAddr;
@@ -33,6 +35,9 @@ pub use antispam::{
 };
 pub use builtin::{builtin_default, DEFAULT_CONFIG_PATH};
 pub use console::{ConsoleConfig, ConsoleNode, ControlConfig, MetricsConfig};
+pub use console_ops::{
+    AlertCondition, AlertRule, AlertsConfig, ConsoleMailConfig, DigestConfig, ReportsConfig,
+};
 pub use load::{load_file, load_str, ConfigError, Problem};
 pub use milter::{MilterAddress, MilterConfig};
 pub use pipeline::{
@@ -40,6 +45,7 @@ pub use pipeline::{
 };
 pub use policy::{DkimConfig, LimitKey, OutboundLimitConfig, OverLimit};
 pub use size::parse as parse_size;
+pub use tls_policy::{PolicySource, PublishedPolicyConfig, TlsPolicyConfig, TlsReportConfig};
 pub use tracking::TrackingConfig;
 
 /// The whole configuration file.
@@ -84,6 +90,9 @@ pub struct Config {
     pub outbound_limit: Option<OutboundLimitConfig>,
     #[serde(default)]
     pub tracking: TrackingConfig,
+    /// Outbound DANE / MTA-STS / TLS-RPT and the MTA-STS policy we publish.
+    #[serde(default)]
+    pub tls_policy: TlsPolicyConfig,
     #[serde(default)]
     pub quarantine: QuarantineConfig,
     #[serde(default)]
@@ -371,10 +380,10 @@ impl Config {
 pub fn domain_listed(list: &[String], domain: &str) -> bool {
     list.iter().any(|entry| {
         if let Some(parent) = entry.strip_prefix('.') {
+            let cut = domain.len().wrapping_sub(parent.len());
             domain.len() > parent.len()
-                && domain.ends_with(parent)
-                && domain.as_bytes()[domain.len() - parent.len() - 1] == b'.'
-                && domain[domain.len() - parent.len()..].eq_ignore_ascii_case(parent)
+                && domain.as_bytes()[cut - 1] == b'.'
+                && domain.as_bytes()[cut..].eq_ignore_ascii_case(parent.as_bytes())
         } else {
             entry.eq_ignore_ascii_case(domain)
         }
@@ -392,6 +401,7 @@ mod tests {
         assert!(!domain_listed(&list, "xexample.com"));
         assert!(!domain_listed(&list, "a.example.com"));
         assert!(domain_listed(&list, "a.sub.org"));
+        assert!(domain_listed(&list, "A.Sub.ORG"));
         assert!(!domain_listed(&list, "sub.org"));
         assert!(!domain_listed(&list, "asub.org"));
     }
@@ -411,6 +421,11 @@ pub enum OutboundTls {
     /// As required, and the certificate must chain to `ca_file` (or the system roots) and
     /// match the next hop's name.
     Verify,
+    /// DANE (RFC 7672) where the MX host has secure TLSA records, else opportunistic.
+    Dane,
+    /// The domain's MTA-STS policy (RFC 8461) where it has one, else opportunistic.
+    #[serde(rename = "mta-sts")]
+    MtaSts,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -426,8 +441,9 @@ pub struct RouteConfig {
     /// Deliver locally into this Maildir instead of over SMTP (one file per recipient).
     #[serde(default)]
     pub maildir: Option<PathBuf>,
+    /// Absent: MX delivery follows `[tls_policy] mx_order`, next hops are opportunistic.
     #[serde(default)]
-    pub tls: OutboundTls,
+    pub tls: Option<OutboundTls>,
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
     /// Concurrent connections to this route's destination.

@@ -7,6 +7,7 @@
 //!   only reads the header (or streams with a [`ContentReader`]) costs no copy of the body.
 //! - The MIME tree is parsed at most once per message, whichever stages ask.
 
+use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
 use tokio::sync::OnceCell;
@@ -87,19 +88,26 @@ impl<'a> MessageContent<'a> {
 
     /// The decoded Subject ("" when there is none). A plain one is read from the raw field;
     /// only one with encoded words (RFC 2047) costs a header parse.
-    pub fn subject(&self) -> &str {
-        let raw = self
-            .header_fields()
-            .iter()
-            .find(|(name, _)| name.eq_ignore_ascii_case("subject"))
-            .map(|(_, value)| value.as_str());
-        match raw {
-            Some(raw) if raw.contains("=?") || !raw.is_ascii() => self
-                .parsed_header()
-                .and_then(|m| m.subject())
-                .unwrap_or(raw),
+    pub fn subject(&self) -> Cow<'a, str> {
+        match self.field_values("subject").next() {
+            Some(raw) if raw.contains("=?") || !raw.is_ascii() => match self.parsed_header() {
+                Some(parsed) => parsed
+                    .subject()
+                    .map_or(raw, |decoded| Cow::Owned(decoded.to_string())),
+                None => raw,
+            },
             Some(raw) => raw,
-            None => "",
+            None => Cow::Borrowed(""),
+        }
+    }
+
+    /// The values of the fields named `name` (ASCII case-insensitive), in order and unfolded
+    /// as [`header_fields`] does, borrowed from the header unless folded or not UTF-8: what
+    /// a condition on one field reads without splitting the whole header.
+    pub fn field_values<'n>(&self, name: &'n str) -> FieldValues<'a, 'n> {
+        FieldValues {
+            rest: self.header,
+            name,
         }
     }
 
@@ -245,6 +253,64 @@ impl ContentReader {
     }
 }
 
+/// The values of one field; see [`MessageContent::field_values`].
+pub struct FieldValues<'h, 'n> {
+    rest: &'h [u8],
+    name: &'n str,
+}
+
+impl<'h> FieldValues<'h, '_> {
+    fn take_line(&mut self) -> &'h [u8] {
+        let (line, rest) = match memchr::memchr(b'\n', self.rest) {
+            Some(end) => (&self.rest[..end], &self.rest[end + 1..]),
+            None => (self.rest, &self.rest[self.rest.len()..]),
+        };
+        self.rest = rest;
+        line.strip_suffix(b"\r").unwrap_or(line)
+    }
+}
+
+impl<'h> Iterator for FieldValues<'h, '_> {
+    type Item = Cow<'h, str>;
+
+    fn next(&mut self) -> Option<Cow<'h, str>> {
+        while !self.rest.is_empty() {
+            let line = self.take_line();
+            let Some(value) = value_if_named(line, self.name) else {
+                continue;
+            };
+            let mut value = trim_start(String::from_utf8_lossy(value));
+            while let Some(b' ' | b'\t') = self.rest.first() {
+                let more = self.take_line();
+                let unfolded = value.to_mut();
+                unfolded.push(' ');
+                unfolded.push_str(String::from_utf8_lossy(more).trim_start());
+            }
+            return Some(value);
+        }
+        None
+    }
+}
+
+/// The raw value of a field line when its name is `name`.
+fn value_if_named<'h>(line: &'h [u8], name: &str) -> Option<&'h [u8]> {
+    if matches!(line.first(), None | Some(b' ' | b'\t')) {
+        return None;
+    }
+    let colon = memchr::memchr(b':', line)?;
+    line[..colon]
+        .trim_ascii_end()
+        .eq_ignore_ascii_case(name.as_bytes())
+        .then(|| &line[colon + 1..])
+}
+
+fn trim_start(text: Cow<'_, str>) -> Cow<'_, str> {
+    match text {
+        Cow::Borrowed(text) => Cow::Borrowed(text.trim_start()),
+        Cow::Owned(text) => Cow::Owned(text.trim_start().to_string()),
+    }
+}
+
 /// Splits a raw header section into (name, value) pairs, unfolding continuation lines; the
 /// value keeps its leading space removed and its inner folding as single spaces.
 pub fn header_fields(header: &[u8]) -> Vec<(String, String)> {
@@ -274,7 +340,8 @@ pub fn header_fields(header: &[u8]) -> Vec<(String, String)> {
 
 #[cfg(test)]
 mod tests {
-    use super::header_fields;
+    use super::{header_fields, FieldValues};
+    use std::borrow::Cow;
 
     #[test]
     fn fields_are_unfolded_in_order() {
@@ -286,6 +353,33 @@ mod tests {
                 ("Subject".to_string(), "hi".to_string()),
                 ("X-A".to_string(), "1".to_string()),
             ]
+        );
+    }
+
+    #[test]
+    fn field_values_agree_with_header_fields() {
+        let header: &[u8] = b"Received: from a\r\n\tby b\r\nSubject:  hi\r\n there\r\nX-A:1\r\nx-a : 2\r\nNoColon\r\n folded\r\nX-B: \xff\r\n";
+        let draft_free = |name: &str| -> Vec<String> {
+            header_fields(header)
+                .into_iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v)
+                .collect()
+        };
+        for name in ["received", "SUBJECT", "x-a", "X-B", "folded", "absent"] {
+            let scanned: Vec<String> = FieldValues { rest: header, name }
+                .map(|v| v.into_owned())
+                .collect();
+            assert_eq!(scanned, draft_free(name), "field {name}");
+        }
+        let plain: Vec<_> = FieldValues {
+            rest: header,
+            name: "x-a",
+        }
+        .collect();
+        assert!(
+            matches!(plain[0], Cow::Borrowed("1")),
+            "one-line values are borrowed"
         );
     }
 }

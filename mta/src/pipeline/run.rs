@@ -141,8 +141,8 @@ pub struct Pipeline {
 /// What identifies the message in the decision log.
 struct LogKeys<'a> {
     session_id: &'a str,
-    queue_id: String,
-    client: String,
+    queue_id: crate::queue::QueueId,
+    client: std::net::IpAddr,
 }
 
 impl Pipeline {
@@ -165,8 +165,8 @@ impl Pipeline {
         let mut groups = vec![Group::new(base.recipients.to_vec())];
         let keys = LogKeys {
             session_id: &base.session.session_id,
-            queue_id: base.queue_id.to_string(),
-            client: base.session.client.ip().to_string(),
+            queue_id: base.queue_id,
+            client: base.session.client.ip(),
         };
         for stage in &self.stages {
             if !stage.scope().covers(base.direction) || skip.iter().any(|s| s == stage.name()) {
@@ -259,8 +259,8 @@ fn split(
 fn failed(stage: &dyn Stage, mut group: Group, error: StageError, keys: &LogKeys<'_>) -> Group {
     let policy = stage.on_error();
     log::warn!(
-        session_id = keys.session_id, queue_id = keys.queue_id.as_str(),
-        client_addr = keys.client.as_str(), stage = stage.name(),
+        session_id = keys.session_id, queue_id:% = keys.queue_id,
+        client_addr:% = keys.client, stage = stage.name(),
         on_error:? = policy, reason:% = error;
         "filter failed: stage={} on_error={policy:?} reason={error}", stage.name()
     );
@@ -300,8 +300,8 @@ fn log_decision(stage: &str, decision: &Decision, keys: &LogKeys<'_>, recipients
     };
     log::log!(
         level,
-        session_id = keys.session_id, queue_id = keys.queue_id.as_str(),
-        client_addr = keys.client.as_str(), stage = by, verdict = verdict,
+        session_id = keys.session_id, queue_id:% = keys.queue_id,
+        client_addr:% = keys.client, stage = by, verdict = verdict,
         reason = reason, score:? = decision.score, recipients = recipients;
         "filter: id={} stage={by} verdict={verdict} reason={reason:?} score={} nrcpt={recipients}",
         keys.queue_id,

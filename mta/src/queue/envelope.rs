@@ -76,6 +76,10 @@ pub struct Envelope {
     pub message_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
+    /// RFC 8689 REQUIRETLS: never relayed without TLS to an authenticated next hop that
+    /// offers REQUIRETLS. Absent in spool files written before it existed (false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_tls: bool,
 }
 
 impl Envelope {
@@ -105,6 +109,7 @@ impl Envelope {
             dsn_envid: None,
             message_id: None,
             subject: None,
+            require_tls: false,
         }
     }
 }

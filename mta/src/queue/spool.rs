@@ -136,6 +136,18 @@ impl Spool {
         Ok(stat.blocks_available().saturating_mul(stat.fragment_size()))
     }
 
+    /// Bytes available to the daemon and the file system's size, for the console's alerts.
+    pub fn file_system(&self) -> Result<(u64, u64), SpoolError> {
+        let queue = &self.paths.queue;
+        let stat = nix::sys::statvfs::statvfs(queue.as_path())
+            .map_err(|errno| io_at(queue)(io::Error::from(errno)))?;
+        let fragment = stat.fragment_size();
+        Ok((
+            stat.blocks_available().saturating_mul(fragment),
+            stat.blocks().saturating_mul(fragment),
+        ))
+    }
+
     /// Opens (creating if needed) the spool under `root`, discards drafts, and returns every
     /// valid committed message. Invalid files (never acknowledged) go to `corrupt/`.
     pub fn open(root: &Path, mode: SyncMode) -> Result<(Spool, Vec<Recovered>), SpoolError> {
@@ -1070,6 +1082,7 @@ mod tests {
             dsn_envid: None,
             message_id: None,
             subject: None,
+            require_tls: false,
         }
     }
 

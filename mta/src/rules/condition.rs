@@ -13,6 +13,8 @@ use crate::filters::mime::{Attachment, Inventory};
 /// (`partner.example`; `.partner.example` also for subdomains; `*.partner.example` a glob).
 #[derive(Debug, Clone)]
 pub enum AddressPattern {
+    /// `*@domain` (the commonest pattern): a suffix compare instead of a glob.
+    AnyAtDomain(String),
     Address(GlobMatcher),
     Domain(String),
     DomainGlob(GlobMatcher),
@@ -49,6 +51,11 @@ impl AddressPattern {
         if pattern.is_empty() {
             return Err("empty pattern".into());
         }
+        if let Some(domain) = pattern.strip_prefix("*@") {
+            if !domain.is_empty() && !domain.contains(['*', '?', '[', '{', '\\', '@']) {
+                return Ok(AddressPattern::AnyAtDomain(domain.to_ascii_lowercase()));
+            }
+        }
         if pattern.contains('@') {
             return glob(pattern).map(AddressPattern::Address);
         }
@@ -61,11 +68,14 @@ impl AddressPattern {
     pub fn matches(&self, address: &str) -> bool {
         let domain = address.rsplit_once('@').map_or("", |(_, d)| d);
         match self {
+            AddressPattern::AnyAtDomain(wanted) => {
+                address.contains('@') && domain.eq_ignore_ascii_case(wanted)
+            }
             AddressPattern::Address(glob) => glob.is_match(address),
-            AddressPattern::Domain(domain_pattern) => domain_listed(
-                std::slice::from_ref(domain_pattern),
-                &domain.to_ascii_lowercase(),
-            ),
+            // domain_listed compares ignoring ASCII case: no lowercased copy per message.
+            AddressPattern::Domain(domain_pattern) => {
+                domain_listed(std::slice::from_ref(domain_pattern), domain)
+            }
             AddressPattern::DomainGlob(glob) => glob.is_match(domain),
         }
     }
@@ -148,8 +158,18 @@ impl AttachmentConditions {
         !self.names.is_empty() || !self.types.is_empty() || self.size_over.is_some()
     }
 
-    /// What in `attachment` matches, if anything.
+    /// What in `attachment` matches, if anything. An archive the bounded walk could not
+    /// finish may hold what the rule looks for: unknown counts as a match, not as clean.
     fn matching_object(&self, attachment: &Attachment) -> Option<String> {
+        let found = self.matching_seen(attachment);
+        if found.is_none() && attachment.archive.limit_hit {
+            let name = attachment.name.as_deref().unwrap_or("archive");
+            return Some(format!("{name} could not be fully inspected"));
+        }
+        found
+    }
+
+    fn matching_seen(&self, attachment: &Attachment) -> Option<String> {
         if self.encrypted_archive && !attachment.archive.encrypted() {
             return None;
         }
@@ -256,8 +276,19 @@ mod tests {
     #[test]
     fn address_patterns() {
         let p = AddressPattern::parse("*@Partner.example").expect("glob");
+        assert!(matches!(p, AddressPattern::AnyAtDomain(_)));
         assert!(p.matches("bob@partner.example"));
+        assert!(p.matches("BOB@PARTNER.example"));
+        assert!(
+            p.matches("@partner.example"),
+            "as the glob: * matches an empty local part"
+        );
         assert!(!p.matches("bob@partner.example.org"));
+        assert!(!p.matches("bob@xpartner.example"));
+        assert!(!p.matches("partner.example"));
+        let g = AddressPattern::parse("b*@partner.example").expect("glob");
+        assert!(matches!(g, AddressPattern::Address(_)));
+        assert!(g.matches("bob@partner.example") && !g.matches("al@partner.example"));
         let d = AddressPattern::parse("example.com").expect("domain");
         assert!(d.matches("a@EXAMPLE.com"));
         assert!(!d.matches("a@sub.example.com"));

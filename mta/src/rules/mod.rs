@@ -288,20 +288,15 @@ async fn message_conditions_hold(c: &Conditions, cx: &Context<'_>) -> bool {
         }
     }
     if let Some(subject) = &c.subject {
-        if !subject.is_match(cx.content.subject()) {
+        if !subject.is_match(&cx.content.subject()) {
             return false;
         }
     }
-    if !c.header.is_empty() {
-        let fields = cx.content.header_fields();
-        let all = c.header.iter().all(|(name, pattern)| {
-            fields
-                .iter()
-                .any(|(n, v)| n.eq_ignore_ascii_case(name) && pattern.is_match(v))
-        });
-        if !all {
-            return false;
-        }
+    let header_holds = |(name, pattern): &(String, regex::Regex)| {
+        cx.content.field_values(name).any(|v| pattern.is_match(&v))
+    };
+    if !c.header.iter().all(header_holds) {
+        return false;
     }
     if let Some(body) = &c.body {
         if !body.is_match(&cx.content.text().await) {
@@ -539,6 +534,16 @@ impl Stage for RuleSet {
         };
         if !self.per_recipient() {
             let hits = self.matching(&mut facts, None).await;
+            return Ok(self.decision(&hits, &facts, cx.recipients).await.into());
+        }
+        // One recipient (most mail) cannot split: no grouping needed.
+        if let [only] = cx.recipients {
+            let address = cx
+                .envelope
+                .recipients
+                .get(*only)
+                .map(|r| r.address.as_str());
+            let hits = self.matching(&mut facts, Some(address.unwrap_or(""))).await;
             return Ok(self.decision(&hits, &facts, cx.recipients).await.into());
         }
         let mut by_outcome: BTreeMap<Vec<usize>, Vec<usize>> = BTreeMap::new();

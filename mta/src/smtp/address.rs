@@ -5,6 +5,7 @@
 //! *last* `@` and classify the parts, so that `"user@other.net"@example.com` is seen as a local
 //! part holding `@` at our domain (a relay trick), never as mail for other.net.
 
+use std::borrow::Cow;
 use std::fmt;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +93,38 @@ impl Mailbox {
     }
 }
 
+/// RFC 5322 atext; non-ASCII too (RFC 6531/6532 allow UTF-8 there).
+fn is_atext(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~".contains(c) || !c.is_ascii()
+}
+
+/// An address as SMTP paths and RFC 5322 fields must write it. The path parser removes the
+/// quotes of a quoted local part, so `"smith, john"@example.com` is stored as `smith,
+/// john@example.com`: a local part that is not a dot-string gets its quotes back (with `\`
+/// before `"` and `\`). The null sender and addresses without `@` stay as they are.
+pub fn quoted(address: &str) -> Cow<'_, str> {
+    let Some((local, domain)) = address.rsplit_once('@') else {
+        return Cow::Borrowed(address);
+    };
+    let dot_string = local
+        .split('.')
+        .all(|atom| !atom.is_empty() && atom.chars().all(is_atext));
+    if dot_string {
+        return Cow::Borrowed(address);
+    }
+    let mut out = String::with_capacity(address.len() + 4);
+    out.push('"');
+    for c in local.chars() {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push_str("\"@");
+    out.push_str(domain);
+    Cow::Owned(out)
+}
+
 fn parse_domain(domain: &str) -> Result<Domain, AddressError> {
     if domain.starts_with('[') {
         let valid = domain.ends_with(']') && is_literal(&domain[1..domain.len() - 1]);
@@ -130,6 +163,24 @@ fn is_literal(inner: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_parts_that_need_quotes_get_them_back() {
+        assert_eq!(quoted("john.smith@example.com"), "john.smith@example.com");
+        assert_eq!(
+            quoted("smith, john@example.com"),
+            "\"smith, john\"@example.com"
+        );
+        assert_eq!(
+            quoted("user@other.net@example.com"),
+            "\"user@other.net\"@example.com"
+        );
+        assert_eq!(quoted(r#"a"b\c@example.com"#), r#""a\"b\\c"@example.com"#);
+        assert_eq!(quoted("..dots@example.com"), "\"..dots\"@example.com");
+        assert_eq!(quoted(""), "");
+        assert_eq!(quoted("postmaster"), "postmaster");
+        assert_eq!(quoted("j\u{f6}rg@example.com"), "j\u{f6}rg@example.com");
+    }
 
     #[test]
     fn ordinary_and_trailing_dot() {

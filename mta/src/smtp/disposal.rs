@@ -25,6 +25,7 @@ use crate::quarantine::{QuarantineError, Why};
 use crate::queue::{
     unix_now, Draft, DraftSnapshot, Envelope, QueueId, Recipient, RecipientOutcome, SpoolError,
 };
+use crate::smtp::address::quoted;
 use crate::track::{self, Event, EventKind, Tracker};
 
 /// Why the message could not be taken (the client gets 451 or 452 and retries).
@@ -428,7 +429,7 @@ fn envelope_fields(envelope: &Envelope) -> [Modification; 2] {
     [
         Modification::AddHeader {
             name: "X-Bulwark-Original-Sender".into(),
-            value: format!("<{}>", envelope.sender),
+            value: format!("<{}>", quoted(&envelope.sender)),
         },
         Modification::AddHeader {
             name: "X-Bulwark-Original-Recipients".into(),
@@ -564,22 +565,25 @@ async fn queue_copy(
     Ok(gateway.enqueue(draft, copy, origin).await?)
 }
 
-/// `<a@x>, <b@y>` folded so no line exceeds 78 characters much (RFC 5322 2.1.1).
+/// The recipients as an RFC 5322 address list, folded so that no line of the field is longer
+/// than 78 octets (one address longer than that gets a line of its own).
 fn original_recipients(envelope: &Envelope) -> String {
     let mut value = String::new();
-    let mut line = 0;
+    let mut line = "X-Bulwark-Original-Recipients: ".len();
     for (i, recipient) in envelope.recipients.iter().enumerate() {
-        let item = format!("<{}>", recipient.address);
+        let item = format!("<{}>", quoted(&recipient.address));
         if i > 0 {
             value.push(',');
-            if line + item.len() > 70 {
+            line += 1;
+            if line + 1 + item.len() > 78 {
                 value.push_str("\r\n\t");
-                line = 0;
+                line = 1;
             } else {
                 value.push(' ');
+                line += 1;
             }
         }
-        line += item.len() + 2;
+        line += item.len();
         value.push_str(&item);
     }
     value

@@ -127,7 +127,7 @@ async fn start_session(
 ) {
     let _ = tcp.set_nodelay(true);
     let hostname = gateway.runtime().config.server.hostname.clone();
-    // Flow control (userspace enforcement; with XDP the kernel already decided).
+    // Flow control: all of it in userspace mode; with XDP what the kernel did not judge.
     let why = match gateway.flow.admit(client.ip()) {
         Admission::Pass => None,
         Admission::RateLimited => Some("Connection rate limit exceeded, try again later"),

@@ -1,5 +1,5 @@
 //! One SMTP session as an explicit state machine (RFC 5321, with PIPELINING, SIZE, 8BITMIME,
-//! SMTPUTF8, ENHANCEDSTATUSCODES, CHUNKING, DSN, STARTTLS and AUTH).
+//! SMTPUTF8, ENHANCEDSTATUSCODES, CHUNKING, DSN, STARTTLS, AUTH and REQUIRETLS inside TLS).
 //!
 //! # Invariants
 //! - Every command has one place that decides whether it is allowed now (`dispatch`).
@@ -60,6 +60,8 @@ struct Transaction {
     smtputf8: bool,
     ret: Option<DsnRet>,
     envid: Option<String>,
+    /// MAIL FROM ... REQUIRETLS (RFC 8689), only accepted inside TLS.
+    require_tls: bool,
     recipients: Vec<Recipient>,
     /// A RCPT was tried (even if refused): DATA then gets 554, not 503.
     rcpt_attempted: bool,
@@ -392,6 +394,10 @@ impl Session {
         if self.runtime.users.is_some() && self.stream.is_tls() && self.info.auth_user.is_none() {
             lines.push("AUTH PLAIN LOGIN".into());
         }
+        // RFC 8689 2: offered only where the client's message arrives over TLS.
+        if self.stream.is_tls() {
+            lines.push("REQUIRETLS".into());
+        }
         self.hello_reply(&Reply::owned(250, lines.join("\n")), repeated);
     }
 
@@ -424,8 +430,12 @@ impl Session {
                 "4.5.3 Too many messages in this session, reconnect",
             ));
         }
-        if from.flags & (MAIL_BODY_BINARYMIME | MAIL_REQUIRETLS) != 0 {
+        if from.flags & MAIL_BODY_BINARYMIME != 0 {
             return self.error(&Reply::new(555, "5.5.4 Unsupported MAIL parameter"));
+        }
+        let require_tls = from.flags & MAIL_REQUIRETLS != 0;
+        if require_tls && !self.stream.is_tls() {
+            return self.error(&Reply::new(530, "5.7.10 REQUIRETLS needs a TLS session"));
         }
         if from.size as u64 > self.limits().max_message_size {
             return self.error(&reply::TOO_BIG);
@@ -457,6 +467,7 @@ impl Session {
                 _ => None,
             },
             envid: from.env_id,
+            require_tls,
             recipients: Vec::new(),
             rcpt_attempted: false,
             chunks: None,
@@ -887,6 +898,7 @@ impl Session {
             dsn_envid: transaction.envid,
             message_id,
             subject,
+            require_tls: transaction.require_tls,
         }
     }
 
