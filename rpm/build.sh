@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# rpm/build.sh OUTDIR [--suse] [--prebuilt DIR] [--glibc-2.28] [--release N]
+# rpm/build.sh OUTDIR [--suse] [--prebuilt DIR] [--glibc-2.28] [--release N] [--without-yara]
 #
 # Builds the binary RPMs from this tree on any machine with rpmbuild (Debian included: the
 # distribution macros come from rpm/macros.fallback or rpm/macros.suse-fallback there).
@@ -10,18 +10,22 @@
 #   --glibc-2.28    build the binaries with `cargo zigbuild` against glibc 2.28, so they run on
 #                   RHEL 8 and SLES 15 too (needs `pip install ziglang cargo-zigbuild`)
 #   --release N     the package release number (default 1)
+#   --without-yara  build inside rpmbuild without the YARA feature (the spec's `--without yara`):
+#                   yara-x is most of a clean release build, and CI's short mode proves the
+#                   offline vendored build without it
 set -euo pipefail
-usage() { echo "usage: $0 OUTDIR [--suse] [--prebuilt DIR] [--glibc-2.28]" >&2; exit 64; }
+usage() { echo "usage: $0 OUTDIR [--suse] [--prebuilt DIR] [--glibc-2.28] [--release N] [--without-yara]" >&2; exit 64; }
 [ $# -ge 1 ] || usage
 out=$(realpath -m "$1"); shift
 repo=$(cd "$(dirname "$0")/.." && pwd)
-suse="" prebuilt="" glibc228="" release=""
+suse="" prebuilt="" glibc228="" release="" without_yara=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --suse) suse=1 ;;
         --prebuilt) [ $# -ge 2 ] || usage; prebuilt=$(realpath "$2"); shift ;;
         --glibc-2.28) glibc228=1 ;;
         --release) [ $# -ge 2 ] || usage; release="$2"; shift ;;
+        --without-yara) without_yara=1 ;;
         *) usage ;;
     esac
     shift
@@ -71,6 +75,7 @@ fi
 [ -n "$suse" ] && args+=(--define "suse_version 1600" --define "dist .suse")
 [ -n "$prebuilt" ] && args+=(--define "prebuilt $prebuilt")
 [ -n "$release" ] && args+=(--define "rel $release")
+[ -n "$without_yara" ] && args+=(--without yara)
 rpmbuild "${args[@]}" "$top/SPECS/bulwark.spec"
 find "$top/RPMS" -name '*.rpm' -exec cp {} "$out/" \;
 ls "$out"/*.rpm

@@ -2,7 +2,8 @@
 
 These tests drive the real binaries (`bulwarkd`, `bulwarkctl`) over TCP and the control
 socket; they never build anything. Set BULWARKD / BULWARKCTL to test other binaries, otherwise
-`<repo>/target/debug/{bulwarkd,bulwarkctl}` are used.
+`<repo>/target/$BULWARK_PROFILE/{bulwarkd,bulwarkctl}` are used (debug unless set;
+tests/run-all.sh builds and tests release).
 
 Everything here is bounded: every socket has a timeout, every subprocess.run has a timeout,
 every wait loop has a deadline.
@@ -29,8 +30,10 @@ import pytest
 pytest_plugins = ["abuse_tally"]
 
 REPO = Path(__file__).resolve().parent.parent
-BULWARKD = os.environ.get("BULWARKD") or str(REPO / "target" / "debug" / "bulwarkd")
-BULWARKCTL = os.environ.get("BULWARKCTL") or str(REPO / "target" / "debug" / "bulwarkctl")
+# The cargo profile whose binaries the tests run (tests/run-all.sh exports release).
+BUILD = REPO / "target" / (os.environ.get("BULWARK_PROFILE") or "debug")
+BULWARKD = os.environ.get("BULWARKD") or str(BUILD / "bulwarkd")
+BULWARKCTL = os.environ.get("BULWARKCTL") or str(BUILD / "bulwarkctl")
 
 HOSTNAME = "mx.test"
 CRLF = b"\r\n"

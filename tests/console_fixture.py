@@ -12,10 +12,10 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from conftest import BULWARKCTL, REPO, CaptureServer, Daemon, free_ports, run, tcp_accepts, to_toml
+from conftest import BUILD, BULWARKCTL, REPO, CaptureServer, Daemon, free_ports, run, tcp_accepts, to_toml
 from control_client import control_toml, enroll
 
-CONSOLE = os.environ.get("BULWARK_CONSOLE") or str(REPO / "target" / "debug" / "bulwark-console")
+CONSOLE = os.environ.get("BULWARK_CONSOLE") or str(BUILD / "bulwark-console")
 PASSWORD = "correct horse battery"
 INVOICE_RULE = {"name": "invoices", "direction": "inbound", "subject": "(?i)invoice",
                 "action": "quarantine", "reason": "macro invoice"}

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BULWARKCTL, REPO, queue_id_of, route, run, to_toml
+from conftest import BUILD, BULWARKCTL, REPO, queue_id_of, route, run, to_toml
 from conftest import send_mail
 
-MIME_TEXTS = os.environ.get("BULWARK_MIME_TEXTS") or str(REPO / "target" / "debug" / "examples" / "mime_texts")
+MIME_TEXTS = os.environ.get("BULWARK_MIME_TEXTS") or str(BUILD / "examples" / "mime_texts")
 
 SENDER = "sender@other.org"
 TRUSTED = {"trusted_networks": ["127.0.0.1/32"]}

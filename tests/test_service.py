@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (BULWARKD, REPO, Daemon, free_port, make_message, queue_id_of, run,
+from conftest import (BUILD, BULWARKD, REPO, Daemon, free_port, make_message, queue_id_of, run,
                       send_mail, tcp_accepts, wait_until)
 
-SENDMAIL = os.environ.get("BULWARK_SENDMAIL") or str(REPO / "target" / "debug" / "bulwark-sendmail")
+SENDMAIL = os.environ.get("BULWARK_SENDMAIL") or str(BUILD / "bulwark-sendmail")
 
 
 def need_root(what: str) -> None:
