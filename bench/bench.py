@@ -45,6 +45,7 @@ from harness import (BULWARK_PORT, SINK_PORT, Bulwark, log, relay_bench,  # noqa
 
 REPO = h.REPO
 RESULTS = h.RESULTS
+RELEASE_BUILD = h.RELEASE_BUILD
 
 
 def bulwark_relay(work: Path, count: int, size: int, extra_toml: str = "") -> dict[str, str]:

@@ -33,6 +33,10 @@ FP_DIR = Path(os.environ.get("FP_DIR", "/tmp/filter-peers"))
 # BULWARKD=path overrides the build `select_build` picks.
 BULWARKD = Path(os.environ.get("BULWARKD", REPO / "target" / "release" / "bulwarkd"))
 BULWARKCTL = BULWARKD.parent / "bulwarkctl"
+# The build the benchmarks measure: the shipped one (release, YARA on), and the very command
+# tests/run-all.sh runs, so a benchmark never rebuilds the tree with other features.
+RELEASE_BUILD = ["cargo", "build", "--release", "--workspace", "--bins", "--examples",
+                 "--features", "bulwark-mta/yara"]
 
 BULWARK_PORT, SINK_PORT = 2625, 2626
 POSTFIX_PORT, POSTFIX_SINK_PORT = 2525, 2526
@@ -73,7 +77,7 @@ def select_build(args: argparse.Namespace) -> None:
     if "BULWARKD" not in os.environ:
         BULWARKD = REPO / "target" / args.profile / "bulwarkd"
         if args.profile == "release":
-            subprocess.run(["cargo", "build", "--release", "--bins"], cwd=REPO, check=True)
+            subprocess.run(RELEASE_BUILD, cwd=REPO, check=True)
     BULWARKCTL = BULWARKD.parent / "bulwarkctl"
     if not BULWARKD.exists():
         raise SystemExit(f"{BULWARKD} missing: build it (or set BULWARKD=...)")

@@ -68,7 +68,7 @@ def main() -> int:
     if os.geteuid() != 0:
         bench.log("run as root (file descriptor limits)")
         return 2
-    subprocess.run(["cargo", "build", "--release", "--bins"], cwd=bench.REPO, check=True)
+    subprocess.run(bench.RELEASE_BUILD, cwd=bench.REPO, check=True)
     work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     rows = []
     for size in [int(s) for s in args.sizes.split(",")]:

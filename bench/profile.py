@@ -56,7 +56,7 @@ def main() -> int:
     parser.add_argument("--rules", action="store_true",
                         help="with bench/pipeline_bench.py's do-nothing rule set")
     args = parser.parse_args()
-    subprocess.run(["cargo", "build", "--release", "--bins"], cwd=bench.REPO, check=True)
+    subprocess.run(bench.RELEASE_BUILD, cwd=bench.REPO, check=True)
     work = Path(tempfile.mkdtemp(prefix="bulwark-profile-", dir=bench.REPO / "target"))
     extra = ""
     if args.rules:
