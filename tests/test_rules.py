@@ -310,7 +310,7 @@ def test_timeline_of_a_message_quarantined_released_and_delivered(gateway):
     assert "delivered" in kinds(track(d, "--message-id", m.strip("<>")))
 
 
-def test_every_refusal_is_one_log_event_with_the_session_id(gateway):
+def test_every_refusal_and_session_is_one_log_event_with_the_session_id(gateway):
     d, _, _ = gateway({"name": "refuse", "subject": "refuse me", "action": "reject", "reason": "policy"})
     with RawSession(d.port) as s:
         expect(s.greeting(), 220)
@@ -323,4 +323,6 @@ def test_every_refusal_is_one_log_event_with_the_session_id(gateway):
     line = next(l for l in d.log().splitlines() if "reject: RCPT session=" in l)
     session = line.split("session=", 1)[1].split()[0]
     assert "from 127.0.0.1" in line and "to=<someone@elsewhere.invalid>" in line, line
-    assert session.count(".") == 1, session
+    wait_until(lambda: f"disconnect: session {session} from 127.0.0.1" in d.log(), 5,
+               what="the session's disconnect event")
+    assert f"connect: session {session} from 127.0.0.1" in d.log()

@@ -67,6 +67,31 @@ def test_starttls_with_smtplib(tls_daemon):
     assert re.search(r"AES|CHACHA20", received, re.I), f"no cipher in {received}"
 
 
+def test_a_failed_handshake_and_the_session_are_info_events_with_the_session_id(tls_daemon):
+    """A client whose TLS stack gives up (here: it speaks garbage after the 220) is one info
+    event with the session id and the reason, between the session's connect and disconnect."""
+    from conftest import wait_until
+    with RawSession(tls_daemon.port_of("mx")) as s:
+        s.greeting()
+        s.ehlo()
+        # The raw command, not s.starttls(): that one would complete a real handshake.
+        expect(s.cmd("STARTTLS"), 220, what="STARTTLS")
+        s.sock.sendall(b"this is not a TLS ClientHello\r\n" * 4)
+        try:
+            s.sock.recv(4096)
+        except OSError:
+            pass
+    wait_until(lambda: "tls: handshake failed: session " in tls_daemon.log(), 10,
+               what="the handshake failure event")
+    line = next(l for l in tls_daemon.log().splitlines() if "tls: handshake failed: session " in l)
+    session = line.split("session ", 1)[1].split()[0]
+    assert "from 127.0.0.1" in line and line.rstrip().split(": ")[-1], line
+    wait_until(lambda: f"disconnect: session {session} from 127.0.0.1" in tls_daemon.log(), 10,
+               what="the session's disconnect event")
+    log = tls_daemon.log()
+    assert log.index(f"connect: session {session} from 127.0.0.1") < log.index(line)
+
+
 def received_header(d, qid: str) -> str:
     shown = re.sub(r"\r?\n[ \t]+", " ", d.queue_show(qid))
     received = [l for l in shown.splitlines() if l.lower().startswith("received:")]

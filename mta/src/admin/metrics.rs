@@ -121,6 +121,13 @@ pub async fn render(gateway: &Gateway) -> String {
     );
     family(
         &mut out,
+        "bulwark_log_events_dropped_total",
+        "counter",
+        "Log events dropped because journald (or stderr) was read too slowly",
+        &plain(crate::service::log_queue::dropped_events()),
+    );
+    family(
+        &mut out,
         "bulwark_sessions_active",
         "gauge",
         "SMTP sessions open now",

@@ -48,12 +48,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(daemon::run(source)) {
+    let code = match runtime.block_on(daemon::run(source)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
             eprintln!("bulwarkd: {e}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Events still queued for the log writer (the last ones say why the daemon stopped).
+    log::logger().flush();
+    code
 }

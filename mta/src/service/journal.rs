@@ -7,10 +7,14 @@
 //!
 //! `auto` picks journald when stderr is already connected to it (`JOURNAL_STREAM`, as systemd
 //! sets for a service), so a daemon run by hand keeps logging to the terminal.
+//!
+//! Either way events go through `log_queue`: a slow journal never blocks a session.
 
 use std::str::FromStr;
 
 use log::LevelFilter;
+
+use super::log_queue::QueuedLog;
 
 /// The environment variable holding the log level (`error` … `trace`, env_logger syntax on stderr).
 pub const LEVEL_ENV: &str = "BULWARK_LOG";
@@ -45,6 +49,8 @@ pub enum LogSetupError {
     Journal(std::io::Error),
     #[error("a logger is already installed")]
     AlreadyInstalled,
+    #[error("cannot start the log writer thread: {0}")]
+    Writer(std::io::Error),
 }
 
 /// The target `auto` resolves to in this process.
@@ -61,11 +67,10 @@ pub fn init(target: LogTarget) -> Result<LogTarget, LogSetupError> {
     let target = resolve(target);
     match target {
         LogTarget::Journal => {
-            systemd_journal_logger::JournalLog::new()
+            let journal = systemd_journal_logger::JournalLog::new()
                 .map_err(LogSetupError::Journal)?
-                .with_syslog_identifier("bulwarkd".to_string())
-                .install()
-                .map_err(|_| LogSetupError::AlreadyInstalled)?;
+                .with_syslog_identifier("bulwarkd".to_string());
+            install(Box::new(journal))?;
             log::set_max_level(journal_level(std::env::var(LEVEL_ENV).ok().as_deref()));
         }
         _ => {
@@ -81,15 +86,18 @@ pub fn init(target: LogTarget) -> Result<LogTarget, LogSetupError> {
                 // so `bulwarkctl log-level` can raise it as well as lower it at run time.
                 builder.filter_level(LevelFilter::Trace);
             }
-            builder
-                .try_init()
-                .map_err(|_| LogSetupError::AlreadyInstalled)?;
-            if let Some(level) = plain {
-                log::set_max_level(level);
-            }
+            let logger = builder.build();
+            let filter = logger.filter();
+            install(Box::new(logger))?;
+            log::set_max_level(plain.unwrap_or(filter));
         }
     }
     Ok(target)
+}
+
+fn install(inner: Box<dyn log::Log>) -> Result<(), LogSetupError> {
+    let queued = QueuedLog::start(inner).map_err(LogSetupError::Writer)?;
+    log::set_boxed_logger(Box::new(queued)).map_err(|_| LogSetupError::AlreadyInstalled)
 }
 
 /// Changes the log level at run time (`bulwarkctl log-level`); the level now in force.

@@ -144,9 +144,9 @@ impl Session {
 
     /// Runs the session to its end; errors only end the session, never the daemon.
     pub async fn run(mut self) {
-        // Debug, not info: a journald that reads slowly would otherwise see two datagrams per
-        // connection, probes and floods included, and a full journal socket blocks the logger.
-        log::debug!(
+        // Info, probes and floods included: the log queue (service::log_queue) drops rather
+        // than blocks when journald reads slowly.
+        log::info!(
             session_id = self.info.session_id.as_str(), client_addr:% = self.info.client.ip();
             "connect: session {} from {} to {}", self.info.session_id, self.info.client, self.info.local
         );
@@ -163,7 +163,7 @@ impl Session {
             Err(StreamError::Io(e)) => log::debug!("session {}: {e}", self.info.client),
         }
         self.stream.shutdown().await;
-        log::debug!(
+        log::info!(
             session_id = self.info.session_id.as_str(), client_addr:% = self.info.client.ip(),
             messages = self.messages;
             "disconnect: session {} from {} messages={}", self.info.session_id, self.info.client, self.messages
@@ -940,17 +940,32 @@ impl Session {
             return Ok(Next::Continue);
         };
         self.stream.reply(&reply::TLS_READY);
-        self.tls = Some(
-            self.stream
-                .upgrade(acceptor(tls), TLS_HANDSHAKE_TIMEOUT)
-                .await?,
-        );
+        let handshake = self
+            .stream
+            .upgrade(acceptor(tls), TLS_HANDSHAKE_TIMEOUT)
+            .await;
+        self.tls = Some(handshake.inspect_err(|e| self.handshake_failed(e))?);
         self.note_tls();
         // RFC 3207 4.2: forget everything learned before TLS.
         self.info.helo = None;
         self.esmtp = false;
         self.transaction = None;
         Ok(Next::Continue)
+    }
+
+    /// One info event per failed STARTTLS handshake: a client with a broken TLS stack, a
+    /// scanner, or a downgrade attempt, each worth seeing without debug logging.
+    fn handshake_failed(&self, error: &StreamError) {
+        let reason = match error {
+            StreamError::Timeout => "timed out".to_string(),
+            StreamError::Closed => "client closed the connection".to_string(),
+            StreamError::Io(e) => e.to_string(),
+        };
+        log::info!(
+            session_id = self.info.session_id.as_str(), client_addr:% = self.info.client.ip(),
+            reason = reason.as_str();
+            "tls: handshake failed: session {} from {}: {reason}", self.info.session_id, self.info.client
+        );
     }
 
     async fn auth(&mut self, mechanism: u64, initial: String) -> Result<Next, StreamError> {
