@@ -196,3 +196,64 @@ def test_queue_deliver_one_and_flush_one_destination(start_mta, sink, tmp_path):
     got = hop.wait_for(2, timeout=15, settle=0.5)
     assert sorted(m.message_id for m in got) == sorted([first, second]), got
     assert d.ctl("queue", "deliver", "0123456789ABCDEF").returncode != 0
+
+
+def test_queue_requeue_routes_waiting_mail_again_after_a_route_change(start_mta, sink, tmp_path):
+    """postsuper -r: a job is bound to the next hop it was routed to, so after a route change
+    only `queue requeue` moves mail already waiting for the old one."""
+    import time
+    from conftest import mid, route, send_message, wait_until
+    old, new = sink("old", start=False), sink("new")
+    d = start_mta(tmp_path, [route(["example.com"], [old])],
+                  delivery={"retry_initial": "1h", "retry_max": "1h"})
+    message_id = mid("requeue")
+    qid = send_message(d, message_id=message_id)
+    attempts = lambda: (d.queue_entry(qid) or {}).get("attempts", 0)
+    wait_until(lambda: attempts() >= 1, 15, what="a failed attempt at the old next hop")
+    d.extra_toml = d.extra_toml.replace(old.address, new.address)
+    d.write_config()
+    assert d.ctl("reload").returncode == 0
+    # A retry now still goes to the old, closed next hop: the reload moved nothing.
+    assert d.ctl("queue", "deliver", qid).returncode == 0
+    wait_until(lambda: attempts() >= 2, 15, what="the retry at the old next hop")
+    time.sleep(0.5)
+    assert new.count() == 0
+    cp = d.ctl("queue", "requeue", qid)
+    assert cp.returncode == 0, cp.stderr
+    assert f"{qid.upper()}: ROUTED TO {new.address}" in cp.stdout.upper(), cp.stdout
+    got = new.wait_for(1, timeout=15, settle=0.5)
+    assert [m.message_id for m in got] == [message_id], got
+    wait_until(lambda: d.queue_list() == [], 10, what="the requeued message delivered and gone")
+    assert f"REQUEUE: {qid.upper()} ROUTED AGAIN BY THE OPERATOR" in d.log().upper()
+    cp = d.ctl("queue", "requeue", qid)
+    assert cp.returncode == 0 and "not in the queue" in cp.stdout, cp.stdout
+
+
+def test_queue_requeue_leaves_held_mail_held(queued):
+    d, ids = queued
+    assert d.ctl("queue", "hold", ids[0]).returncode == 0
+    cp = d.ctl("queue", "requeue", "--all")
+    assert cp.returncode == 0, cp.stderr
+    assert f"{ids[0].upper()}: HELD" in cp.stdout.upper(), cp.stdout
+    assert f"{ids[1].upper()}: ROUTED TO " in cp.stdout.upper() or "being delivered" in cp.stdout, cp.stdout
+    assert {e["id"].lower(): e["state"] for e in d.queue_list()}[ids[0].lower()] == "hold"
+    cp = d.ctl("queue", "requeue")
+    assert cp.returncode != 0, "requeue without ids or --all must not act"
+
+
+def test_queue_show_history_lists_every_attempt(start_mta, tmp_path):
+    from conftest import route, send_message, wait_until
+    d = start_mta(tmp_path, [route(["example.com"], ["127.0.0.1:9"])],
+                  delivery={"retry_initial": "1s", "retry_max": "1s"})
+    qid = send_message(d)
+    wait_until(lambda: (d.queue_entry(qid) or {}).get("attempts", 0) >= 3, 30,
+               what="three failed attempts (retry every second)")
+    shown = json.loads(d.ctl("queue", "show", qid, "--history", "--json").stdout)
+    tries = [r for r in shown["history"] if r["event"] == "attempt"]
+    assert len(tries) >= 3, shown["history"]
+    assert all(r["at"] <= r["next_at"] and r.get("error") for r in tries), tries
+    assert "127.0.0.1:9" in tries[0]["error"], tries[0]
+    human = d.ctl("queue", "show", qid, "--history").stdout
+    lines = [l for l in human.splitlines() if re.match(r"\s+\d{4}-\d\d-\d\dT\S+Z\s+attempt ", l)]
+    assert len(lines) >= 3 and "next try " in lines[0], human
+    assert "history" not in json.loads(d.ctl("queue", "show", qid, "--json").stdout)

@@ -13,6 +13,10 @@ pub enum Request {
         id: String,
         #[serde(default)]
         body: bool,
+        /// Add every attempt and state change (the spool's state log, and the tracking
+        /// store's per-recipient attempts with relay and reply).
+        #[serde(default)]
+        history: bool,
     },
     QueueHold {
         ids: Vec<String>,
@@ -31,6 +35,11 @@ pub enum Request {
     /// Try one message now.
     QueueDeliver {
         id: String,
+    },
+    /// Route messages again with the running configuration and try them now (postsuper -r):
+    /// after a route or transport change, mail already waiting for the old next hop moves.
+    QueueRequeue {
+        ids: Vec<String>,
     },
     QueueDestinations,
     Reload,

@@ -138,7 +138,7 @@ async fn execute(request: Request, gateway: &Gateway, hooks: &ConfigHooks) -> Re
         }
         Request::Status => Response::ok(status(gateway)),
         Request::QueueList => Response::ok(json!(gateway.queue.list())),
-        Request::QueueShow { id, body } => show(gateway, &id, body).await,
+        Request::QueueShow { id, body, history } => show(gateway, &id, body, history).await,
         Request::QueueHold { ids } => change_state(gateway, &ids, StateRecord::Hold).await,
         Request::QueueRelease { ids } => change_state(gateway, &ids, StateRecord::Release).await,
         Request::QueueDelete { ids } => delete(gateway, &ids).await,
@@ -168,6 +168,7 @@ async fn execute(request: Request, gateway: &Gateway, hooks: &ConfigHooks) -> Re
             gateway.delivery.flush();
             Response::ok(json!({ "flushed": waiting }))
         }
+        Request::QueueRequeue { ids } => requeue(gateway, &ids).await,
         Request::QueueDestinations => Response::ok(json!(gateway.delivery.destinations().await)),
         Request::Reload => match (hooks.reload)() {
             Ok(changes) => Response::ok(reload_report(&changes)),
@@ -346,6 +347,7 @@ fn status(gateway: &Gateway) -> Value {
         "queue": { "messages": gateway.queue.len(), "bytes": gateway.queue.total_size() },
         "journal": { "segments": journal_segments, "bytes": journal_bytes },
         "tracking": gateway.tracker.status(),
+        "log": { "events_dropped": crate::service::log_queue::dropped_events() },
         "spool": { "recovery_problems": gateway.spool.recovery_problems() },
         "disk": disk(gateway, config.server.min_free_space),
         "certificates": certificates(config),
@@ -407,7 +409,7 @@ pub(super) fn parse_ids(ids: &[String]) -> Result<Vec<QueueId>, Response> {
         .collect()
 }
 
-async fn show(gateway: &Gateway, id: &str, body: bool) -> Response {
+async fn show(gateway: &Gateway, id: &str, body: bool, history: bool) -> Response {
     let id = match parse_ids(&[id.to_string()]) {
         Ok(ids) => ids[0],
         Err(response) => return response,
@@ -425,11 +427,68 @@ async fn show(gateway: &Gateway, id: &str, body: bool) -> Response {
     } else {
         &content[..header_end]
     };
-    Response::ok(json!({
+    let mut shown = json!({
         "entry": entry,
         "envelope": entry.envelope,
         "content": String::from_utf8_lossy(shown),
-    }))
+    });
+    if history {
+        add_history(gateway, id, &mut shown).await;
+    }
+    Response::ok(shown)
+}
+
+/// `history`: the spool's state log (every deferred attempt with its error and next try,
+/// recipients' outcomes, holds and releases: there whatever tracking keeps); `attempts`: the
+/// tracking store's per-recipient attempts with relay and reply, when it has them.
+async fn add_history(gateway: &Gateway, id: QueueId, shown: &mut Value) {
+    match gateway.spool.state_history(id).await {
+        Ok(records) => shown["history"] = json!(records),
+        Err(e) => shown["history_error"] = json!(e.to_string()),
+    }
+    let tracker = gateway.tracker.clone();
+    let query = Query {
+        id: Some(id.to_string()),
+        ..Query::default()
+    };
+    match tokio::task::spawn_blocking(move || tracker.timeline(&query)).await {
+        Ok(Ok(timeline)) => {
+            let attempts: Vec<_> = timeline
+                .events
+                .into_iter()
+                .filter(|e| e.queue_id == id.to_string())
+                .filter(|e| {
+                    matches!(
+                        e.kind,
+                        EventKind::Attempt { .. }
+                            | EventKind::Delivered { .. }
+                            | EventKind::Deferred { .. }
+                            | EventKind::Bounced { .. }
+                    )
+                })
+                .collect();
+            shown["attempts"] = json!(attempts);
+        }
+        Ok(Err(e)) => shown["tracking_error"] = json!(e.to_string()),
+        Err(e) => shown["tracking_error"] = json!(e.to_string()),
+    }
+}
+
+/// Routes each message again (see `Request::QueueRequeue`); ids not in the queue are named.
+async fn requeue(gateway: &Gateway, ids: &[String]) -> Response {
+    let ids = match parse_ids(ids) {
+        Ok(ids) => ids,
+        Err(response) => return response,
+    };
+    let (queued, missing): (Vec<QueueId>, Vec<QueueId>) =
+        ids.into_iter().partition(|id| gateway.queue.contains(*id));
+    let outcomes = gateway.delivery.requeue(queued).await;
+    let requeued: serde_json::Map<String, Value> = outcomes
+        .into_iter()
+        .map(|(id, outcome)| (id.to_string(), json!(outcome)))
+        .collect();
+    let missing: Vec<String> = missing.iter().map(ToString::to_string).collect();
+    Response::ok(json!({ "requeued": requeued, "missing": missing }))
 }
 
 async fn change_state(gateway: &Gateway, ids: &[String], record: StateRecord) -> Response {

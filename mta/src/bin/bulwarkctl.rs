@@ -439,11 +439,14 @@ enum QueueCommand {
         #[command(flatten)]
         select: Selection,
     },
-    /// Show one message's envelope and header (or whole content with --body).
+    /// Show one message's envelope and header (or whole content with --body); --history adds
+    /// every attempt and state change.
     Show {
         id: String,
         #[arg(long)]
         body: bool,
+        #[arg(long)]
+        history: bool,
         #[arg(long)]
         json: bool,
     },
@@ -473,6 +476,13 @@ enum QueueCommand {
     },
     /// Try one message now.
     Deliver { id: String },
+    /// Route messages again with the running configuration and try them now (postsuper -r),
+    /// e.g. after a route change: mail waiting for the old next hop moves to the new one.
+    Requeue {
+        ids: Vec<String>,
+        #[command(flatten)]
+        select: Selection,
+    },
     /// Per-destination delivery state: up/down, queued, connections, last error.
     Destinations {
         #[arg(long)]
@@ -689,8 +699,13 @@ fn main() -> ExitCode {
                     if json { print_json } else { print_queue },
                 )
             }
-            QueueCommand::Show { id, body, json } => (
-                Request::QueueShow { id, body },
+            QueueCommand::Show {
+                id,
+                body,
+                history,
+                json,
+            } => (
+                Request::QueueShow { id, body, history },
                 if json { print_json } else { print_show },
             ),
             QueueCommand::Hold { ids, select } => match select.expand(&socket, ids) {
@@ -712,6 +727,11 @@ fn main() -> ExitCode {
                 (Request::QueueFlush { destination }, print_done)
             }
             QueueCommand::Deliver { id } => (Request::QueueDeliver { id }, print_done),
+            QueueCommand::Requeue { ids, select } => match select.expand(&socket, ids) {
+                Ok(ids) if ids.is_empty() && select.all => return nothing_selected(),
+                Ok(ids) => (Request::QueueRequeue { ids }, print_requeued),
+                Err(e) => return failure(&e),
+            },
             QueueCommand::Destinations { json } => (
                 Request::QueueDestinations,
                 if json { print_json } else { print_destinations },
@@ -967,6 +987,7 @@ fn nothing_selected() -> ExitCode {
 fn request_needs_ids(request: &Request) -> bool {
     matches!(request,
         Request::QueueHold { ids } | Request::QueueRelease { ids } | Request::QueueDelete { ids }
+        | Request::QueueRequeue { ids }
         | Request::QuarantineRelease { ids, .. } | Request::QuarantineDelete { ids, .. }
         if ids.is_empty())
 }
@@ -1209,7 +1230,7 @@ fn print_queue(value: &Value) {
             age,
             e["size"].as_u64().unwrap_or(0),
             text(&e["state"]),
-            next_attempt(&e["next_attempt"]),
+            unix_time(&e["next_attempt"]),
             sender
         );
         for r in e["recipients"].as_array().into_iter().flatten() {
@@ -1223,7 +1244,7 @@ fn print_queue(value: &Value) {
 }
 
 /// A Unix time as `2026-12-02T04:33:13Z` (UTC); `-` when none is scheduled.
-fn next_attempt(value: &Value) -> String {
+fn unix_time(value: &Value) -> String {
     match value.as_u64() {
         Some(secs) => {
             let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
@@ -1239,8 +1260,94 @@ fn print_show(value: &Value) {
         serde_json::to_string_pretty(&value["envelope"]).unwrap_or_default()
     );
     println!("state: {}", text(&value["entry"]["state"]));
+    if let Some(history) = value["history"].as_array() {
+        print_history(history, &value["envelope"]);
+    }
+    if let Some(attempts) = value["attempts"].as_array() {
+        print_attempts(attempts);
+    }
+    if !value["tracking_error"].is_null() {
+        println!(
+            "attempts: tracking store unavailable: {}",
+            text(&value["tracking_error"])
+        );
+    }
     println!();
     print!("{}", text(&value["content"]).replace("\r\n", "\n"));
+}
+
+/// The state log, one line per record: attempts with their error and next try, recipients'
+/// final outcomes, the operator's holds and releases.
+fn print_history(history: &[Value], envelope: &Value) {
+    println!("history:");
+    if history.is_empty() {
+        println!("  (no attempt yet)");
+    }
+    for record in history {
+        let when = |key: &str| unix_time(&record[key]);
+        match record["event"].as_str().unwrap_or("") {
+            "attempt" => println!(
+                "  {}  attempt   {}; next try {}",
+                when("at"),
+                record["error"].as_str().unwrap_or("deferred"),
+                when("next_at")
+            ),
+            "recipient" => {
+                let index = record["index"].as_u64().unwrap_or(0) as usize;
+                let address = &envelope["recipients"][index]["address"];
+                println!(
+                    "  {:<20}  recipient {} {}",
+                    "",
+                    text(address),
+                    text(&record["outcome"])
+                );
+            }
+            other => println!("  {:<20}  {other}", ""),
+        }
+    }
+}
+
+/// The tracking store's per-recipient attempts: where each went and what it answered.
+fn print_attempts(attempts: &[Value]) {
+    println!("attempts:");
+    if attempts.is_empty() {
+        println!("  (none recorded)");
+    }
+    for a in attempts {
+        println!(
+            "  {}  {:<9} {} relay={} {}",
+            text(&a["time"]),
+            text(&a["event"]),
+            text(&a["recipient"]),
+            a["relay"].as_str().unwrap_or("-"),
+            a["reply"]
+                .as_str()
+                .or(a["reason"].as_str())
+                .unwrap_or_default()
+        );
+    }
+}
+
+fn print_requeued(value: &Value) {
+    for (id, outcome) in value["requeued"].as_object().into_iter().flatten() {
+        match outcome["outcome"].as_str().unwrap_or("") {
+            "routed" => {
+                let to: Vec<&str> = outcome["destinations"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                println!("{id}: routed to {}", to.join(", "));
+            }
+            "after_attempt" => println!("{id}: being delivered now; routed again when that ends"),
+            "held" => println!("{id}: held; release it to deliver it"),
+            other => println!("{id}: {other}"),
+        }
+    }
+    for id in value["missing"].as_array().into_iter().flatten() {
+        println!("{}: not in the queue", text(id));
+    }
 }
 
 fn print_destinations(value: &Value) {

@@ -18,9 +18,12 @@
 //!   slot under the global limit.
 //! - A message has at most one set of jobs in flight (`outstanding`), so a release or flush
 //!   never duplicates deliveries.
+//! - A job is bound to the destination it was routed to; `requeue` (the operator's, after a
+//!   route change) withdraws a message's waiting jobs and routes it again. A job already on a
+//!   connection finishes first, and its deferred recipients are routed again, not retried.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -81,8 +84,23 @@ pub enum RetryScope {
     Destination(String),
 }
 
+/// What `requeue` did with one message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Requeued {
+    /// Its pending recipients were routed again, to these destinations.
+    Routed { destinations: Vec<String> },
+    /// A job of it is being delivered now; the rest is routed again when that ends.
+    AfterAttempt,
+    /// Held: nothing is delivered until it is released (which routes it afresh).
+    Held,
+    /// No recipient is pending any more.
+    NothingPending,
+}
+
 pub enum Event {
     Submit(QueueId),
+    Requeue(Vec<QueueId>, oneshot::Sender<Vec<(QueueId, Requeued)>>),
     Flush,
     RetryNow(RetryScope),
     Destinations(oneshot::Sender<Vec<DestinationStatus>>),
@@ -158,6 +176,8 @@ pub struct Engine {
     outstanding: HashMap<QueueId, usize>,
     connections: usize,
     stopping: Option<oneshot::Sender<()>>,
+    /// Messages the operator requeued while a job of theirs was on a connection.
+    requeue_after: HashSet<QueueId>,
     router: Option<(usize, Router)>,
     /// When mail parked at down destinations is next checked for expiry and delay notices.
     next_housekeeping: Instant,
@@ -175,6 +195,7 @@ impl Engine {
             outstanding: HashMap::new(),
             connections: 0,
             stopping: None,
+            requeue_after: HashSet::new(),
             router: None,
             next_housekeeping: Instant::now(),
         }
@@ -202,7 +223,13 @@ impl Engine {
 
     fn handle(&mut self, event: Event) {
         match event {
-            Event::Submit(id) => self.submit(id),
+            Event::Submit(id) => {
+                self.submit(id);
+            }
+            Event::Requeue(ids, reply) => {
+                let outcomes = ids.into_iter().map(|id| (id, self.requeue_message(id)));
+                let _ = reply.send(outcomes.collect());
+            }
             Event::Flush => self.flush(),
             Event::RetryNow(scope) => self.retry_now(scope),
             Event::Destinations(reply) => {
@@ -250,9 +277,11 @@ impl Engine {
         &self.router.as_ref().expect("set above").1
     }
 
-    fn submit(&mut self, id: QueueId) {
+    /// Routes `id`'s pending recipients and queues a job per destination; the destinations
+    /// (none when it is held, gone, done, or already has jobs).
+    fn submit(&mut self, id: QueueId) -> Vec<String> {
         if self.outstanding.contains_key(&id) {
-            return;
+            return Vec::new();
         }
         // (recipient index, domain) of the pending recipients; None when held or gone.
         let pending = self.context.gateway.queue.inspect(id, |entry| {
@@ -272,7 +301,7 @@ impl Engine {
             })
         });
         let Some(Some((pending, attempts))) = pending else {
-            return;
+            return Vec::new();
         };
         let mut groups: Vec<(Destination, Vec<usize>)> = Vec::new();
         let router = self.router();
@@ -289,9 +318,10 @@ impl Engine {
         if groups.is_empty() {
             // Every recipient is done (a crash came between the last outcome and removal).
             tokio::spawn(connection::remove_finished(self.context.clone(), id));
-            return;
+            return Vec::new();
         }
         self.outstanding.insert(id, groups.len());
+        let mut names = Vec::with_capacity(groups.len());
         for (destination, recipients) in groups {
             let name = destination.name();
             let state = self
@@ -310,7 +340,55 @@ impl Engine {
                 self.context.gateway.queue.schedule(id, unix_at(until));
             }
             self.pump(&name);
+            names.push(name);
         }
+        names
+    }
+
+    /// The operator's requeue of one message (see the module's scheduling rules).
+    fn requeue_message(&mut self, id: QueueId) -> Requeued {
+        let withdrawn = self.withdraw(id);
+        let on_connections = match self.outstanding.get_mut(&id) {
+            Some(count) => {
+                *count = count.saturating_sub(withdrawn);
+                *count
+            }
+            None => 0,
+        };
+        let outcome = if on_connections > 0 {
+            self.requeue_after.insert(id);
+            Requeued::AfterAttempt
+        } else {
+            self.outstanding.remove(&id);
+            let destinations = self.submit(id);
+            let held = self
+                .context
+                .gateway
+                .queue
+                .inspect(id, |entry| entry.state == QueueState::Hold);
+            match (destinations.is_empty(), held) {
+                (false, _) => Requeued::Routed { destinations },
+                (true, Some(true)) => Requeued::Held,
+                (true, _) => Requeued::NothingPending,
+            }
+        };
+        log::info!(queue_id:% = id, outcome:? = outcome;
+            "requeue: {id} routed again by the operator: {outcome:?}");
+        outcome
+    }
+
+    /// Takes every job of `id` that is not on a connection out of the queues; how many.
+    fn withdraw(&mut self, id: QueueId) -> usize {
+        let before = self.waiting.len();
+        // Their entries in the retry heap find nothing waiting any more and are skipped.
+        self.waiting.retain(|_, job| job.id != id);
+        let mut withdrawn = before - self.waiting.len();
+        for state in self.destinations.values_mut() {
+            let before = state.ready.len();
+            state.ready.retain(|job| job.id != id);
+            withdrawn += before - state.ready.len();
+        }
+        withdrawn
     }
 
     /// Starts connections for `name` while it has work and room.
@@ -396,7 +474,15 @@ impl Engine {
                 state.limit = (state.limit + 1).min(state.destination.max_connections);
             }
         }
-        if report.deferred.is_empty() {
+        if self.requeue_after.contains(&job.id) {
+            // Requeued while on this connection: what it deferred is routed again, not
+            // retried at this destination.
+            self.release(job.id);
+            if !self.outstanding.contains_key(&job.id) {
+                self.requeue_after.remove(&job.id);
+                self.submit(job.id);
+            }
+        } else if report.deferred.is_empty() {
             self.release(job.id);
         } else {
             job.recipients = report.deferred;
@@ -574,7 +660,9 @@ impl Engine {
                 }
                 touched.push(name.clone());
             }
-            RetryScope::Message(id) => self.submit(*id),
+            RetryScope::Message(id) => {
+                self.submit(*id);
+            }
         }
         for name in touched {
             self.pump(&name);

@@ -30,7 +30,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 pub use crate::smtp_client::{parse_reply_line, Client, ClientError, Response};
-pub use engine::{backoff, DestinationStatus, RetryScope};
+pub use engine::{backoff, DestinationStatus, Requeued, RetryScope};
 use engine::{Engine, Event, Job, JobReport};
 
 use crate::gateway::Gateway;
@@ -65,6 +65,16 @@ impl DeliveryHandle {
     /// Retry one message, or one destination's mail, now.
     pub fn retry_now(&self, scope: RetryScope) {
         let _ = self.events.send(Event::RetryNow(scope));
+    }
+
+    /// Routes each message again with the running configuration and tries it now
+    /// (`bulwarkctl queue requeue`); what became of each.
+    pub async fn requeue(&self, ids: Vec<QueueId>) -> Vec<(QueueId, Requeued)> {
+        let (reply, answer) = oneshot::channel();
+        if self.events.send(Event::Requeue(ids, reply)).is_err() {
+            return Vec::new();
+        }
+        answer.await.unwrap_or_default()
     }
 
     pub async fn destinations(&self) -> Vec<DestinationStatus> {

@@ -410,6 +410,18 @@ impl Spool {
         .await
     }
 
+    /// The records of `id`'s state log, oldest first (none when it has no log: a message
+    /// not yet tried, or delivered at its first attempt).
+    pub async fn state_history(&self, id: QueueId) -> Result<Vec<StateRecord>, SpoolError> {
+        let path = self.paths.state_log(id);
+        blocking(move || match fs::read(&path) {
+            Ok(bytes) => Ok(state::replay_checked(&bytes).0),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(io_at(&path)(e)),
+        })
+        .await
+    }
+
     /// Appends a state change to the message's log (not synced: see `state.rs`).
     pub async fn record(&self, id: QueueId, record: StateRecord) -> Result<(), SpoolError> {
         self.journal.note_state_log(id);
