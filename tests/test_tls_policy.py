@@ -146,17 +146,19 @@ def assert_tls_received(shown: str) -> None:
 
 @pytest.fixture
 def signed_zone(tmp_path):
-    """Factory: signed_zone(port, tlsa=[...], corrupt_tlsa=False) -> running Nsd for
-    example.net (MX 10 mx.example.net, mx A 127.0.0.1, TLSA at _PORT._tcp.mx)."""
+    """Factory: signed_zone(port, tlsa=[...], corrupt=None) -> running Nsd for example.net
+    (MX 10 mx.example.net, mx A 127.0.0.1, TLSA at _PORT._tcp.mx); corrupt="TLSA" or "MX"
+    gives that RRset a bogus signature."""
     missing = missing_tools()
     if missing:
         pytest.fail(f"{', '.join(missing)} missing: apt-get install ldnsutils nsd", pytrace=False)
     servers: list[Nsd] = []
 
-    def _make(port: int, tlsa: list[str], corrupt_tlsa: bool = False) -> Nsd:
+    def _make(port: int, tlsa: list[str], corrupt: str | None = None) -> Nsd:
         zone = SignedZone(tmp_path / "zone", DOMAIN)
         records = ["@ IN MX 10 mx", "mx IN A 127.0.0.1"] + [f"_{port}._tcp.mx IN TLSA {t}" for t in tlsa]
-        zone.sign(records, corrupt=(f"_{port}._tcp.{MX_HOST}.", "TLSA") if corrupt_tlsa else None)
+        owner = {"TLSA": f"_{port}._tcp.{MX_HOST}.", "MX": f"{DOMAIN}.", None: None}[corrupt]
+        zone.sign(records, corrupt=(owner, corrupt) if corrupt else None)
         server = Nsd(tmp_path / "nsd", zone).start()
         servers.append(server)
         return server
@@ -432,7 +434,7 @@ def test_dane_bogus_signature_defers_not_sent_in_clear(start_daemon, signed_zone
     """The TLSA record would match, but its signature does not verify: not DANE, not a
     fallback to opportunistic TLS either (which would deliver to the receiver)."""
     port = free_port()
-    nsd = signed_zone(port, [f"3 1 1 {spki_sha256(pki.mx_cert)}"], corrupt_tlsa=True)
+    nsd = signed_zone(port, [f"3 1 1 {spki_sha256(pki.mx_cert)}"], corrupt="TLSA")
     receiver = start_receiver(start_daemon, tmp_path, pki, port)
     bounces = sink("bounces")
     d = start_sender(start_daemon, tmp_path, nsd.address, dane_routes(bounces), port, dane_policy(nsd))
@@ -444,6 +446,59 @@ def test_dane_bogus_signature_defers_not_sent_in_clear(start_daemon, signed_zone
     policy = tls_policy_json(d)
     assert policy["hosts"][0]["policy"] == "refused (dnssec-invalid)", policy
     assert rpt_failures(policy).get("dnssec-invalid", 0) >= 1, policy
+
+
+def test_dane_bogus_mx_signature_defers(start_daemon, signed_zone, sink, pki, tmp_path):
+    """The MX answer itself fails validation: DANE cannot trust the host names, and a bogus
+    answer is an attack or a broken zone, never a reason to fall back to opportunistic TLS."""
+    port = free_port()
+    nsd = signed_zone(port, [f"3 1 1 {spki_sha256(pki.mx_cert)}"], corrupt="MX")
+    receiver = start_receiver(start_daemon, tmp_path, pki, port)
+    bounces = sink("bounces")
+    d = start_sender(start_daemon, tmp_path, nsd.address, dane_routes(bounces), port, dane_policy(nsd))
+    qid = send_message(d, rcpts=(RCPT,), message_id=mid("danebogusmx"))
+    entry = wait_deferred(d, qid)
+    assert re.search(r"(?i)dnssec|validation", entry["last_error"]), f"last_error does not say why: {entry}"
+    assert receiver.queue_list() == [], "delivered although the MX answer was bogus"
+    assert bounces.count() == 0
+    policy = tls_policy_json(d)
+    assert policy["hosts"][0]["policy"] == "refused (dnssec-invalid)", policy
+
+
+def test_dane_secure_denial_of_tlsa_falls_back_to_opportunistic(start_daemon, signed_zone, sink, pki, tmp_path):
+    """A signed zone that proves there is no TLSA record: DANE does not apply (RFC 7672
+    2.2.3), the route's fallback (opportunistic TLS) delivers."""
+    port = free_port()
+    nsd = signed_zone(port, [])
+    receiver = start_receiver(start_daemon, tmp_path, pki, port)
+    bounces = sink("bounces")
+    d = start_sender(start_daemon, tmp_path, nsd.address, dane_routes(bounces), port, dane_policy(nsd))
+    m = mid("danenone")
+    send_message(d, rcpts=(RCPT,), message_id=m)
+    shown = received_messages(receiver)[0]
+    assert m in shown
+    assert_tls_received(shown)
+    policy = tls_policy_json(d)
+    assert policy["dnssec_mx"] is True, policy
+    assert policy["hosts"][0]["policy"] == "opportunistic", policy
+
+
+def test_dane_unusable_tlsa_set_defers(start_daemon, signed_zone, sink, pki, tmp_path):
+    """Only PKIX usages (0, 1), which RFC 7672 3.1.3 forbids for SMTP: secure but unusable,
+    so the host is refused, not used without DANE."""
+    port = free_port()
+    nsd = signed_zone(port, [f"1 1 1 {spki_sha256(pki.mx_cert)}", f"0 0 1 {cert_sha256(pki.ca)}"])
+    receiver = start_receiver(start_daemon, tmp_path, pki, port)
+    bounces = sink("bounces")
+    d = start_sender(start_daemon, tmp_path, nsd.address, dane_routes(bounces), port, dane_policy(nsd))
+    qid = send_message(d, rcpts=(RCPT,), message_id=mid("daneunusable"))
+    entry = wait_deferred(d, qid)
+    assert re.search(r"(?i)none is usable", entry["last_error"]), entry
+    assert receiver.queue_list() == [], "delivered although no TLSA record was usable"
+    assert bounces.count() == 0
+    policy = tls_policy_json(d)
+    assert policy["hosts"][0]["policy"] == "refused (tlsa-invalid)", policy
+    assert rpt_failures(policy).get("tlsa-invalid", 0) >= 1, policy
 
 
 # ============================================================================================
@@ -643,14 +698,17 @@ def send_requiretls(d, message_id: str) -> str:
     return qid
 
 
-def test_requiretls_to_next_hop_without_tls_bounces_5_7_30(start_daemon, dns, sink, pki, tmp_path):
-    receiver = start_receiver(start_daemon, tmp_path, pki, tls=False)
+@pytest.mark.parametrize("hop_tls", [False, True], ids=["no-starttls", "unauthenticated-tls"])
+def test_requiretls_to_unauthenticated_next_hop_bounces_5_7_30(hop_tls, start_daemon, dns, sink, pki, tmp_path):
+    """Opportunistic TLS either way: in clear (the hop offers no STARTTLS) or encrypted
+    without checking the certificate; neither may carry a REQUIRETLS message."""
+    receiver = start_receiver(start_daemon, tmp_path, pki, tls=hop_tls)
     dns.set_records({MX_HOST: {"A": ["127.0.0.1"]}})
     bounces = sink("bounces")
     routes = [bounce_route(bounces), {"domains": [DOMAIN], "next_hops": [f"{MX_HOST}:{receiver.port}"],
                                       "tls": "opportunistic"}]
     d = start_sender(start_daemon, tmp_path, dns.address, routes, receiver.port)
-    m = mid("requiretls-clear")
+    m = mid("requiretls-unauthenticated")
     send_requiretls(d, m)
     got = bounces.wait_for(1, timeout=25)
     dsn = parse_dsn(got[0])
@@ -659,7 +717,7 @@ def test_requiretls_to_next_hop_without_tls_bounces_5_7_30(start_daemon, dns, si
     assert rcpt.get("action") == "failed" and rcpt.get("status") == "5.7.30", rcpt
     assert "REQUIRETLS" in rcpt.get("diagnostic-code", ""), rcpt
     wait_queue_empty(d, 10)
-    assert receiver.queue_list() == [], "a REQUIRETLS message was sent in clear"
+    assert receiver.queue_list() == [], "a REQUIRETLS message was sent over an unauthenticated session"
 
 
 @pytest.mark.parametrize("how", ["verify", "dane"])

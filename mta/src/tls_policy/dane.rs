@@ -132,7 +132,7 @@ fn classify_answers(answers: &[hickory_resolver::proto::rr::Record]) -> TlsaLook
     if records.is_empty() {
         return TlsaLookup::Insecure;
     }
-    if proofs.iter().any(|p| *p == Proof::Bogus) {
+    if proofs.contains(&Proof::Bogus) {
         return TlsaLookup::Bogus("TLSA records failed DNSSEC validation".into());
     }
     if !proofs.iter().all(|p| *p == Proof::Secure) {

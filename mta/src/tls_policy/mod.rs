@@ -9,7 +9,8 @@
 //!
 //! # Guarantees
 //! - A host with secure, usable TLSA records is only ever reached over TLS whose chain
-//!   matches them; a bogus DNSSEC answer or an unusable TLSA set refuses the host (defer).
+//!   matches them; a bogus DNSSEC answer (TLSA, or the MX answer of a signed zone) or an
+//!   unusable TLSA set refuses the host (defer).
 //! - Under an MTA-STS `enforce` policy, a host outside its `mx` list is refused and TLS must
 //!   verify against the WebPKI roots; under `testing` failures are reported, not enforced.
 //! - Nothing here sends mail in clear when a policy said TLS: callers get `Refused` or a
@@ -96,6 +97,40 @@ pub enum StsStatus {
     },
 }
 
+/// What DNSSEC said about a destination's MX answer (RFC 7672 2.2.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MxProof {
+    /// Every MX record validated, or a validated denial makes the domain its own MX.
+    Secure,
+    /// Unsigned or not provably signed: DANE does not apply to these host names.
+    Insecure,
+    /// Validation failed or did not complete: DANE refuses the destination (defer).
+    Bogus(String),
+}
+
+impl MxProof {
+    /// From the proofs of the MX records in an answer.
+    pub fn of_answers(proofs: &[Proof]) -> MxProof {
+        if proofs.contains(&Proof::Bogus) {
+            MxProof::Bogus("the MX records failed DNSSEC validation".into())
+        } else if !proofs.is_empty() && proofs.iter().all(|p| *p == Proof::Secure) {
+            MxProof::Secure
+        } else {
+            MxProof::Insecure
+        }
+    }
+
+    /// From a failed lookup, classified as for TLSA: a secure denial is an implicit MX
+    /// (the domain itself, RFC 5321 5.1) and as secure as an MX record.
+    pub fn of_lookup_error(lookup: TlsaLookup) -> MxProof {
+        match lookup {
+            TlsaLookup::SecureNone => MxProof::Secure,
+            TlsaLookup::Bogus(error) => MxProof::Bogus(error),
+            TlsaLookup::Insecure | TlsaLookup::Secure { .. } => MxProof::Insecure,
+        }
+    }
+}
+
 pub struct TransportSecurity {
     config: TlsPolicyConfig,
     plain: TokioResolver,
@@ -175,17 +210,41 @@ impl TransportSecurity {
     }
 
     async fn mx_is_secure(&self, domain: &str) -> bool {
+        self.mx_proof(domain).await == MxProof::Secure
+    }
+
+    /// What DNSSEC says about `domain`'s MX answer. hickory reports "bogus" both for
+    /// signatures that fail and for answers it cannot chain to the anchor at all (DNS
+    /// servers that strip DNSSEC); only the first is an attack or a broken zone, so a bogus
+    /// answer counts as one only when the name provably sits in a signed zone.
+    async fn mx_proof(&self, domain: &str) -> MxProof {
         let name = format!("{}.", domain.trim_end_matches('.'));
-        match self.validating.lookup(name.as_str(), RecordType::MX).await {
+        let proof = match self.validating.lookup(name.as_str(), RecordType::MX).await {
             Ok(lookup) => {
-                let mx: Vec<_> = lookup
+                let proofs: Vec<Proof> = lookup
                     .answers()
                     .iter()
                     .filter(|r| matches!(r.data, RData::MX(_)))
+                    .map(|r| r.proof)
                     .collect();
-                !mx.is_empty() && mx.iter().all(|r| r.proof == Proof::Secure)
+                MxProof::of_answers(&proofs)
             }
-            // An implicit MX (no MX records, securely denied) names the domain itself.
+            Err(e) => MxProof::of_lookup_error(dane::classify_error(&e)),
+        };
+        match proof {
+            MxProof::Bogus(_) if !self.in_signed_zone(&name).await => MxProof::Insecure,
+            other => other,
+        }
+    }
+
+    /// Whether `name` (absolute) is provably in a zone signed under the trust anchor: its
+    /// DNSKEY set validates, or a validated denial says it has none (not the apex).
+    async fn in_signed_zone(&self, name: &str) -> bool {
+        match self.validating.lookup(name, RecordType::DNSKEY).await {
+            Ok(lookup) => lookup
+                .answers()
+                .iter()
+                .any(|r| r.record_type() == RecordType::DNSKEY && r.proof == Proof::Secure),
             Err(e) => dane::classify_error(&e) == TlsaLookup::SecureNone,
         }
     }
@@ -233,7 +292,7 @@ impl TransportSecurity {
         port: u16,
     ) -> Option<HostPolicy> {
         if !domain.dane_names_trusted {
-            return None;
+            return self.bogus_mx_refusal(domain).await;
         }
         let scope = |records: &[TlsaRecord]| ReportScope {
             domain: domain.domain.clone().unwrap_or_else(|| host.to_string()),
@@ -262,6 +321,25 @@ impl TransportSecurity {
             }),
             TlsaLookup::SecureNone | TlsaLookup::Insecure => None,
         }
+    }
+
+    /// RFC 7672 2.2.1: an MX answer that fails validation is not an unsigned one. DANE
+    /// cannot use its host names, and falling back to a weaker policy would let whoever
+    /// forged it choose the TLS we use: the destination is refused (deferred) instead.
+    async fn bogus_mx_refusal(&self, domain: &DomainPolicy) -> Option<HostPolicy> {
+        let name = domain.domain.as_deref()?;
+        let MxProof::Bogus(error) = self.mx_proof(name).await else {
+            return None;
+        };
+        Some(HostPolicy {
+            kind: PolicyKind::Refused(ResultType::DnssecInvalid),
+            scope: Some(ReportScope {
+                domain: name.to_string(),
+                policy_type: PolicyType::Tlsa,
+                policy_string: Vec::new(),
+            }),
+            why: format!("DANE: the MX lookup of {name} failed validation ({error})"),
+        })
     }
 
     /// The domain's MTA-STS policy: cached, or fetched when the TXT id changed, none is
@@ -511,4 +589,34 @@ pub fn published_policy(config: &TlsPolicyConfig) -> Option<String> {
         max_age: publish.max_age.as_secs(),
     };
     Some(policy.to_text())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bogus_mx_answer_is_not_an_insecure_one() {
+        use Proof::{Bogus, Indeterminate, Insecure, Secure};
+        assert_eq!(MxProof::of_answers(&[Secure, Secure]), MxProof::Secure);
+        assert_eq!(MxProof::of_answers(&[Secure, Insecure]), MxProof::Insecure);
+        assert_eq!(MxProof::of_answers(&[Indeterminate]), MxProof::Insecure);
+        assert_eq!(MxProof::of_answers(&[]), MxProof::Insecure);
+        assert!(matches!(
+            MxProof::of_answers(&[Secure, Bogus]),
+            MxProof::Bogus(_)
+        ));
+        assert_eq!(
+            MxProof::of_lookup_error(TlsaLookup::SecureNone),
+            MxProof::Secure
+        );
+        assert_eq!(
+            MxProof::of_lookup_error(TlsaLookup::Insecure),
+            MxProof::Insecure
+        );
+        assert_eq!(
+            MxProof::of_lookup_error(TlsaLookup::Bogus("servfail".into())),
+            MxProof::Bogus("servfail".into())
+        );
+    }
 }
