@@ -36,7 +36,7 @@ import pytest
 
 from conftest import (RawSession, ThreadedServer, cert_der, delivery_toml, ehlo_keywords, expect,
                       free_port, make_message, mid, parse_dsn, queue_id_of, run, send_message,
-                      to_toml, wait_queue_empty, wait_queue_len, wait_until)
+                      tcp_accepts, to_toml, wait_queue_empty, wait_queue_len, wait_until)
 from dnssec_zone import Nsd, SignedZone, missing_tools
 from test_delivery import bounce_route, make_ca, make_server_cert
 
@@ -87,12 +87,17 @@ def cert_sha256(cert: Path) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def start_receiver(start_daemon, base: Path, pki: Pki, port: int | None = None, tls: bool = True):
-    """The next hop: accepts example.net, keeps it; STARTTLS with mx.example.net's chain."""
+def start_receiver(start_daemon, base: Path, pki: Pki, port: int | None = None, tls: bool = True,
+                   cert: tuple[Path, Path] | None = None, extra_toml: str = ""):
+    """The next hop: accepts example.net, keeps it; STARTTLS with mx.example.net's chain
+    (or `cert`, a (certificate, key) pair)."""
     listeners = [{"role": "mx", "address": f"127.0.0.1:{port or free_port()}"}]
-    tls_section = {"certificate": str(pki.mx_chain), "private_key": str(pki.mx_key)} if tls else None
+    chain, key = cert or (pki.mx_chain, pki.mx_key)
+    tls_section = {"certificate": str(chain), "private_key": str(key)} if tls else None
+    if "[tls_policy]" not in extra_toml:  # its state under the test's directory, not /var/lib
+        extra_toml += "\n" + to_toml({"tls_policy": {"state_dir": str(base / "receiver-tls")}})
     return start_daemon(base, name="receiver", listeners=listeners, tls=tls_section,
-                        relay={"domains": [DOMAIN]})
+                        relay={"domains": [DOMAIN]}, extra_toml=extra_toml)
 
 
 def start_sender(start_daemon, base: Path, dns_address: str, routes: list[dict], mx_port: int,
@@ -448,6 +453,22 @@ def test_dane_bogus_signature_defers_not_sent_in_clear(start_daemon, signed_zone
     assert rpt_failures(policy).get("dnssec-invalid", 0) >= 1, policy
 
 
+def test_dane_ee_ignores_the_certificate_name_and_issuer(start_daemon, signed_zone, sink, pki, tls_cert, tmp_path):
+    """DANE-EE (3 1 1) pins the key: a self-signed certificate for another name is fine
+    (RFC 7672 3.1.1), and the record alone authenticates it."""
+    port = free_port()
+    nsd = signed_zone(port, [f"3 1 1 {spki_sha256(tls_cert[0])}"])
+    receiver = start_receiver(start_daemon, tmp_path, pki, port, cert=tls_cert)
+    bounces = sink("bounces")
+    d = start_sender(start_daemon, tmp_path, nsd.address, dane_routes(bounces), port, dane_policy(nsd))
+    m = mid("daneself")
+    send_message(d, rcpts=(RCPT,), message_id=m)
+    shown = received_messages(receiver)[0]
+    assert m in shown
+    assert_tls_received(shown)
+    assert tls_policy_json(d)["hosts"][0]["policy"] == "dane"
+
+
 def test_dane_bogus_mx_signature_defers(start_daemon, signed_zone, sink, pki, tmp_path):
     """The MX answer itself fails validation: DANE cannot trust the host names, and a bogus
     answer is an attack or a broken zone, never a reason to fall back to opportunistic TLS."""
@@ -499,6 +520,24 @@ def test_dane_unusable_tlsa_set_defers(start_daemon, signed_zone, sink, pki, tmp
     policy = tls_policy_json(d)
     assert policy["hosts"][0]["policy"] == "refused (tlsa-invalid)", policy
     assert rpt_failures(policy).get("tlsa-invalid", 0) >= 1, policy
+
+
+def test_default_order_without_dnssec_falls_back_to_opportunistic(start_daemon, dns, sink, pki, tmp_path):
+    """The default mx_order (DANE, MTA-STS, opportunistic) against a DNS server that knows
+    nothing of DNSSEC: no TLSA trusted, no policy, no refusal either; opportunistic TLS."""
+    receiver = start_receiver(start_daemon, tmp_path, pki)
+    dns.set_records({DOMAIN: {"MX": [(10, MX_HOST)]}, MX_HOST: {"A": ["127.0.0.1"]}})
+    bounces = sink("bounces")
+    d = start_sender(start_daemon, tmp_path, dns.address, dane_routes(bounces, tls=None), receiver.port)
+    m = mid("defaultorder")
+    send_message(d, rcpts=(RCPT,), message_id=m)
+    shown = received_messages(receiver)[0]
+    assert m in shown
+    assert_tls_received(shown)
+    policy = tls_policy_json(d)
+    assert policy["order"] == ["dane", "mta-sts", "opportunistic"], policy
+    assert policy["dnssec_mx"] is False and policy["mta_sts"] is None, policy
+    assert policy["hosts"][0]["policy"] == "opportunistic", policy
 
 
 # ============================================================================================
@@ -643,6 +682,52 @@ def test_mta_sts_cached_policy_survives_restart(start_daemon, dns, sts_server, s
     policy = wait_until(lambda: (p := tls_policy_json(d))["mta_sts"]["id"] == "keep2" and p, 15, interval=0.5,
                         what="the policy of the new TXT id")
     assert sts.fetches == 2 and policy["mta_sts"]["mode"] == "testing", (sts.fetches, policy)
+
+
+@pytest.mark.parametrize("mode", ["enforce", "testing"])
+def test_mta_sts_untrusted_certificate(mode, start_daemon, dns, sts_server, sink, pki, tls_cert, tmp_path):
+    """The MX presents a self-signed certificate for another name: enforce defers
+    (sts-webpki-invalid), testing reports the failure and delivers over unverified TLS."""
+    receiver = start_receiver(start_daemon, tmp_path, pki, cert=tls_cert)
+    sts = sts_server(sts_policy_text(mode))
+    sts_dns(dns)
+    bounces = sink("bounces")
+    d = start_sender(start_daemon, tmp_path, dns.address, sts_routes(bounces), receiver.port, sts_config(pki, sts))
+    qid = send_message(d, rcpts=(RCPT,), message_id=mid("stsuntrusted"))
+    if mode == "enforce":
+        entry = wait_deferred(d, qid)
+        assert re.search(r"(?i)certificate|tls", entry["last_error"]), entry
+        assert receiver.queue_list() == [], "delivered to an MX whose certificate does not verify under enforce"
+    else:
+        assert_tls_received(received_messages(receiver)[0])
+        wait_queue_empty(d, 10)
+    assert rpt_failures(tls_policy_json(d)).get("sts-webpki-invalid", 0) >= 1
+    assert bounces.count() == 0
+
+
+def test_published_policy_is_fetched_by_another_gateway(start_daemon, dns, sink, pki, tmp_path):
+    """The receiver publishes `[tls_policy.publish]` on its control HTTPS listener (as
+    https://mta-sts.example.net/.well-known/mta-sts.txt); the sender fetches and enforces it."""
+    control_port = free_port()
+    published = to_toml({
+        "control": {"listen": f"127.0.0.1:{control_port}", "ca": str(pki.ca),
+                    "certificate": str(pki.sts_cert), "private_key": str(pki.sts_key)},
+        "tls_policy": {"state_dir": str(tmp_path / "receiver-tls"),
+                       "publish": {"mode": "enforce", "mx": ["*.example.net"], "max_age": "1d"}},
+    })
+    receiver = start_receiver(start_daemon, tmp_path, pki, extra_toml=published)
+    wait_until(lambda: tcp_accepts(control_port), 10, what="the receiver's control HTTPS listener")
+    sts_dns(dns, sts_id="published1")
+    bounces = sink("bounces")
+    d = start_sender(start_daemon, tmp_path, dns.address, sts_routes(bounces), receiver.port,
+                     {"mta_sts_ca_file": str(pki.ca), "mta_sts_port": control_port})
+    m = mid("published")
+    send_message(d, rcpts=(RCPT,), message_id=m)
+    assert_tls_received(received_messages(receiver)[0])
+    policy = tls_policy_json(d)
+    assert policy["mta_sts"]["mode"] == "enforce" and policy["mta_sts"]["mx"] == ["*.example.net"], policy
+    assert policy["mta_sts"]["max_age"] == 86400, policy
+    assert policy["hosts"][0]["policy"] == "mta-sts enforce", policy
 
 
 def test_mta_sts_enforce_mx_mismatch_defers(start_daemon, dns, sts_server, sink, pki, tmp_path):
