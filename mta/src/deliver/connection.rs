@@ -3,6 +3,7 @@
 //! the route's policy), reuses the connection for later jobs, and reports each job's result.
 
 use std::net::SocketAddr;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use super::attempt::{self, Outcome};
@@ -10,7 +11,7 @@ use super::engine::{Job, JobReport};
 use super::outcome::{self, Applied};
 use super::secure::{self, Negotiated, NegotiationError};
 use super::Context;
-use crate::queue::QueueState;
+use crate::queue::{Content, QueueEntry, QueueState};
 use crate::route::{Destination, DnsError, MxAnswer, Target};
 use crate::smtp_client::Client;
 use crate::tls_policy::{DomainPolicy, HostPolicy, PolicyKind};
@@ -132,22 +133,103 @@ pub(crate) async fn remove_finished(context: Arc<Context>, id: crate::queue::Que
     }
 }
 
+/// One job on this connection: the message loaded, a session (kept for the next job),
+/// REQUIRETLS checked, the recipients sent (failing over to later next hops), and the
+/// results applied.
 async fn run_job(
     context: &Context,
     destination: &Destination,
     connected: &mut Option<Connected>,
     job: &Job,
 ) -> JobReport {
+    let Loaded {
+        entry,
+        mut message,
+        header,
+    } = match load(context, destination, job).await {
+        ControlFlow::Continue(loaded) => loaded,
+        ControlFlow::Break(report) => return report,
+    };
+    if let ControlFlow::Break(report) =
+        ensure_connected(context, destination, connected, &entry, &header, job).await
+    {
+        return report;
+    }
+    let Some(session) = connected.as_mut() else {
+        return JobReport::skipped();
+    };
+    let require_tls = entry.envelope.require_tls;
+    if let Some(refusal) =
+        secure::requiretls_refusal(require_tls, session.authenticated, &session.client)
+    {
+        let results = attempt::all(&job.recipients, refusal);
+        let relay = Some(session.relay.clone());
+        let applied = outcome::apply(context, &entry, &header, job, results, relay, false).await;
+        return report(applied, None, false);
+    }
+    let (mut sent, broken) = send(session, &entry, &mut message, &header, job).await;
+    let fallbacks = session.fallbacks.clone();
+    if broken {
+        // The next job connects afresh.
+        *connected = None;
+    }
+    if sent.any_deferred() && !fallbacks.is_empty() {
+        let hops = &fallbacks[..];
+        sent = fail_over_deferred(
+            context,
+            destination,
+            hops,
+            &entry,
+            sent,
+            &mut message,
+            &header,
+            job,
+        )
+        .await;
+    }
+    let error = sent.results.iter().find_map(|(_, o)| match o {
+        Outcome::Deferred { diagnostic } => Some(diagnostic.clone()),
+        _ => None,
+    });
+    let relay = Some(sent.relay);
+    let applied = outcome::apply(
+        context,
+        &entry,
+        &header,
+        job,
+        sent.results,
+        relay,
+        sent.dsn_passed_on,
+    )
+    .await;
+    report(applied, error, false)
+}
+
+/// A job's message, ready to send.
+struct Loaded {
+    entry: QueueEntry,
+    /// The whole message, read as it is sent.
+    message: Content,
+    /// Its first `RETURNED_CONTENT_LIMIT` bytes, for the notices that return it.
+    header: Vec<u8>,
+}
+
+/// The job's message; or, when there is nothing to send, the report (held or gone meanwhile,
+/// delivered into a Maildir, unreadable and so deferred).
+async fn load(
+    context: &Context,
+    destination: &Destination,
+    job: &Job,
+) -> ControlFlow<JobReport, Loaded> {
     let gateway = &context.gateway;
-    let skipped = JobReport::skipped;
     let Some(entry) = gateway.queue.get(job.id) else {
-        return skipped();
+        return ControlFlow::Break(JobReport::skipped());
     };
     if entry.state == QueueState::Hold {
-        return skipped();
+        return ControlFlow::Break(JobReport::skipped());
     }
     if let Target::Maildir(dir) = &destination.target {
-        return into_maildir(context, &entry, job, dir).await;
+        return ControlFlow::Break(into_maildir(context, &entry, job, dir).await);
     }
     let opened = match gateway.spool.open_content(job.id, IN_MEMORY_LIMIT).await {
         Ok(content) => content
@@ -156,112 +238,124 @@ async fn run_job(
             .map(|prefix| (content, prefix)),
         Err(e) => Err(e),
     };
-    let (mut message, content) = match opened {
-        Ok(opened) => opened,
-        Err(e) => return spool_unreadable(context, &entry, job, e).await,
-    };
-    if connected.is_none() {
-        match connect(context, destination).await {
-            Ok(session) => *connected = Some(session),
-            Err(DestinationError::Temporary(error)) => {
-                let results = attempt::all(
-                    &job.recipients,
-                    Outcome::Deferred {
-                        diagnostic: error.clone(),
-                    },
-                );
-                let applied =
-                    outcome::apply(context, &entry, &content, job, results, None, false).await;
-                return report(applied, Some(error), true);
-            }
-            Err(DestinationError::Permanent { status, text }) => {
-                let results = attempt::all(
-                    &job.recipients,
-                    Outcome::Bounced {
-                        status: status.to_string(),
-                        diagnostic: text.clone(),
-                    },
-                );
-                let applied =
-                    outcome::apply(context, &entry, &content, job, results, None, false).await;
-                return report(applied, Some(text), false);
-            }
+    match opened {
+        Ok((message, header)) => ControlFlow::Continue(Loaded {
+            entry,
+            message,
+            header,
+        }),
+        Err(e) => ControlFlow::Break(spool_unreadable(context, &entry, job, e).await),
+    }
+}
+
+/// A session with the destination: the one this connection holds, or a new one. When no
+/// next hop can be used the job's recipients are deferred (unreachable) or bounced (the
+/// destination can never take mail), and that report is returned.
+async fn ensure_connected(
+    context: &Context,
+    destination: &Destination,
+    connected: &mut Option<Connected>,
+    entry: &QueueEntry,
+    header: &[u8],
+    job: &Job,
+) -> ControlFlow<JobReport> {
+    if connected.is_some() {
+        return ControlFlow::Continue(());
+    }
+    let (failed, error, destination_failed) = match connect(context, destination).await {
+        Ok(session) => {
+            *connected = Some(session);
+            return ControlFlow::Continue(());
         }
-    }
-    let Some(session) = connected.as_mut() else {
-        return skipped();
+        Err(DestinationError::Temporary(error)) => {
+            let diagnostic = error.clone();
+            (Outcome::Deferred { diagnostic }, error, true)
+        }
+        Err(DestinationError::Permanent { status, text }) => {
+            let status = status.to_string();
+            let diagnostic = text.clone();
+            (Outcome::Bounced { status, diagnostic }, text, false)
+        }
     };
-    let require_tls = entry.envelope.require_tls;
-    if let Some(refusal) =
-        secure::requiretls_refusal(require_tls, session.authenticated, &session.client)
-    {
-        let results = attempt::all(&job.recipients, refusal);
-        let relay = Some(session.relay.clone());
-        let applied = outcome::apply(context, &entry, &content, job, results, relay, false).await;
-        return report(applied, None, false);
+    let results = attempt::all(&job.recipients, failed);
+    let applied = outcome::apply(context, entry, header, job, results, None, false).await;
+    ControlFlow::Break(report(applied, Some(error), destination_failed))
+}
+
+/// What the recipients came to, and through which next hop.
+struct Sent {
+    results: Results,
+    relay: String,
+    /// The next hop took our DSN request (it reports success itself).
+    dsn_passed_on: bool,
+}
+
+impl Sent {
+    fn any_deferred(&self) -> bool {
+        self.results
+            .iter()
+            .any(|(_, o)| matches!(o, Outcome::Deferred { .. }))
     }
-    let (mut results, broken) = attempt::send(
+}
+
+/// Sends the job on the session; whether the session broke on the way.
+async fn send(
+    session: &mut Connected,
+    entry: &QueueEntry,
+    message: &mut Content,
+    header: &[u8],
+    job: &Job,
+) -> (Sent, bool) {
+    let (results, broken) = attempt::send(
         &mut session.client,
         &entry.envelope,
         &job.recipients,
-        &mut message,
-        &content,
+        message,
+        header,
     )
     .await;
-    let mut dsn_passed_on = session.client.capabilities.dsn;
-    let mut relay = session.relay.clone();
-    let fallbacks = session.fallbacks.clone();
-    if broken {
-        *connected = None;
-    }
-    let any_deferred = results
-        .iter()
-        .any(|(_, o)| matches!(o, Outcome::Deferred { .. }));
-    if any_deferred && !fallbacks.is_empty() {
-        // 4xx (or a lost connection) here: the same recipients go to the next hops in the
-        // failover list now, rather than waiting for a retry.
-        let (settled, deferred) = partition(results);
-        if !settled.is_empty() {
-            outcome::apply(
-                context,
-                &entry,
-                &content,
-                job,
-                settled,
-                Some(relay.clone()),
-                dsn_passed_on,
-            )
-            .await;
-        }
-        let retried = fail_over(
-            context,
-            destination,
-            &fallbacks,
-            &entry,
-            deferred,
-            &mut message,
-            &content,
-        )
-        .await;
-        results = retried.results;
-        relay = retried.relay.unwrap_or(relay);
-        dsn_passed_on = retried.dsn_passed_on.unwrap_or(dsn_passed_on);
-    }
-    let error = results.iter().find_map(|(_, o)| match o {
-        Outcome::Deferred { diagnostic } => Some(diagnostic.clone()),
-        _ => None,
-    });
-    let applied = outcome::apply(
-        context,
-        &entry,
-        &content,
-        job,
+    let sent = Sent {
         results,
-        Some(relay),
-        dsn_passed_on,
+        relay: session.relay.clone(),
+        dsn_passed_on: session.client.capabilities.dsn,
+    };
+    (sent, broken)
+}
+
+/// Recipients the next hop deferred (a 4xx, a lost connection) go to the route's later next
+/// hops now rather than waiting for a retry; the settled ones are applied first.
+#[allow(clippy::too_many_arguments)]
+async fn fail_over_deferred(
+    context: &Context,
+    destination: &Destination,
+    fallbacks: &[(String, SocketAddr)],
+    entry: &QueueEntry,
+    mut sent: Sent,
+    message: &mut Content,
+    header: &[u8],
+    job: &Job,
+) -> Sent {
+    let (settled, deferred) = partition(std::mem::take(&mut sent.results));
+    if !settled.is_empty() {
+        let relay = Some(sent.relay.clone());
+        let passed_on = sent.dsn_passed_on;
+        outcome::apply(context, entry, header, job, settled, relay, passed_on).await;
+    }
+    let retried = fail_over(
+        context,
+        destination,
+        fallbacks,
+        entry,
+        deferred,
+        message,
+        header,
     )
     .await;
-    report(applied, error, false)
+    Sent {
+        results: retried.results,
+        relay: retried.relay.unwrap_or(sent.relay),
+        dsn_passed_on: retried.dsn_passed_on.unwrap_or(sent.dsn_passed_on),
+    }
 }
 
 /// The queued copy could not be read (EMFILE, a file gone missing, an I/O error): the job's

@@ -32,10 +32,6 @@ pub async fn apply(
     let now = unix_now();
     let age = Duration::from_secs(now.saturating_sub(entry.arrival));
     let expired = age >= delivery.max_queue_lifetime;
-    let mut records = Vec::new();
-    let mut notices: Vec<Reported> = Vec::new();
-    let mut deferred = Vec::new();
-    let mut last_error = None;
     let retry_in = backoff(delivery.retry_initial, delivery.retry_max, job.attempts);
     let tracked = Tracked {
         tracker: &gateway.tracker,
@@ -45,100 +41,123 @@ pub async fn apply(
         expired,
         retry_in,
     };
+    let mut ledger = Ledger::new(&relay, dsn_passed_on, expired);
     for (index, outcome) in results {
         let Some(recipient) = entry.envelope.recipients.get(index) else {
             continue;
         };
         log_outcome(job.id, recipient, &outcome, relay.as_deref(), age);
         tracked.record(recipient, &outcome);
-        match outcome {
-            Outcome::Delivered { reply } => {
-                records.push(StateRecord::Recipient {
-                    index,
-                    outcome: RecipientOutcome::Delivered,
-                });
-                if !dsn_passed_on && dsn::wanted(recipient, Action::Relayed) {
-                    notices.push(report_line(
-                        recipient,
-                        Action::Relayed,
-                        "2.0.0".into(),
-                        Some(reply),
-                        &relay,
-                    ));
-                }
-            }
-            Outcome::Bounced { status, diagnostic } => {
-                records.push(StateRecord::Recipient {
-                    index,
-                    outcome: RecipientOutcome::Bounced,
-                });
-                if dsn::wanted(recipient, Action::Failed) {
-                    notices.push(report_line(
-                        recipient,
-                        Action::Failed,
-                        status,
-                        Some(diagnostic),
-                        &relay,
-                    ));
-                }
-            }
-            Outcome::Deferred { diagnostic } if expired => {
-                log::info!(
-                    queue_id:% = job.id, recipient = recipient.address.as_str(), dsn_status = "4.4.7";
-                    "delivery: id={} to=<{}> status=bounced (queue lifetime expired)",
-                    job.id,
-                    recipient.address
-                );
-                records.push(StateRecord::Recipient {
-                    index,
-                    outcome: RecipientOutcome::Bounced,
-                });
-                if dsn::wanted(recipient, Action::Failed) {
-                    let text = format!("delivery time expired; last error: {diagnostic}");
-                    notices.push(report_line(
-                        recipient,
-                        Action::Failed,
-                        "4.4.7".into(),
-                        Some(text),
-                        &relay,
-                    ));
-                }
-            }
-            Outcome::Deferred { diagnostic } => {
-                last_error = Some(diagnostic);
-                deferred.push(index);
-            }
-        }
+        ledger.note(job.id, index, recipient, outcome);
     }
-    if !deferred.is_empty() {
+    if !ledger.deferred.is_empty() {
         let warn_due =
             !delivery.delay_warning.is_zero() && age >= delivery.delay_warning && !entry.warned;
         if warn_due {
-            records.push(StateRecord::Warned);
-            for &index in &deferred {
-                let recipient = &entry.envelope.recipients[index];
-                if dsn::wanted(recipient, Action::Delayed) {
-                    notices.push(report_line(
-                        recipient,
-                        Action::Delayed,
-                        "4.0.0".into(),
-                        last_error.clone(),
-                        &relay,
-                    ));
+            ledger.warn_of_delay(entry);
+        }
+        ledger.schedule(now, retry_in);
+    }
+    send_notices(context, job.id, entry, content, ledger.notices).await;
+    settle(context, job.id, &ledger.records).await;
+    Applied {
+        deferred: ledger.deferred,
+        retry_at: Instant::now() + retry_in,
+    }
+}
+
+/// What one attempt's results come to: the state records to append, the notices owed, and
+/// the recipients left to retry.
+struct Ledger<'a> {
+    relay: &'a Option<String>,
+    /// The next hop took our DSN request, so it reports success itself (no "relayed").
+    dsn_passed_on: bool,
+    /// The queue lifetime is over: a deferral is a bounce now (4.4.7).
+    expired: bool,
+    records: Vec<StateRecord>,
+    notices: Vec<Reported>,
+    deferred: Vec<usize>,
+    last_error: Option<String>,
+}
+
+impl<'a> Ledger<'a> {
+    fn new(relay: &'a Option<String>, dsn_passed_on: bool, expired: bool) -> Self {
+        Ledger {
+            relay,
+            dsn_passed_on,
+            expired,
+            records: Vec::new(),
+            notices: Vec::new(),
+            deferred: Vec::new(),
+            last_error: None,
+        }
+    }
+
+    fn note(&mut self, id: QueueId, index: usize, recipient: &Recipient, outcome: Outcome) {
+        match outcome {
+            Outcome::Delivered { reply } => {
+                self.settle(index, RecipientOutcome::Delivered);
+                if !self.dsn_passed_on {
+                    self.owe(recipient, Action::Relayed, "2.0.0".into(), Some(reply));
                 }
             }
+            Outcome::Bounced { status, diagnostic } => {
+                self.settle(index, RecipientOutcome::Bounced);
+                self.owe(recipient, Action::Failed, status, Some(diagnostic));
+            }
+            Outcome::Deferred { diagnostic } if self.expired => {
+                log::info!(
+                    queue_id:% = id, recipient = recipient.address.as_str(), dsn_status = "4.4.7";
+                    "delivery: id={} to=<{}> status=bounced (queue lifetime expired)",
+                    id,
+                    recipient.address
+                );
+                self.settle(index, RecipientOutcome::Bounced);
+                let text = format!("delivery time expired; last error: {diagnostic}");
+                self.owe(recipient, Action::Failed, "4.4.7".into(), Some(text));
+            }
+            Outcome::Deferred { diagnostic } => {
+                self.last_error = Some(diagnostic);
+                self.deferred.push(index);
+            }
         }
-        records.push(StateRecord::Attempt {
+    }
+
+    fn settle(&mut self, index: usize, outcome: RecipientOutcome) {
+        self.records.push(StateRecord::Recipient { index, outcome });
+    }
+
+    /// A notice line for `recipient`, when its NOTIFY asks for `action`.
+    fn owe(
+        &mut self,
+        recipient: &Recipient,
+        action: Action,
+        status: String,
+        diagnostic: Option<String>,
+    ) {
+        if dsn::wanted(recipient, action) {
+            let line = report_line(recipient, action, status, diagnostic, self.relay);
+            self.notices.push(line);
+        }
+    }
+
+    /// The one delay notice of a message, for its deferred recipients.
+    fn warn_of_delay(&mut self, entry: &QueueEntry) {
+        self.records.push(StateRecord::Warned);
+        for index in self.deferred.clone() {
+            let recipient = &entry.envelope.recipients[index];
+            let last_error = self.last_error.clone();
+            self.owe(recipient, Action::Delayed, "4.0.0".into(), last_error);
+        }
+    }
+
+    /// The attempt record of a deferral: when it was, what failed, when the next try is.
+    fn schedule(&mut self, now: u64, retry_in: Duration) {
+        self.records.push(StateRecord::Attempt {
             at: now,
             next_at: Some(now + retry_in.as_secs()),
-            error: last_error,
+            error: self.last_error.clone(),
         });
-    }
-    send_notices(context, job.id, entry, content, notices).await;
-    settle(context, job.id, &records).await;
-    Applied {
-        deferred,
-        retry_at: Instant::now() + retry_in,
     }
 }
 
