@@ -130,7 +130,7 @@ async fn config_page(
             &state,
             &caller,
             &node,
-            &[node.clone()],
+            std::slice::from_ref(&node),
             &current,
         )),
         Err(e) => {

@@ -23,7 +23,7 @@ fn day_and_hour(now: u64) -> (u64, u8) {
 
 /// 1970-01-01 was a Thursday: day 4 after a Monday.
 fn is_monday(day: u64) -> bool {
-    (day + 3) % 7 == 0
+    (day + 3).is_multiple_of(7)
 }
 
 /// The jobs due at `now` that have not run today: (job name, its mark).

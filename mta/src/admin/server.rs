@@ -362,7 +362,7 @@ fn disk(gateway: &Gateway, reserve: u64) -> Value {
         Ok((free, total)) => json!({
             "free_bytes": free,
             "total_bytes": total,
-            "used_percent": if total == 0 { 0 } else { 100 - free.saturating_mul(100) / total },
+            "used_percent": 100 - free.saturating_mul(100).checked_div(total).unwrap_or(100),
             "reserve_bytes": reserve,
         }),
         Err(e) => json!({ "error": e.to_string() }),
