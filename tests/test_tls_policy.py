@@ -768,7 +768,7 @@ def test_requiretls_advertised_only_after_starttls(start_daemon, pki, tmp_path):
         expect(s.cmd("MAIL FROM:<sender@other.org> REQUIRETLS"), 250)
 
 
-def send_requiretls(d, message_id: str) -> str:
+def send_requiretls(d, message_id: str, mail_params: str = "", body: str = "hello world") -> str:
     """One message submitted over STARTTLS with MAIL FROM ... REQUIRETLS; the queue id."""
     with RawSession(d.port) as s:
         expect(s.greeting(), 220)
@@ -776,9 +776,10 @@ def send_requiretls(d, message_id: str) -> str:
         expect(s.starttls(), 220)
         code, text = s.ehlo()
         assert "REQUIRETLS" in ehlo_keywords(text), f"the sender offers no REQUIRETLS inside TLS: {text}"
-        expect(s.cmd("MAIL FROM:<sender@other.org> REQUIRETLS"), 250)
+        expect(s.cmd(f"MAIL FROM:<sender@other.org> REQUIRETLS{' ' + mail_params if mail_params else ''}"), 250)
         expect(s.cmd(f"RCPT TO:<{RCPT}>"), 250)
-        qid = queue_id_of(s.data(make_message(subject="requiretls", message_id=message_id, to=RCPT)))
+        message = make_message(subject="requiretls", message_id=message_id, to=RCPT, body=body)
+        qid = queue_id_of(s.data(message))
         s.cmd("QUIT")
     return qid
 
@@ -803,6 +804,26 @@ def test_requiretls_to_unauthenticated_next_hop_bounces_5_7_30(hop_tls, start_da
     assert "REQUIRETLS" in rcpt.get("diagnostic-code", ""), rcpt
     wait_queue_empty(d, 10)
     assert receiver.queue_list() == [], "a REQUIRETLS message was sent over an unauthenticated session"
+
+
+def test_requiretls_bounce_returns_headers_only_even_with_ret_full(start_daemon, dns, sink, pki, tmp_path):
+    """RFC 8689 5: the bounce of a REQUIRETLS message may travel without TLS (it is not a
+    REQUIRETLS message itself), so it must not carry the protected body back, RET=FULL or not."""
+    receiver = start_receiver(start_daemon, tmp_path, pki, tls=False)
+    dns.set_records({MX_HOST: {"A": ["127.0.0.1"]}})
+    bounces = sink("bounces")
+    routes = [bounce_route(bounces), {"domains": [DOMAIN], "next_hops": [f"{MX_HOST}:{receiver.port}"],
+                                      "tls": "opportunistic"}]
+    d = start_sender(start_daemon, tmp_path, dns.address, routes, receiver.port)
+    secret = "the-protected-body-7f3a"
+    send_requiretls(d, mid("requiretls-retfull"), mail_params="RET=FULL", body=secret)
+    got = bounces.wait_for(1, timeout=25)
+    dsn = parse_dsn(got[0])
+    assert dsn.recipient(RCPT).get("status") == "5.7.30", dsn.recipients
+    assert dsn.returned_type == "text/rfc822-headers", \
+        f"the bounce of a REQUIRETLS message returned {dsn.returned_type}, not headers only"
+    assert secret.encode() not in got[0].raw, "the bounce carried the REQUIRETLS message's body"
+    assert "requiretls" in dsn.returned, dsn.returned
 
 
 @pytest.mark.parametrize("how", ["verify", "dane"])

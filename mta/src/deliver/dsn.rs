@@ -90,7 +90,11 @@ pub fn build(report: &Report<'_>) -> Vec<u8> {
         BodyPart::Text(delivery_status(report).into()),
     )
     .transfer_encoding("7bit");
-    let full = action == Action::Failed && report.envelope.dsn_ret == Some(DsnRet::Full);
+    // RFC 8689 5: a notice is not a REQUIRETLS message and may travel in clear, so the body
+    // of a REQUIRETLS message never goes back in one (headers only, RET=FULL or not).
+    let full = action == Action::Failed
+        && report.envelope.dsn_ret == Some(DsnRet::Full)
+        && !report.envelope.require_tls;
     let returned = if full {
         MimePart::new(
             ContentType::new("message/rfc822"),
@@ -295,5 +299,31 @@ mod tests {
             parsed.subject(),
             Some("Undelivered Mail Returned to Sender")
         );
+    }
+
+    #[test]
+    fn a_requiretls_bounce_returns_headers_only() {
+        let mut env = envelope(Some(DsnRet::Full));
+        env.require_tls = true;
+        let reported = vec![Reported {
+            recipient: recipient(None),
+            action: Action::Failed,
+            status: "5.7.30".into(),
+            diagnostic: Some("550 5.7.30 REQUIRETLS support required".into()),
+            remote_mta: None,
+        }];
+        let message = build(&Report {
+            reporting_mta: "mx.test",
+            queue_id: "0000000000000002",
+            envelope: &env,
+            recipients: &reported,
+            original: b"Subject: secret plans\r\n\r\nthe protected body\r\n",
+            now: 0,
+        });
+        let text = String::from_utf8_lossy(&message);
+        assert!(text.contains("text/rfc822-headers"), "{text}");
+        assert!(text.contains("Subject: secret plans"), "{text}");
+        assert!(!text.contains("message/rfc822"), "{text}");
+        assert!(!text.contains("the protected body"), "{text}");
     }
 }
