@@ -93,3 +93,38 @@ def test_metrics_parse_and_count(node):
     assert queued[0].value == 1
     for name in ("bulwark_sessions", "bulwark_flow_drops", "bulwark_journal_segments", "bulwark_queue_oldest_seconds"):
         assert name in families, sorted(families)
+
+
+def test_metrics_have_stage_latency_histograms_verdicts_and_deliveries(start_mta, sink, tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+    from conftest import route, to_toml, wait_until
+
+    hop = sink("hop")
+    (metrics_port,) = free_ports(1)
+    rules = to_toml({"rule": [{"name": "refuse", "subject": "refuse me", "action": "reject",
+                               "reason": "policy"}]})
+    d = start_mta(tmp_path, [route(["example.com"], [hop])],
+                  extra_toml=rules + f'\n[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n')
+    send_mail(d.port, "s@other.org", ["alice@example.com"], make_message(subject="fine"))
+    code, _ = send_mail(d.port, "s@other.org", ["alice@example.com"], make_message(subject="refuse me"))
+    assert code >= 500
+    hop.wait_for(1)
+
+    def scrape():
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+        return {f.name: f for f in text_string_to_metric_families(text)}
+
+    def sent():
+        samples = scrape()["bulwark_deliveries"].samples
+        return sum(s.value for s in samples if s.labels.get("status") == "sent")
+    wait_until(lambda: sent() == 1, 10, what="one delivery counted as sent")
+    families = scrape()
+    latency = [s for s in families["bulwark_stage_latency_seconds"].samples if s.labels.get("stage") == "rules"]
+    buckets = [s for s in latency if s.name.endswith("_bucket")]
+    count = next(s.value for s in latency if s.name.endswith("_count"))
+    assert count == 2, latency
+    values = [s.value for s in buckets]
+    assert values == sorted(values) and buckets[-1].labels["le"] == "+Inf" and values[-1] == count, buckets
+    verdicts = {(s.labels["stage"], s.labels["verdict"], s.labels["decided_by"]): s.value
+                for s in families["bulwark_stage_verdicts"].samples if s.name.endswith("_total")}
+    assert verdicts.get(("rules", "reject", "rule:refuse")) == 1, verdicts

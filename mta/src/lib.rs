@@ -28,6 +28,7 @@ pub mod rules;
 pub mod service;
 pub mod smtp;
 pub mod smtp_client;
+pub mod telemetry;
 pub mod tls_policy;
 pub mod track;
 pub mod transport;

@@ -15,6 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use super::http;
 use crate::gateway::Gateway;
 use crate::queue::QueueState;
+use crate::telemetry::telemetry;
 
 #[derive(Debug, thiserror::Error)]
 #[error("[metrics] listen {address}: {source}")]
@@ -75,11 +76,73 @@ fn plain(value: u64) -> Vec<(String, f64)> {
 }
 
 fn label(name: &str, value: &str) -> String {
-    let escaped = value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n");
-    format!("{{{name}=\"{escaped}\"}}")
+    labels(&[(name, value)])
+}
+
+fn labels(pairs: &[(&str, &str)]) -> String {
+    let inner: Vec<String> = pairs
+        .iter()
+        .map(|(name, value)| {
+            let escaped = value
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            format!("{name}=\"{escaped}\"")
+        })
+        .collect();
+    format!("{{{}}}", inner.join(","))
+}
+
+/// Content stages (latency histograms, verdicts) and deliveries, from `telemetry`.
+fn pipeline_metrics(out: &mut String) {
+    let t = telemetry();
+    let verdicts: Vec<(String, f64)> = t
+        .verdicts()
+        .into_iter()
+        .map(|((stage, verdict, by), n)| {
+            let labels = labels(&[("stage", &stage), ("verdict", verdict), ("decided_by", &by)]);
+            (labels, n as f64)
+        })
+        .collect();
+    family(
+        out,
+        "bulwark_stage_verdicts_total",
+        "counter",
+        "Content stage verdicts by stage, verdict and the rule or filter that decided",
+        &verdicts,
+    );
+    let deliveries: Vec<(String, f64)> = t
+        .deliveries()
+        .into_iter()
+        .map(|(status, n)| (label("status", status.as_str()), n as f64))
+        .collect();
+    family(
+        out,
+        "bulwark_deliveries_total",
+        "counter",
+        "Delivery results per recipient by status",
+        &deliveries,
+    );
+    let name = "bulwark_stage_latency_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Time a content stage took to answer, per stage\n# TYPE {name} histogram"
+    );
+    for (stage, h) in t.latencies() {
+        for (bound, n) in &h.buckets {
+            let le = bound.to_string();
+            let _ = writeln!(
+                out,
+                "{name}_bucket{} {n}",
+                labels(&[("stage", &stage), ("le", &le)])
+            );
+        }
+        let inf = labels(&[("stage", &stage), ("le", "+Inf")]);
+        let _ = writeln!(out, "{name}_bucket{inf} {}", h.count);
+        let stage = label("stage", &stage);
+        let _ = writeln!(out, "{name}_sum{stage} {}", h.sum_seconds);
+        let _ = writeln!(out, "{name}_count{stage} {}", h.count);
+    }
 }
 
 /// The outbound limits' alerts (a key went over) and refused messages, when configured.
@@ -171,6 +234,7 @@ pub async fn render(gateway: &Gateway) -> String {
         "Message bytes accepted",
         &plain(load(&c.bytes_accepted)),
     );
+    pipeline_metrics(&mut out);
     queue_metrics(&mut out, gateway);
     destination_metrics(&mut out, gateway).await;
     flow_metrics(&mut out, gateway);

@@ -10,6 +10,7 @@ use super::dsn::{self, Action, Reported};
 use super::engine::{backoff, Job};
 use super::Context;
 use crate::queue::{unix_now, QueueEntry, QueueId, Recipient, RecipientOutcome, StateRecord};
+use crate::telemetry::{telemetry, DeliveryStatus};
 use crate::track::{Event, EventKind, Tracker};
 
 /// What is left to retry, and when.
@@ -94,6 +95,11 @@ impl<'a> Ledger<'a> {
     }
 
     fn note(&mut self, id: QueueId, index: usize, recipient: &Recipient, outcome: Outcome) {
+        telemetry().delivery(match &outcome {
+            Outcome::Delivered { .. } => DeliveryStatus::Sent,
+            Outcome::Deferred { .. } if !self.expired => DeliveryStatus::Deferred,
+            Outcome::Deferred { .. } | Outcome::Bounced { .. } => DeliveryStatus::Bounced,
+        });
         match outcome {
             Outcome::Delivered { reply } => {
                 self.settle(index, RecipientOutcome::Delivered);

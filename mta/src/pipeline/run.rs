@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::smtp::reply::Reply;
+use crate::telemetry::telemetry;
 
 use super::{
     Answer, ArchiveRequest, Context, CopyRequest, Decision, Findings, Modification, OnError, Stage,
@@ -206,7 +207,10 @@ async fn ask(
             findings: &group.findings,
             hostname: base.hostname,
         };
-        tokio::time::timeout(limit, stage.check(&cx)).await
+        let asked_at = Instant::now();
+        let asked = tokio::time::timeout(limit, stage.check(&cx)).await;
+        telemetry().stage_latency(stage.name(), asked_at.elapsed());
+        asked
     };
     let answer = match asked {
         Ok(Ok(answer)) => answer,
@@ -258,6 +262,7 @@ fn split(
 
 fn failed(stage: &dyn Stage, mut group: Group, error: StageError, keys: &LogKeys<'_>) -> Group {
     let policy = stage.on_error();
+    telemetry().verdict(stage.name(), "error", stage.name());
     log::warn!(
         session_id = keys.session_id, queue_id:% = keys.queue_id,
         client_addr:% = keys.client, stage = stage.name(),
@@ -292,6 +297,7 @@ fn log_decision(stage: &str, decision: &Decision, keys: &LogKeys<'_>, recipients
     let by = decision.decided_by.as_deref().unwrap_or(stage);
     let reason = decision.reason.as_deref().unwrap_or("");
     let verdict = decision.verdict.as_str();
+    telemetry().verdict(stage, verdict, by);
     // A stage that found nothing is not a decision worth an info line per message.
     let level = if decision.is_quiet() {
         log::Level::Debug
