@@ -730,6 +730,26 @@ def test_published_policy_is_fetched_by_another_gateway(start_daemon, dns, sink,
     assert policy["hosts"][0]["policy"] == "mta-sts enforce", policy
 
 
+def test_mta_sts_testing_mx_mismatch_delivers_and_counts_a_failure(start_daemon, dns, sts_server, sink, pki,
+                                                                   tmp_path):
+    """Under testing an MX outside the policy's list still gets the mail (RFC 8461 5), but
+    the session failed the policy: TLS-RPT counts it as a failure, not a success."""
+    receiver = start_receiver(start_daemon, tmp_path, pki)
+    sts = sts_server(sts_policy_text("testing", mx=("other.example.net",)))
+    sts_dns(dns)
+    bounces = sink("bounces")
+    d = start_sender(start_daemon, tmp_path, dns.address, sts_routes(bounces), receiver.port, sts_config(pki, sts))
+    send_message(d, rcpts=(RCPT,), message_id=mid("ststestingmismatch"))
+    assert_tls_received(received_messages(receiver)[0])
+    wait_queue_empty(d, 10)
+    policy = tls_policy_json(d)
+    assert policy["hosts"][0]["policy"] == "mta-sts testing", policy
+    assert "not in mx list" in policy["hosts"][0]["why"], policy
+    assert rpt_failures(policy).get("validation-failure", 0) >= 1, f"the unlisted MX was not counted as a failure: {policy}"
+    assert policy["tls_rpt"]["successes"] == 0, f"the unlisted MX counted as a success: {policy}"
+    assert bounces.count() == 0
+
+
 def test_mta_sts_enforce_mx_mismatch_defers(start_daemon, dns, sts_server, sink, pki, tmp_path):
     receiver = start_receiver(start_daemon, tmp_path, pki)
     sts = sts_server(sts_policy_text("enforce", mx=("*.mail.example.org", "other.example.net")))

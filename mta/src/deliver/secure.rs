@@ -55,7 +55,7 @@ pub(super) async fn negotiate(
             let config = crate::tls_policy::dane::client_config(records.clone());
             authenticated(client, host, config, helo, ResultType::ValidationFailure).await
         }
-        PolicyKind::MtaSts(_) => {
+        PolicyKind::MtaSts { .. } => {
             let config = security(context)
                 .ok_or_else(|| "transport security is not running".to_string())
                 .and_then(|s| s.webpki());
@@ -68,22 +68,47 @@ pub(super) async fn negotiate(
         }
     };
     if let (Some(scope), Some(security)) = (&policy.scope, security(context)) {
-        security.record(
-            scope,
-            host,
-            address,
-            outcome.as_ref().map(|_| ()).map_err(|(r, _)| *r),
-        );
+        security.record(scope, host, address, counted(&policy.kind, &outcome));
     }
     match (outcome, &policy.kind) {
-        (Ok(()), _) => Ok(Negotiated::Tls {
-            authenticated: true,
+        (Ok(()), kind) => Ok(Negotiated::Tls {
+            authenticated: !outside_mx_list(kind),
         }),
-        (Err((_, error)), PolicyKind::MtaSts(Mode::Testing)) => {
+        (
+            Err((_, error)),
+            PolicyKind::MtaSts {
+                mode: Mode::Testing,
+                ..
+            },
+        ) => {
             log::warn!(host = host, policy = "mta-sts testing"; "delivery: {error}; delivering without authentication (testing)");
             Err(NegotiationError::Retry(error, OutboundTls::Opportunistic))
         }
         (Err((_, error)), _) => Err(NegotiationError::Failed(format!("{}: {error}", policy.why))),
+    }
+}
+
+/// An MX outside an MTA-STS (testing) policy's list fails the policy however good its
+/// certificate is: reported as such, and not authenticated enough for REQUIRETLS.
+fn outside_mx_list(kind: &PolicyKind) -> bool {
+    matches!(
+        kind,
+        PolicyKind::MtaSts {
+            mx_listed: false,
+            ..
+        }
+    )
+}
+
+/// What one session under `kind` counts for TLS-RPT.
+fn counted(
+    kind: &PolicyKind,
+    outcome: &Result<(), (ResultType, String)>,
+) -> Result<(), ResultType> {
+    match outcome {
+        Ok(()) if outside_mx_list(kind) => Err(ResultType::ValidationFailure),
+        Ok(()) => Ok(()),
+        Err((result, _)) => Err(*result),
     }
 }
 
@@ -224,4 +249,34 @@ pub(super) fn requiretls_refusal(
         status: "5.7.30".into(),
         diagnostic: format!("550 5.7.30 REQUIRETLS support required: {reason}"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unlisted_mx_under_testing_counts_as_a_failure_even_with_good_tls() {
+        let testing = |mx_listed| PolicyKind::MtaSts {
+            mode: Mode::Testing,
+            mx_listed,
+        };
+        assert_eq!(counted(&testing(true), &Ok(())), Ok(()));
+        assert_eq!(
+            counted(&testing(false), &Ok(())),
+            Err(ResultType::ValidationFailure)
+        );
+        let stripped = Err((ResultType::StarttlsNotSupported, "no STARTTLS".to_string()));
+        assert_eq!(
+            counted(&testing(false), &stripped),
+            Err(ResultType::StarttlsNotSupported)
+        );
+        assert_eq!(
+            counted(&PolicyKind::Dane(Vec::new()), &stripped),
+            Err(ResultType::StarttlsNotSupported)
+        );
+        assert!(outside_mx_list(&testing(false)));
+        assert!(!outside_mx_list(&testing(true)));
+        assert!(!outside_mx_list(&PolicyKind::Dane(Vec::new())));
+    }
 }

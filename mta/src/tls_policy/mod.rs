@@ -62,7 +62,9 @@ pub enum PolicyKind {
     /// TLS required, the chain must match one of these (usable) records.
     Dane(Vec<TlsaRecord>),
     /// TLS verified with the WebPKI roots for the host's name; `Testing` falls back.
-    MtaSts(Mode),
+    /// `mx_listed` false (only under `Testing`): the host is outside the policy's `mx`
+    /// list, so the session fails the policy even when its certificate verifies.
+    MtaSts { mode: Mode, mx_listed: bool },
     /// Never connect (defer): the policy forbids this host or cannot be evaluated.
     Refused(ResultType),
 }
@@ -490,11 +492,17 @@ fn sts_host_policy(domain: &DomainPolicy, host: &str) -> Option<HostPolicy> {
             ),
         ),
         (Mode::Enforce, true) => (
-            PolicyKind::MtaSts(Mode::Enforce),
+            PolicyKind::MtaSts {
+                mode: Mode::Enforce,
+                mx_listed: true,
+            },
             format!("MTA-STS enforce (id {}): verified TLS required", cached.id),
         ),
         (Mode::Testing, _) => (
-            PolicyKind::MtaSts(Mode::Testing),
+            PolicyKind::MtaSts {
+                mode: Mode::Testing,
+                mx_listed: listed,
+            },
             format!(
                 "MTA-STS testing (id {}): verified TLS tried, failures reported{}",
                 cached.id,
@@ -570,7 +578,7 @@ pub fn kind_name(kind: &PolicyKind) -> String {
     match kind {
         PolicyKind::Fixed(tls) => format!("{tls:?}").to_lowercase(),
         PolicyKind::Dane(_) => "dane".into(),
-        PolicyKind::MtaSts(mode) => format!("mta-sts {}", mode.as_str()),
+        PolicyKind::MtaSts { mode, .. } => format!("mta-sts {}", mode.as_str()),
         PolicyKind::Refused(result) => format!("refused ({})", result.as_str()),
     }
 }
