@@ -4,7 +4,7 @@
 # Builds the binary RPMs from this tree on any machine with rpmbuild (Debian included: the
 # distribution macros come from rpm/macros.fallback or rpm/macros.suse-fallback there).
 #   --suse          the SUSE branch of the spec (suse_version 1600)
-#   --prebuilt DIR  package bulwarkd, bulwarkctl and bulwark-sendmail from DIR instead of
+#   --prebuilt DIR  package bulwarkd, bulwarkctl, bulwark-sendmail and bulwark-console from DIR instead of
 #                   building them inside rpmbuild from vendored crates (one release build can
 #                   then serve several packages)
 #   --glibc-2.28    build the binaries with `cargo zigbuild` against glibc 2.28, so they run on
@@ -55,7 +55,7 @@ if [ -z "$prebuilt" ]; then
     (cd "$repo" && cargo vendor --locked --versioned-dirs "$work/vendor" >/dev/null)
 fi
 tar -C "$work" -czf "$top/SOURCES/bulwark-$version-vendor.tar.gz" vendor
-cp "$repo/packaging/bulwark.sysusers" "$top/SOURCES/"
+cp "$repo/packaging/bulwark.sysusers" "$repo/packaging/bulwark-console.sysusers" "$top/SOURCES/"
 cp "$repo/rpm/bulwark.spec" "$top/SPECS/"
 
 args=(-bb --define "_topdir $top")

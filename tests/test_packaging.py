@@ -17,11 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BULWARKD, REPO, run
+from conftest import BULWARKCTL, BULWARKD, REPO, run
 
 PACKAGING = REPO / "packaging"
 RELEASE = Path(os.environ.get("BULWARK_RPM_BINARIES") or REPO / "target" / "release")
 SECURITY_THRESHOLD = 2.5
+# The console has no capability and no bpf: it must score better than the gateway.
+CONSOLE_SECURITY_THRESHOLD = 1.5
+UNITS = ["bulwark.service", "bulwark-console.service"]
+# The console binary beside bulwarkd (BULWARK_CONSOLE, as tests/console_fixture.py reads it).
+CONSOLE = os.environ.get("BULWARK_CONSOLE") or str(Path(BULWARKD).parent / "bulwark-console")
 
 
 def need(*commands: str) -> None:
@@ -51,15 +56,18 @@ def unit_root(tmp_path_factory) -> Path:
     (root / "usr/sbin").mkdir(parents=True)
     (root / "bin").mkdir()
     shutil.copy(BULWARKD, root / "usr/sbin/bulwarkd")
+    shutil.copy(CONSOLE, root / "usr/sbin/bulwark-console")
     shutil.copy("/bin/kill", root / "bin/kill")
     for target in Path("/usr/lib/systemd/system").glob("*.target"):
         shutil.copy(target, units / target.name, follow_symlinks=True)
-    shutil.copy(PACKAGING / "bulwark.service", units / "bulwark.service")
+    for unit in UNITS:
+        shutil.copy(PACKAGING / unit, units / unit)
     return root
 
 
-def test_unit_verifies_clean(unit_root):
-    cp = run(["systemd-analyze", "verify", "--man=no", f"--root={unit_root}", "bulwark.service"])
+@pytest.mark.parametrize("unit", UNITS)
+def test_unit_verifies_clean(unit_root, unit):
+    cp = run(["systemd-analyze", "verify", "--man=no", f"--root={unit_root}", unit])
     # verify exits 0 on a misspelt key: only empty output is clean.
     assert cp.returncode == 0 and cp.stdout.strip() == "" and cp.stderr.strip() == "", cp.stderr + cp.stdout
 
@@ -73,12 +81,14 @@ def test_unit_verify_would_catch_a_typo(unit_root, tmp_path):
     assert "notifyy" in cp.stderr
 
 
-def test_unit_security_exposure_meets_threshold(unit_root):
+@pytest.mark.parametrize("unit,threshold", [("bulwark.service", SECURITY_THRESHOLD),
+                                            ("bulwark-console.service", CONSOLE_SECURITY_THRESHOLD)])
+def test_unit_security_exposure_meets_threshold(unit_root, unit, threshold):
     cp = run(["systemd-analyze", "security", "--offline=yes", f"--root={unit_root}",
-              "--no-pager", "bulwark.service"])
-    m = re.search(r"Overall exposure level for bulwark.service: (\d+\.\d+)", cp.stdout)
+              "--no-pager", unit])
+    m = re.search(rf"Overall exposure level for {re.escape(unit)}: (\d+\.\d+)", cp.stdout)
     assert m, cp.stdout + cp.stderr
-    assert float(m.group(1)) <= SECURITY_THRESHOLD, cp.stdout
+    assert float(m.group(1)) <= threshold, cp.stdout
 
 
 def test_unit_contract():
@@ -117,7 +127,7 @@ def test_sysusers_and_tmpfiles_apply_to_a_root(tmp_path):
 
 def build_rpms(out: Path, *extra: str) -> list[Path]:
     need("rpmbuild", "rpm")
-    for binary in ("bulwarkd", "bulwarkctl", "bulwark-sendmail"):
+    for binary in ("bulwarkd", "bulwarkctl", "bulwark-sendmail", "bulwark-console"):
         if not os.access(RELEASE / binary, os.X_OK):
             pytest.fail(f"{RELEASE / binary} missing: tests/run-all.sh builds the release binaries",
                         pytrace=False)
@@ -135,6 +145,63 @@ def flavour(request, tmp_path_factory):
     main = [r for r in build_rpms(out, *extra) if re.match(r"bulwark-\d", r.name)]
     assert len(main) == 1, main
     return request.param, main[0]
+
+
+@pytest.fixture(scope="module")
+def console_rpm(flavour):
+    """The bulwark-console RPM built beside the flavour's main package."""
+    name, main = flavour
+    found = sorted(main.parent.glob("bulwark-console-*.rpm"))
+    assert len(found) == 1, found
+    return name, found[0]
+
+
+def test_console_rpm_contents_scriptlets_and_rpmlint(console_rpm):
+    name, rpm = console_rpm
+    listing = run(["rpm", "-qp", "--qf", "[%{FILEMODES:perms} %{FILEUSERNAME} %{FILEGROUPNAME} "
+                   "%{FILEFLAGS:fflags} %{FILENAMES}\n]", rpm]).stdout
+    for path in ["/usr/sbin/bulwark-console", "/usr/lib/systemd/system/bulwark-console.service",
+                 "/usr/lib/sysusers.d/bulwark-console.conf", "/usr/lib/tmpfiles.d/bulwark-console.conf"]:
+        assert path in listing, (path, listing)
+    # Password hashes and TOTP secrets: root writes them, only the console's group reads them.
+    assert re.search(r"^-rw-r----- root bulwark-console cn /etc/bulwark/console-users$", listing, re.M), listing
+    assert re.search(r"^drwxr-x--- bulwark-console bulwark-console\s+/var/lib/bulwark-console$", listing, re.M), listing
+    scripts = run(["rpm", "-qp", "--scripts", rpm]).stdout
+    assert "%" not in scripts, scripts
+    assert "--replace=/usr/lib/sysusers.d/bulwark-console.conf" in scripts, scripts
+    assert "preset bulwark-console.service" in scripts and "try-restart bulwark-console.service" in scripts
+    requires = run(["rpm", "-qp", "--requires", rpm]).stdout
+    assert re.search(r"^bulwark = 0\.1\.0-1", requires, re.M), requires
+    need("rpmlint")
+    cp = run(["rpmlint", "-r", REPO / "rpm/bulwark-console.rpmlintrc", rpm], timeout=120)
+    assert " 0 errors," in cp.stdout and cp.returncode == 0, cp.stdout + cp.stderr
+
+
+def test_console_rpm_installs_its_user_and_a_users_file_bulwarkctl_keeps_readable(console_rpm, tmp_path):
+    need_root("installing RPMs into a chroot")
+    name, rpm = console_rpm
+    root = minimal_root(tmp_path / "root")
+    for sysusers in ("bulwark.sysusers", "bulwark-console.sysusers"):
+        cp = run(["systemd-sysusers", f"--root={root}", PACKAGING / sysusers])
+        assert cp.returncode == 0, cp.stderr
+    cp = rpm_root(root, "-ivh", rpm)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    installed = calls(root)
+    assert any("preset bulwark-console.service" in c for c in installed), installed
+    users = root / "etc/bulwark/console-users"
+    group = next(l.split(":")[2] for l in (root / "etc/group").read_text().splitlines()
+                 if l.startswith("bulwark-console:"))
+    assert users.stat().st_gid == int(group) and oct(users.stat().st_mode & 0o777) == "0o640"
+    # What an administrator runs next: the rewrite keeps the packaged group and mode.
+    cp = subprocess.run([BULWARKCTL, "console", "user", "add", "admin", "--role", "auditor",
+                         "--users-file", str(users)], input="correct horse battery\n",
+                        capture_output=True, text=True, timeout=30)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert users.stat().st_gid == int(group) and oct(users.stat().st_mode & 0o777) == "0o640"
+    assert '"admin"' in users.read_text()
+    cp = rpm_root(root, "-e", "bulwark-console")
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    assert any("disable --now bulwark-console.service" in c for c in calls(root))
 
 
 def test_rpm_scriptlets_have_no_unexpanded_macros(flavour):

@@ -153,6 +153,47 @@ def test_bulwark_t_may_not_read_shadow_or_homes(linked):
         assert "allow" not in out, (target, out)
 
 
+def test_init_transitions_into_bulwark_console_t(linked):
+    _, policy = linked
+    out = sesearch(policy, "-T", "-s", "init_t", "-t", "bulwark_console_exec_t", "-c", "process")
+    assert "type_transition init_t bulwark_console_exec_t:process bulwark_console_t;" in out, out
+
+
+def test_bulwark_console_t_serves_https_reaches_nodes_and_keeps_its_state(linked):
+    _, policy = linked
+    http = sesearch(policy, "-A", "-s", "bulwark_console_t", "-t", "http_port_t", "-c", "tcp_socket")
+    m = re.search(r"allow bulwark_console_t http_port_t:tcp_socket \{([^}]*)\};", http)
+    assert m and {"name_bind", "name_connect"} <= set(m.group(1).split()), http
+    seinfo = run([SYSTEM_PYTHON, shutil.which("seinfo"), policy, "--portcon"], timeout=120).stdout
+    # The console's default listen port is http_port_t in the policy it was linked into.
+    assert re.search(r"portcon tcp 8443 \S*:http_port_t", seinfo), seinfo
+    nodes = sesearch(policy, "-A", "-s", "bulwark_console_t", "-t", "unreserved_port_t", "-c", "tcp_socket")
+    assert "name_connect" in nodes, nodes
+    state = sesearch(policy, "-A", "-s", "bulwark_console_t", "-t", "bulwark_console_var_lib_t", "-c", "file")
+    assert all(p in state for p in ("create", "write", "rename", "unlink")), state
+    conf = sesearch(policy, "-A", "-s", "bulwark_console_t", "-t", "bulwark_conf_t", "-c", "file")
+    assert "read" in conf and "write" not in conf, conf
+
+
+def test_bulwark_console_t_never_touches_mail_or_secrets_of_the_host(linked):
+    _, policy = linked
+    for target in ("bulwark_spool_t", "bulwark_var_lib_t", "bulwark_tls_t", "bulwark_runtime_t",
+                   "shadow_t", "user_home_t", "bpf_t"):
+        out = sesearch(policy, "-A", "-s", "bulwark_console_t", "-t", target)
+        assert "allow" not in out, (target, out)
+    # corenet_tcp_bind_http_port() brings net_bind_service (http_port_t includes 80); the
+    # unit grants the console no capability at all, and nothing else is allowed here.
+    caps = sesearch(policy, "-A", "-s", "bulwark_console_t", "-t", "bulwark_console_t", "-c", "capability")
+    granted = set(re.findall(r"capability \{?([^};]*)\}?;", caps)[0].split()) if "allow" in caps else set()
+    assert granted <= {"net_bind_service"}, caps
+
+
+def test_bulwark_t_binds_its_control_and_metrics_ports(linked):
+    _, policy = linked
+    out = sesearch(policy, "-A", "-s", "bulwark_t", "-t", "unreserved_port_t", "-c", "tcp_socket")
+    assert "name_bind" in out, out
+
+
 def test_client_interfaces_compile(tmp_path):
     """bulwark.if's interfaces, as an admin module would use them (bulwarkctl's socket)."""
     need_tools()

@@ -1,13 +1,14 @@
 //! The console's users file (`[console] users_file`): one JSON object per line, written only by
-//! `bulwarkctl console user ...` (atomically: a temporary file renamed over it, mode 0600), read
-//! by `bulwark-console`, which re-reads it when its modification time changes.
+//! `bulwarkctl console user ...` (atomically: a temporary file renamed over it, mode 0600, or
+//! the replaced file's owner and group-readable mode), read by `bulwark-console`, which
+//! re-reads it when its modification time changes. Lines starting with `#` are comments.
 //!
 //! Invariants: passwords are stored only as Argon2id PHC strings; a TOTP secret is 20 random
 //! bytes (RFC 4226's recommended length), checked as RFC 6238 (SHA-1, 30 s steps, 6 digits,
 //! one step of clock skew either way); a `quarantine` user has at least one domain.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -72,6 +73,11 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._-@".contains(&b))
 }
 
+/// The first line of every users file (the packaged one too): lines starting with `#` are
+/// comments.
+pub const USERS_FILE_HEADER: &str =
+    "# Bulwark console users, one JSON object per line: written by `bulwarkctl console user`, never by hand";
+
 pub fn load(path: &Path) -> Result<Vec<User>, UsersError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
@@ -85,7 +91,7 @@ pub fn load(path: &Path) -> Result<Vec<User>, UsersError> {
     };
     text.lines()
         .enumerate()
-        .filter(|(_, line)| !line.trim().is_empty())
+        .filter(|(_, line)| !line.trim().is_empty() && !line.starts_with('#'))
         .map(|(i, line)| {
             serde_json::from_str(line).map_err(|e| UsersError::Malformed {
                 path: path.to_path_buf(),
@@ -108,12 +114,23 @@ pub fn save(path: &Path, users: &[User]) -> Result<(), UsersError> {
     staged.push(".new");
     let staged = PathBuf::from(staged);
     let _ = std::fs::remove_file(&staged);
+    // A replaced file keeps its owner, group and mode: the packaged one is root:bulwark-console
+    // 0640 so that the console, running as its own user, can read what root's bulwarkctl wrote.
+    let kept = std::fs::metadata(path).ok();
+    let mode = kept.as_ref().map_or(0o600, |m| m.mode() & 0o640);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(mode)
         .open(&staged)
         .map_err(io)?;
+    if let Some(kept) = &kept {
+        // Only root may give a file away; anyone else keeps their own (the usual case in tests).
+        let _ = std::os::unix::fs::fchown(&file, Some(kept.uid()), Some(kept.gid()));
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(io)?;
+    }
+    writeln!(file, "{USERS_FILE_HEADER}").map_err(io)?;
     for user in users {
         let line = serde_json::to_string(user).map_err(|e| UsersError::Hash(e.to_string()))?;
         writeln!(file, "{line}").map_err(io)?;
@@ -238,6 +255,29 @@ mod tests {
         };
         assert!(verify_password(&user, "s3cret"));
         assert!(!verify_password(&user, "S3cret"));
+    }
+
+    #[test]
+    fn a_rewrite_keeps_the_files_group_mode_but_never_makes_it_world_readable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("users");
+        save(&path, &[]).expect("first save");
+        let mode = |p: &Path| std::fs::metadata(p).expect("metadata").mode() & 0o777;
+        assert_eq!(mode(&path), 0o600, "a new users file is private");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        save(&path, &[]).expect("second save");
+        assert_eq!(
+            mode(&path),
+            0o640,
+            "the packaged group-readable mode is kept"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        save(&path, &[]).expect("third save");
+        assert_eq!(
+            mode(&path),
+            0o640,
+            "password hashes are never world-readable"
+        );
     }
 
     #[test]
