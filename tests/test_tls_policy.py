@@ -750,6 +750,26 @@ def test_mta_sts_testing_mx_mismatch_delivers_and_counts_a_failure(start_daemon,
     assert bounces.count() == 0
 
 
+def test_mta_sts_policy_fetch_error_delivers_and_counts_a_failure(start_daemon, dns, sts_server, sink, pki,
+                                                                  tmp_path):
+    """A `_mta-sts` record but no policy file (404) and nothing cached: delivered as without
+    a policy (RFC 8461 5.1), and the failed fetch counted for TLS-RPT (RFC 8460 4.3.2)."""
+    receiver = start_receiver(start_daemon, tmp_path, pki)
+    sts = sts_server(None)
+    sts_dns(dns)
+    bounces = sink("bounces")
+    d = start_sender(start_daemon, tmp_path, dns.address, sts_routes(bounces), receiver.port, sts_config(pki, sts))
+    send_message(d, rcpts=(RCPT,), message_id=mid("stsfetcherror"))
+    assert_tls_received(received_messages(receiver)[0])
+    wait_queue_empty(d, 10)
+    assert sts.fetches >= 1, "the policy was never asked for"
+    policy = tls_policy_json(d)
+    assert policy["mta_sts"]["unavailable"] == "sts-policy-fetch-error", policy
+    assert rpt_failures(policy).get("sts-policy-fetch-error", 0) >= 1, \
+        f"the failed policy fetch was not counted: {policy}"
+    assert bounces.count() == 0
+
+
 def test_mta_sts_enforce_mx_mismatch_defers(start_daemon, dns, sts_server, sink, pki, tmp_path):
     receiver = start_receiver(start_daemon, tmp_path, pki)
     sts = sts_server(sts_policy_text("enforce", mx=("*.mail.example.org", "other.example.net")))

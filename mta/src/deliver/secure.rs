@@ -51,6 +51,13 @@ pub(super) async fn negotiate(
             return fixed(context, destination, client, host, *tls, helo).await
         }
         PolicyKind::Refused(_) => return Err(NegotiationError::Failed(policy.why.clone())),
+        PolicyKind::StsUnavailable(result) => {
+            if let (Some(scope), Some(security)) = (&policy.scope, security(context)) {
+                security.record(scope, host, address, Err(*result));
+            }
+            let tls = OutboundTls::Opportunistic;
+            return fixed(context, destination, client, host, tls, helo).await;
+        }
         PolicyKind::Dane(records) => {
             let config = crate::tls_policy::dane::client_config(records.clone());
             authenticated(client, host, config, helo, ResultType::ValidationFailure).await

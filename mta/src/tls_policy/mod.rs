@@ -67,6 +67,9 @@ pub enum PolicyKind {
     MtaSts { mode: Mode, mx_listed: bool },
     /// Never connect (defer): the policy forbids this host or cannot be evaluated.
     Refused(ResultType),
+    /// Opportunistic TLS because the domain's MTA-STS policy could not be had (RFC 8461
+    /// 5.1); the session counts as this TLS-RPT failure (RFC 8460 4.3.2).
+    StsUnavailable(ResultType),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -270,11 +273,7 @@ impl TransportSecurity {
             let decided = match source {
                 PolicySource::Dane => self.dane_policy(domain, host, port).await,
                 PolicySource::MtaSts => sts_host_policy(domain, host),
-                PolicySource::Opportunistic => Some(HostPolicy {
-                    kind: PolicyKind::Fixed(OutboundTls::Opportunistic),
-                    scope: None,
-                    why: "no DANE or MTA-STS policy applies: opportunistic TLS".into(),
-                }),
+                PolicySource::Opportunistic => Some(opportunistic_policy(domain)),
             };
             if let Some(policy) = decided {
                 return policy;
@@ -469,6 +468,29 @@ impl TransportSecurity {
     }
 }
 
+/// The last resort of an order: opportunistic TLS, counted as a failure of the domain's
+/// MTA-STS policy when a `_mta-sts` record announced one that could not be fetched.
+fn opportunistic_policy(domain: &DomainPolicy) -> HostPolicy {
+    match (&domain.sts, &domain.domain) {
+        (StsStatus::Unavailable { result, error }, Some(name)) => HostPolicy {
+            kind: PolicyKind::StsUnavailable(*result),
+            scope: Some(ReportScope {
+                domain: name.clone(),
+                policy_type: PolicyType::Sts,
+                policy_string: Vec::new(),
+            }),
+            why: format!(
+                "the MTA-STS policy is unavailable ({error}): opportunistic TLS, failure reported"
+            ),
+        },
+        _ => HostPolicy {
+            kind: PolicyKind::Fixed(OutboundTls::Opportunistic),
+            scope: None,
+            why: "no DANE or MTA-STS policy applies: opportunistic TLS".into(),
+        },
+    }
+}
+
 fn sts_host_policy(domain: &DomainPolicy, host: &str) -> Option<HostPolicy> {
     let name = domain.domain.as_deref()?;
     let cached = match &domain.sts {
@@ -580,6 +602,9 @@ pub fn kind_name(kind: &PolicyKind) -> String {
         PolicyKind::Dane(_) => "dane".into(),
         PolicyKind::MtaSts { mode, .. } => format!("mta-sts {}", mode.as_str()),
         PolicyKind::Refused(result) => format!("refused ({})", result.as_str()),
+        PolicyKind::StsUnavailable(result) => {
+            format!("opportunistic ({} reported)", result.as_str())
+        }
     }
 }
 
@@ -602,6 +627,33 @@ pub fn published_policy(config: &TlsPolicyConfig) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unavailable_sts_policy_is_opportunistic_and_reported() {
+        let mut domain = DomainPolicy {
+            domain: Some("example.net".into()),
+            dane_names_trusted: false,
+            sts: StsStatus::Unavailable {
+                result: ResultType::StsPolicyFetchError,
+                error: "HTTP status 404".into(),
+            },
+        };
+        let policy = opportunistic_policy(&domain);
+        assert_eq!(
+            policy.kind,
+            PolicyKind::StsUnavailable(ResultType::StsPolicyFetchError)
+        );
+        let scope = policy.scope.expect("reported");
+        assert_eq!(
+            (scope.domain.as_str(), scope.policy_type),
+            ("example.net", PolicyType::Sts)
+        );
+        assert!(sts_host_policy(&domain, "mx.example.net").is_none());
+        domain.sts = StsStatus::Absent;
+        let policy = opportunistic_policy(&domain);
+        assert_eq!(policy.kind, PolicyKind::Fixed(OutboundTls::Opportunistic));
+        assert!(policy.scope.is_none());
+    }
 
     #[test]
     fn a_bogus_mx_answer_is_not_an_insecure_one() {
