@@ -179,6 +179,8 @@ fn from_reply(reply: &Response) -> Outcome {
     }
 }
 
+/// One SMTP transaction: the envelope (pipelined when the next hop allows), then the content
+/// to the recipients it accepted; each recipient's outcome.
 async fn transaction(
     client: &mut Client,
     envelope: &Envelope,
@@ -190,47 +192,14 @@ async fn transaction(
         .copied()
         .filter(|&i| i < envelope.recipients.len())
         .collect();
-    let pipelining = client.capabilities.pipelining;
-    let chunking = client.capabilities.chunking;
-    let size = content.len();
-    let mut batch = mail_command(client, envelope, size);
-    for &index in &recipients {
-        batch.push_str(&rcpt_command(client, envelope, index));
-    }
-    let data_pipelined = pipelining && !chunking;
-    if data_pipelined {
-        batch.push_str("DATA\r\n");
-    }
-    let (mail_reply, rcpt_replies) = if pipelining {
-        client.write(batch.as_bytes()).await?;
-        let mail = client.read_response(command_timeout(client)).await?;
-        let mut replies = Vec::with_capacity(recipients.len());
-        for _ in &recipients {
-            replies.push(client.read_response(command_timeout(client)).await?);
-        }
-        (mail, replies)
-    } else {
-        let mail = client
-            .command(mail_command(client, envelope, size).trim_end())
-            .await?;
-        let mut replies = Vec::new();
-        if mail.is_positive() {
-            for &index in &recipients {
-                let line = rcpt_command(client, envelope, index);
-                replies.push(client.command(line.trim_end()).await?);
-            }
-        }
-        (mail, replies)
-    };
+    // DATA goes in the pipelined batch too; BDAT chunks follow the replies instead.
+    let data_pipelined = client.capabilities.pipelining && !client.capabilities.chunking;
+    let (mail_reply, rcpt_replies) =
+        send_envelope(client, envelope, &recipients, content.len(), data_pipelined).await?;
     if !mail_reply.is_positive() {
-        if data_pipelined {
-            let _ = client.read_response(command_timeout(client)).await?;
-        }
-        client.command("RSET").await?;
-        return Ok(recipients
-            .iter()
-            .map(|&i| (i, from_reply(&mail_reply)))
-            .collect());
+        abandon(client, data_pipelined).await?;
+        let refused = recipients.iter().map(|&i| (i, from_reply(&mail_reply)));
+        return Ok(refused.collect());
     }
     let mut results: Vec<(usize, Outcome)> = Vec::new();
     let mut accepted = Vec::new();
@@ -242,28 +211,82 @@ async fn transaction(
         }
     }
     if accepted.is_empty() {
-        if data_pipelined {
-            let _ = client.read_response(command_timeout(client)).await?;
-        }
-        client.command("RSET").await?;
+        abandon(client, data_pipelined).await?;
         return Ok(results);
     }
-    let final_reply = if chunking {
-        send_bdat(client, content).await?
-    } else {
-        let go_ahead = if data_pipelined {
-            client.read_response(command_timeout(client)).await?
-        } else {
-            client.command("DATA").await?
-        };
-        if go_ahead.code != 354 {
-            results.extend(accepted.iter().map(|&i| (i, from_reply(&go_ahead))));
-            return Ok(results);
-        }
-        send_data(client, content).await?
-    };
+    let final_reply = send_content(client, content, data_pipelined).await?;
     results.extend(accepted.iter().map(|&i| (i, from_reply(&final_reply))));
     Ok(results)
+}
+
+/// MAIL and every RCPT: in one write with PIPELINING (and DATA after them when
+/// `data_pipelined`), else one command at a time, stopping after a refused MAIL. The MAIL
+/// reply and one reply per recipient (none when MAIL was refused without pipelining).
+async fn send_envelope(
+    client: &mut Client,
+    envelope: &Envelope,
+    recipients: &[usize],
+    size: u64,
+    data_pipelined: bool,
+) -> Result<(Response, Vec<Response>), ClientError> {
+    if client.capabilities.pipelining {
+        let mut batch = mail_command(client, envelope, size);
+        for &index in recipients {
+            batch.push_str(&rcpt_command(client, envelope, index));
+        }
+        if data_pipelined {
+            batch.push_str("DATA\r\n");
+        }
+        client.write(batch.as_bytes()).await?;
+        let mail = client.read_response(command_timeout(client)).await?;
+        let mut replies = Vec::with_capacity(recipients.len());
+        for _ in recipients {
+            replies.push(client.read_response(command_timeout(client)).await?);
+        }
+        return Ok((mail, replies));
+    }
+    let mail = client
+        .command(mail_command(client, envelope, size).trim_end())
+        .await?;
+    let mut replies = Vec::new();
+    if mail.is_positive() {
+        for &index in recipients {
+            let line = rcpt_command(client, envelope, index);
+            replies.push(client.command(line.trim_end()).await?);
+        }
+    }
+    Ok((mail, replies))
+}
+
+/// Nobody to send to: the pipelined DATA's reply is read and the transaction reset, so the
+/// connection stays usable for the next job.
+async fn abandon(client: &mut Client, data_pipelined: bool) -> Result<(), ClientError> {
+    if data_pipelined {
+        let _ = client.read_response(command_timeout(client)).await?;
+    }
+    client.command("RSET").await?;
+    Ok(())
+}
+
+/// The content by BDAT or DATA; the reply that decides for every accepted recipient (a DATA
+/// refused with other than 354 decides too).
+async fn send_content(
+    client: &mut Client,
+    content: &mut Content,
+    data_pipelined: bool,
+) -> Result<Response, ClientError> {
+    if client.capabilities.chunking {
+        return send_bdat(client, content).await;
+    }
+    let go_ahead = if data_pipelined {
+        client.read_response(command_timeout(client)).await?
+    } else {
+        client.command("DATA").await?
+    };
+    if go_ahead.code != 354 {
+        return Ok(go_ahead);
+    }
+    send_data(client, content).await
 }
 
 fn command_timeout(client: &Client) -> std::time::Duration {
