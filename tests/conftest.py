@@ -590,6 +590,9 @@ class Daemon:
         self.extra_toml = extra_toml
         if "[tracking]" not in (extra_toml or ""):
             self.doc["tracking"] = {"dir": str(self.dir / "tracking")}
+        # MTA-STS cache and TLS-RPT counters: the default (/var/lib/bulwark/tls) is the host's.
+        if "[tls_policy]" not in (extra_toml or ""):
+            self.doc["tls_policy"] = {"state_dir": str(self.dir / "tls")}
         self._hold_mail_unless_routed(extra_toml or "")
         self.write_config()
 

@@ -557,7 +557,16 @@ def test_starttls_stripped_under_dane_defers(start_daemon, signed_zone, strip_pr
     assert_nothing_sent_through(proxy)
     assert receiver.queue_list() == []
     assert bounces.count() == 0
-    assert rpt_failures(tls_policy_json(d)).get("starttls-not-supported", 0) >= 1
+    counted = rpt_failures(tls_policy_json(d)).get("starttls-not-supported", 0)
+    assert counted >= 1
+    # The counters are saved every minute and at shutdown: a restart within the minute
+    # loses no session counted (the saved file is read with the daemon stopped).
+    d.stop()
+    saved = json.loads((tmp_path / "sender-tls" / "tlsrpt.json").read_text())
+    failures = saved["domains"][DOMAIN]["failures"]
+    kept = sum(n for f, n in failures if f["result_type"] == "starttls-not-supported")
+    assert kept >= counted, saved
+    assert all(f["sending_mta_ip"] == "127.0.0.1" for f, _ in failures), saved
 
 
 def test_starttls_stripped_under_mta_sts_enforce_defers(start_daemon, dns, sts_server, strip_proxy, sink,
@@ -622,6 +631,7 @@ def test_starttls_stripped_under_mta_sts_testing_delivers_and_reports(start_daem
     assert "starttls-not-supported" in details, report
     assert details["starttls-not-supported"]["receiving-mx-hostname"] == MX_HOST, report
     assert details["starttls-not-supported"]["failed-session-count"] >= 1, report
+    assert details["starttls-not-supported"]["sending-mta-ip"] == "127.0.0.1", report
     assert report["organization-name"] == "Bulwark Test", report
     assert bounces.count() == 0
 

@@ -221,6 +221,12 @@ pub async fn run(source: ConfigSource) -> Result<(), StartError> {
     }
     let tracker = gateway.tracker.clone();
     let _ = tokio::task::spawn_blocking(move || tracker.flush(TRACKING_FLUSH)).await;
+    // TLS-RPT counts since the last periodic save, so a restart loses no session counted.
+    if let Some(security) = gateway.transport_security.get() {
+        if let Err(e) = security.counters.save() {
+            log::warn!("tls-rpt: cannot save the counters at shutdown: {e}");
+        }
+    }
     log::info!("bulwarkd stopped");
     Ok(())
 }

@@ -137,6 +137,11 @@ impl Client {
         Ok((client, greeting))
     }
 
+    /// The address this connection goes out from (TLS-RPT's sending-mta-ip).
+    pub fn local_address(&self) -> Option<SocketAddr> {
+        self.stream.get_ref().local_addr()
+    }
+
     pub fn command_timeout(&self) -> Duration {
         self.command_timeout
     }

@@ -45,6 +45,17 @@ impl Transport {
     }
 }
 
+impl Transport {
+    /// Our end of the connection (the address a next hop saw us connect from).
+    pub fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        match self {
+            Transport::Plain(tcp) => tcp.local_addr().ok(),
+            Transport::Tls(tls) => tls.get_ref().0.local_addr().ok(),
+            Transport::Closed => None,
+        }
+    }
+}
+
 impl AsyncRead for Transport {
     fn poll_read(
         self: Pin<&mut Self>,

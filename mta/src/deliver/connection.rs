@@ -661,7 +661,8 @@ async fn connect_one(
         if let (Some(scope), Some(security)) =
             (&policy.scope, context.gateway.transport_security.get())
         {
-            security.record(scope, host, address, Err(result));
+            // Refused before connecting: there is no sending address to report.
+            security.record(scope, host, address, None, Err(result));
         }
         return Err(format!("not connecting: {}", policy.why));
     }

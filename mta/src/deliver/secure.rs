@@ -53,7 +53,8 @@ pub(super) async fn negotiate(
         PolicyKind::Refused(_) => return Err(NegotiationError::Failed(policy.why.clone())),
         PolicyKind::StsUnavailable(result) => {
             if let (Some(scope), Some(security)) = (&policy.scope, security(context)) {
-                security.record(scope, host, address, Err(*result));
+                let sending = client.local_address().map(|a| a.ip());
+                security.record(scope, host, address, sending, Err(*result));
             }
             let tls = OutboundTls::Opportunistic;
             return fixed(context, destination, client, host, tls, helo).await;
@@ -75,7 +76,14 @@ pub(super) async fn negotiate(
         }
     };
     if let (Some(scope), Some(security)) = (&policy.scope, security(context)) {
-        security.record(scope, host, address, counted(&policy.kind, &outcome));
+        let sending = client.local_address().map(|a| a.ip());
+        security.record(
+            scope,
+            host,
+            address,
+            sending,
+            counted(&policy.kind, &outcome),
+        );
     }
     match (outcome, &policy.kind) {
         (Ok(()), kind) => Ok(Negotiated::Tls {

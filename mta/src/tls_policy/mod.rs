@@ -22,7 +22,7 @@ pub mod mta_sts;
 pub mod report;
 pub mod tlsrpt;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use hickory_resolver::proto::dnssec::{Proof, TrustAnchors};
@@ -440,16 +440,18 @@ impl TransportSecurity {
     }
 
     /// Counts one session for TLS-RPT.
+    /// `sending` is our address on the connection (none when the failure came before one).
     pub fn record(
         &self,
         scope: &ReportScope,
         host: &str,
         address: SocketAddr,
+        sending: Option<IpAddr>,
         outcome: Result<(), ResultType>,
     ) {
         let outcome = outcome.map_err(|result_type| Failure {
             result_type,
-            sending_mta_ip: String::new(),
+            sending_mta_ip: sending.map(|ip| ip.to_string()).unwrap_or_default(),
             receiving_mx_hostname: host.to_string(),
             receiving_ip: address.ip().to_string(),
         });

@@ -195,13 +195,17 @@ pub fn report_json(
         .failures
         .iter()
         .map(|(f, n)| {
-            json!({
+            let mut detail = json!({
                 "result-type": f.result_type.as_str(),
-                "sending-mta-ip": f.sending_mta_ip,
                 "receiving-mx-hostname": f.receiving_mx_hostname,
                 "receiving-ip": f.receiving_ip,
                 "failed-session-count": n,
-            })
+            });
+            // Optional in RFC 8460 4.4: left out rather than sent empty.
+            if !f.sending_mta_ip.is_empty() {
+                detail["sending-mta-ip"] = json!(f.sending_mta_ip);
+            }
+            detail
         })
         .collect();
     json!({
