@@ -201,6 +201,8 @@ class StsServer:
     def __init__(self, pki: Pki, policy: str | None):
         self.policy = policy
         self.fetches = 0
+        # TLS-RPT reports POSTed to it (an `https:` rua): (path, content type, body).
+        self.posts: list[tuple[str, str, bytes]] = []
         self.port = free_port()
         self.lock = threading.Lock()
         self.httpd: http.server.ThreadingHTTPServer | None = None
@@ -229,6 +231,15 @@ class StsServer:
                 self.send_header("Content-Length", str(len(raw)))
                 self.end_headers()
                 self.wfile.write(raw)
+
+            def do_POST(self):
+                length = min(int(self.headers.get("Content-Length") or 0), 1 << 20)
+                body = self.rfile.read(length)
+                with server.lock:
+                    server.posts.append((self.path, self.headers.get("Content-Type", ""), body))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
 
             def log_message(self, *args):
                 pass
@@ -757,6 +768,28 @@ def test_mta_sts_testing_mx_mismatch_delivers_and_counts_a_failure(start_daemon,
     assert "not in mx list" in policy["hosts"][0]["why"], policy
     assert rpt_failures(policy).get("validation-failure", 0) >= 1, f"the unlisted MX was not counted as a failure: {policy}"
     assert policy["tls_rpt"]["successes"] == 0, f"the unlisted MX counted as a success: {policy}"
+    assert bounces.count() == 0
+
+
+def test_tls_rpt_report_is_posted_to_an_https_rua(start_daemon, dns, sts_server, sink, pki, tmp_path):
+    """RFC 8460 3: an `https:` rua gets the gzipped JSON report by POST, over verified TLS."""
+    receiver = start_receiver(start_daemon, tmp_path, pki)
+    sts = sts_server(sts_policy_text("testing", mx=("other.example.net",)))
+    sts_dns(dns, rua=f"https://{STS_HOST}:{sts.port}/tlsrpt")
+    bounces = sink("bounces")
+    d = start_sender(start_daemon, tmp_path, dns.address, sts_routes(bounces), receiver.port,
+                     sts_config(pki, sts, report={"interval": "3s", "organization": "Bulwark Test"}))
+    send_message(d, rcpts=(RCPT,), message_id=mid("rpthttps"))
+    assert_tls_received(received_messages(receiver)[0])
+    wait_until(lambda: sts.posts, 30, what="the TLS-RPT report POSTed to the https rua")
+    path, content_type, body = sts.posts[0]
+    assert path == "/tlsrpt" and content_type == "application/tlsrpt+gzip", sts.posts[0][:2]
+    report = json.loads(gzip.decompress(body))
+    policy = report["policies"][0]
+    assert policy["policy"]["policy-domain"] == DOMAIN and policy["policy"]["policy-type"] == "sts", report
+    failures = {f["result-type"]: f for f in policy["failure-details"]}
+    assert failures["validation-failure"]["failed-session-count"] >= 1, report
+    assert report["organization-name"] == "Bulwark Test", report
     assert bounces.count() == 0
 
 
