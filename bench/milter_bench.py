@@ -4,6 +4,9 @@
     sudo python3 bench/milter_bench.py                  # long: 5,000 messages of 10 KB, 2 rounds
     sudo python3 bench/milter_bench.py --short          # CI: 1,000 messages, 1 round
     sudo python3 bench/milter_bench.py --short --profile debug   # smoke run, no release build
+    sudo python3 bench/milter_bench.py --bulwark-antispam --transports inet
+        # issue #17: Bulwark with its built-in anti-spam stage instead of the milter, against
+        # Postfix + the rspamd milter on the same messages in the same run
 
 Setup, all offline on loopback, through the shared harness (../shared/bench/README.md):
 postfix-setup.sh makes Postfix an equivalent relay (127.0.0.1:2525 -> 2526);
@@ -51,16 +54,34 @@ command_timeout = "60s"
 """
 
 
+# The built-in stage as the relay benchmark can run it: every message scored (the bench's
+# clients are in trusted_networks, so direction "any"), no network checks (the bench's DNS is
+# a dead address and rspamd runs offline too), nothing tagged or refused.
+ANTISPAM_TOML = """
+[antispam]
+enabled = true
+direction = "any"
+authentication = false
+tag_score = 1000.0
+quarantine_score = 1000.0
+reject_score = 1000.0
+"""
+
+
 def rspamd_cpu() -> float:
     return h.filter_cpu().get("rspamd", 0.0)
 
 
+BUILT_IN = False  # --bulwark-antispam
+
+
 def bulwark_run(transport: str, count: int, size: int) -> dict:
-    b = h.Bulwark(port=BULWARK_PORT, sink_port=BULWARK_SINK, sessions=1000,
-                  extra_toml=milter_toml(transport)).start()
+    extra, label = (ANTISPAM_TOML, "bulwark-antispam") if BUILT_IN else \
+        (milter_toml(transport), f"bulwark-rspamd-{transport}")
+    b = h.Bulwark(port=BULWARK_PORT, sink_port=BULWARK_SINK, sessions=1000, extra_toml=extra).start()
     try:
         before = rspamd_cpu()
-        fields = h.bulwark_relay(b, BULWARK_SINK, count, size, f"bulwark-rspamd-{transport}")
+        fields = h.bulwark_relay(b, BULWARK_SINK, count, size, label)
         fields["filter_cpu_s"] = f"{rspamd_cpu() - before:.2f}"
         # Milter failures (default_action applied), from the daemon's warnings.
         fields["unscanned"] = str(b.log_text().count("filter failed"))
@@ -82,7 +103,11 @@ def main() -> int:
     h.add_mode_arguments(parser, "1,000 messages, 1 round", "5,000 messages, 2 rounds")
     parser.add_argument("--size", type=int, default=10240)
     parser.add_argument("--transports", default="inet,unix")
+    parser.add_argument("--bulwark-antispam", action="store_true",
+                        help="Bulwark runs its built-in anti-spam stage, Postfix the rspamd milter")
     args = parser.parse_args()
+    global BUILT_IN
+    BUILT_IN = args.bulwark_antispam
     count = args.count or (1000 if args.short else 5000)
     rounds = args.rounds or (1 if args.short else 2)
     if not h.preflight():
@@ -110,7 +135,10 @@ def main() -> int:
 
 
 def report(rows, count: int, rounds: int, args) -> None:
-    lines = [f"## {h.now()} — `{h.command('milter_bench.py', args)}` (rspamd as a milter)", "",
+    what = ("Bulwark's built-in anti-spam vs Postfix + rspamd milter" if BUILT_IN
+            else "rspamd as a milter")
+    flags = f" --bulwark-antispam --transports {args.transports}" if BUILT_IN else ""
+    lines = [f"## {h.now()} — `{h.command('milter_bench.py', args)}{flags}` ({what})", "",
              f"Machine: {h.machine(args)}; {count} messages of {args.size} bytes, "
              f"{h.SESSIONS} sessions, {rounds} round(s), medians; rspamd offline via "
              "../shared/bench/filter-peers-setup.sh, Postfix via postfix-setup.sh.", "",
