@@ -107,6 +107,14 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Now in milliseconds: the end of an on-demand report. Whole seconds would leave out what
+/// happened in the current second (the mail just sent).
+pub fn unix_now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// Samples every node's status every `sample_interval` for the dashboard charts.
 pub fn spawn_sampler(state: State) {
     tokio::spawn(async move {

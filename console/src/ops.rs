@@ -14,7 +14,7 @@ use bulwark::admin::protocol::Request as NodeRequest;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::app::{unix_now, Caller, Peer, State};
+use crate::app::{unix_now, unix_now_ms, Caller, Peer, State};
 use crate::auth::Permission;
 use crate::digest::link::Refusal;
 use crate::pages::{check_csrf, csrf_field, escape, layout};
@@ -90,7 +90,7 @@ async fn reports_page(
     if let Err(refused) = caller.may(Permission::Read) {
         return refused.into_response();
     }
-    let report = reports::make(&state, q.period, unix_now() as i64 * 1000, top(&state)).await;
+    let report = reports::make(&state, q.period, unix_now_ms(), top(&state)).await;
     let name = match q.period {
         Period::Daily => "daily",
         Period::Weekly => "weekly",
@@ -116,7 +116,7 @@ async fn reports_pdf(
     if let Err(refused) = caller.may(Permission::Read) {
         return refused.into_response();
     }
-    let report = reports::make(&state, q.period, unix_now() as i64 * 1000, top(&state)).await;
+    let report = reports::make(&state, q.period, unix_now_ms(), top(&state)).await;
     pdf_response(&report)
 }
 
@@ -189,7 +189,7 @@ pub async fn mail_report(
             Err("[console.reports] mail_to is empty".into()),
         );
     }
-    let report = reports::make(state, period, unix_now() as i64 * 1000, top(state)).await;
+    let report = reports::make(state, period, unix_now_ms(), top(state)).await;
     let outcome = reports::mail(state, &report, &to)
         .await
         .map_err(|e| e.to_string());

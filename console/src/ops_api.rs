@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::api::ApiRoute;
-use crate::app::{unix_now, Caller, State};
+use crate::app::{unix_now_ms, Caller, State};
 use crate::auth::Permission;
 use crate::ops::{mail_report, pdf_response, top, ReportQuery};
 use crate::reports::{self, Period};
@@ -90,7 +90,7 @@ async fn report(
     if let Err(refused) = caller.may(Permission::Read) {
         return refused.into_response();
     }
-    let report = reports::make(&state, q.period, unix_now() as i64 * 1000, top(&state)).await;
+    let report = reports::make(&state, q.period, unix_now_ms(), top(&state)).await;
     match q.format.as_deref() {
         Some("pdf") => pdf_response(&report),
         Some("html") => (

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::app::{unix_now, State};
+use crate::app::{unix_now, unix_now_ms, State};
 use crate::reports::{self, Period};
 
 /// How often the clock is looked at.
@@ -110,7 +110,7 @@ async fn run(state: &State, job: &str) {
     let Some(config) = &state.config.reports else {
         return;
     };
-    let report = reports::make(state, period, unix_now() as i64 * 1000, config.top).await;
+    let report = reports::make(state, period, unix_now_ms(), config.top).await;
     match reports::mail(state, &report, &config.mail_to).await {
         Ok(id) => log::info!(job = job, queue_id = id.as_str(); "scheduled report mailed"),
         Err(e) => log::error!(job = job; "scheduled report not mailed: {e}"),
