@@ -8,7 +8,9 @@
 //! `auto` picks journald when stderr is already connected to it (`JOURNAL_STREAM`, as systemd
 //! sets for a service), so a daemon run by hand keeps logging to the terminal.
 //!
-//! Either way events go through `log_queue`: a slow journal never blocks a session.
+//! Journal events go through `log_queue`, so a slowly read journal socket never blocks a
+//! session. Stderr (a terminal or a file: a daemon run by hand, the tests) is written at the
+//! call, so its lines are there, in order, the moment the event happened.
 
 use std::str::FromStr;
 
@@ -88,13 +90,14 @@ pub fn init(target: LogTarget) -> Result<LogTarget, LogSetupError> {
             }
             let logger = builder.build();
             let filter = logger.filter();
-            install(Box::new(logger))?;
+            log::set_boxed_logger(Box::new(logger)).map_err(|_| LogSetupError::AlreadyInstalled)?;
             log::set_max_level(plain.unwrap_or(filter));
         }
     }
     Ok(target)
 }
 
+/// The journal logger behind the bounded queue.
 fn install(inner: Box<dyn log::Log>) -> Result<(), LogSetupError> {
     let queued = QueuedLog::start(inner).map_err(LogSetupError::Writer)?;
     log::set_boxed_logger(Box::new(queued)).map_err(|_| LogSetupError::AlreadyInstalled)
