@@ -7,7 +7,7 @@
 //! keep the runtime they started with, so a reload never disturbs a session in progress.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
@@ -27,10 +27,7 @@ use crate::pipeline::stages::{self, StagesError};
 use crate::pipeline::Pipeline;
 use crate::policy::{CalloutCache, Chain, HarvestTracker, RecipientsError};
 use crate::quarantine::Quarantine;
-use crate::queue::{
-    unix_now, Draft, Envelope, QueueEntry, QueueId, QueueIndex, Recipient, RecipientOutcome, Spool,
-    SpoolError,
-};
+use crate::queue::{Draft, Envelope, QueueEntry, QueueId, QueueIndex, Spool, SpoolError};
 use crate::smtp::auth::{Users, UsersError};
 use crate::smtp::tls::{load_server_config, TlsError};
 use crate::track::Tracker;
@@ -295,35 +292,7 @@ fn start_antivirus(
 
 /// The envelope of a message this gateway wrote: null sender, one recipient.
 fn notice_envelope(to: &str, hostname: &str, message: &[u8]) -> Envelope {
-    let parsed = mail_parser::MessageParser::default().parse_headers(message);
-    Envelope {
-        sender: String::new(),
-        recipients: vec![Recipient {
-            address: to.to_string(),
-            notify: None,
-            orcpt: None,
-            outcome: RecipientOutcome::Pending,
-        }],
-        received_at: unix_now(),
-        client_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        helo: hostname.to_string(),
-        auth_user: None,
-        tls: None,
-        body: Default::default(),
-        smtputf8: false,
-        eight_bit: !message.is_ascii(),
-        dsn_ret: None,
-        dsn_envid: None,
-        message_id: parsed
-            .as_ref()
-            .and_then(|m| m.message_id())
-            .map(str::to_string),
-        subject: parsed
-            .as_ref()
-            .and_then(|m| m.subject())
-            .map(str::to_string),
-        require_tls: false,
-    }
+    Envelope::written_here("", &[to.to_string()], hostname, None, message)
 }
 
 /// Where a queued message came from, which decides the first events of its timeline.

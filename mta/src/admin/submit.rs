@@ -6,13 +6,11 @@
 //! (`Gateway::enqueue`); recipients must be addresses (`local@domain`); no content filter runs
 //! (the console is authenticated by its client certificate, or local on the unix socket).
 
-use std::net::{IpAddr, Ipv4Addr};
-
 use serde_json::json;
 
 use super::protocol::Response;
 use crate::gateway::{Gateway, Origin};
-use crate::queue::{unix_now, Envelope, Recipient, RecipientOutcome};
+use crate::queue::Envelope;
 
 /// The HELO name the submitted messages' tracking and Received: lines show.
 const SUBMITTER: &str = "bulwark-console";
@@ -59,39 +57,8 @@ fn is_address(text: &str) -> bool {
 }
 
 fn envelope(sender: &str, recipients: &[String], message: &[u8]) -> Envelope {
-    let parsed = mail_parser::MessageParser::default().parse_headers(message);
-    Envelope {
-        sender: sender.to_string(),
-        recipients: recipients
-            .iter()
-            .map(|address| Recipient {
-                address: address.clone(),
-                notify: None,
-                orcpt: None,
-                outcome: RecipientOutcome::Pending,
-            })
-            .collect(),
-        received_at: unix_now(),
-        client_addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        helo: SUBMITTER.to_string(),
-        auth_user: Some(SUBMITTER.to_string()),
-        tls: None,
-        body: Default::default(),
-        smtputf8: false,
-        // Console mail (alerts, reports, digests) follows the route's TLS policy.
-        require_tls: false,
-        eight_bit: !message.is_ascii(),
-        dsn_ret: None,
-        dsn_envid: None,
-        message_id: parsed
-            .as_ref()
-            .and_then(|m| m.message_id())
-            .map(str::to_string),
-        subject: parsed
-            .as_ref()
-            .and_then(|m| m.subject())
-            .map(str::to_string),
-    }
+    let submitter = Some(SUBMITTER.to_string());
+    Envelope::written_here(sender, recipients, SUBMITTER, submitter, message)
 }
 
 #[cfg(test)]

@@ -83,6 +83,50 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// The envelope of a message this gateway wrote itself (a notice, console mail): from
+    /// 127.0.0.1, no TLS, every recipient pending, Message-ID and Subject read from `message`.
+    pub fn written_here(
+        sender: &str,
+        recipients: &[String],
+        helo: &str,
+        auth_user: Option<String>,
+        message: &[u8],
+    ) -> Envelope {
+        let parsed = mail_parser::MessageParser::default().parse_headers(message);
+        Envelope {
+            sender: sender.to_string(),
+            recipients: recipients
+                .iter()
+                .map(|address| Recipient {
+                    address: address.clone(),
+                    notify: None,
+                    orcpt: None,
+                    outcome: RecipientOutcome::Pending,
+                })
+                .collect(),
+            received_at: super::unix_now(),
+            client_addr: IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            helo: helo.to_string(),
+            auth_user,
+            tls: None,
+            body: Default::default(),
+            smtputf8: false,
+            // Follows the route's TLS policy.
+            require_tls: false,
+            eight_bit: !message.is_ascii(),
+            dsn_ret: None,
+            dsn_envid: None,
+            message_id: parsed
+                .as_ref()
+                .and_then(|m| m.message_id())
+                .map(str::to_string),
+            subject: parsed
+                .as_ref()
+                .and_then(|m| m.subject())
+                .map(str::to_string),
+        }
+    }
+
     /// An envelope from `sender` to `recipients` from 192.0.2.1, for tests.
     #[cfg(test)]
     pub fn for_test(sender: &str, recipients: &[&str]) -> Envelope {
